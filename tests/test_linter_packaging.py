@@ -1,0 +1,48 @@
+"""The linter runs without torch, through flake8's real entry point, and never crashes a run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+SAMPLE = textwrap.dedent(
+    """\
+    import torch
+    import torch.nn.functional as F
+
+
+    def loss_fn(logits, target):
+        return F.binary_cross_entropy(torch.sigmoid(logits), target)
+    """
+)
+
+BLOCK_TORCH_AND_RUN_FLAKE8 = textwrap.dedent(
+    """\
+    import sys
+    sys.modules["torch"] = None  # any `import torch` now raises ImportError
+    import training_profiler, training_profiler.linter, training_profiler.cli
+    from flake8.main.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_flake8_plugin_runs_without_torch(tmp_path):
+    target = tmp_path / "model.py"
+    target.write_text(SAMPLE)
+    proc = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH_AND_RUN_FLAKE8, "--select", "AMP", str(target)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout.strip().splitlines() == [
+        f"{target}:6:12: AMP301 [error] binary_cross_entropy is unsafe in fp16 and raises under CUDA autocast: "
+        "use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits"
+    ]
+
+
+def test_package_import_does_not_import_torch():
+    code = "import sys, training_profiler, training_profiler.linter.plugin; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False", out.stderr

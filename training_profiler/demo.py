@@ -1,0 +1,34 @@
+"""`training-profiler demo`: run every product on the built-in failure museum."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+MUSEUM = Path(__file__).resolve().parent.parent / "examples" / "failure_museum"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="lint, audit and monitor the examples in examples/failure_museum")
+    demo.add_argument("--museum", default=str(MUSEUM), help="folder with the failure museum (default: the repo's)")
+    demo.set_defaults(run=run_demo)
+
+
+def _section(title: str) -> None:
+    print(f"\n{'=' * 78}\n{title}\n{'=' * 78}")
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    museum = Path(args.museum)
+    if not museum.is_dir():
+        print(f"training-profiler demo: no failure museum at {museum}; run it from a clone of the repository "
+              "or pass --museum PATH", file=sys.stderr)
+        return 2
+    from .formats import findings_to_text
+    from .linter import lint_paths
+
+    _section("1. Linter: AMP pitfalls in examples/failure_museum/amp/ (training-profiler lint)")
+    findings = lint_paths([str(museum / "amp")])
+    sys.stdout.write(findings_to_text(findings))
+    return 0
