@@ -1,0 +1,149 @@
+"""Plain data records of an audit (torch-free, JSON round-trippable).
+
+The engine (capture + costs + memory simulation) fills these; the architecture rules, the
+table / Markdown / JSON / SARIF views and ``training-profiler diff`` only read them. Keep data,
+statistics and presentation apart (torchinfo's lesson): nothing here formats text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..findings import Finding, Location, Severity
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class LayerRecord:
+    """One graph node that does work: a leaf module call, a function or a method call.
+
+    ``params`` count only the parameters this record owns directly (a leaf module's own, or a
+    functional parameter read by a ``get_attr`` node), deduplicated across the model so tied
+    weights are counted once, at their first use.
+    """
+
+    name: str  # qualified module path ("features.0"), or the node name for functional ops
+    node: str  # fx node name (unique)
+    op: str  # module type ("Conv2d"), function ("add", "scaled_dot_product_attention") or aten op
+    kind: str  # "module" | "function" | "method" | "get_attr"
+    module_type: str | None = None  # class name of the owning module, for functional nodes too
+    inputs: list[str] = field(default_factory=list)  # fx node names feeding this node (graph edges)
+    output_shape: list[int] | None = None  # first tensor output; None for non-tensor outputs
+    output_shapes: list[list[int]] = field(default_factory=list)  # every tensor output
+    output_dtype: str | None = None  # "float32", ...
+    params: int = 0
+    trainable_params: int = 0
+    frozen_params: int = 0
+    buffers: int = 0  # elements of buffers owned by this record
+    macs: int = 0
+    flops_forward: int = 0
+    flops_backward: int = 0
+    output_bytes: int = 0
+    saved_bytes: int = 0  # bytes this node saves for backward
+    uncounted_ops: list[str] = field(default_factory=list)  # ops inside with no cost formula
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. kernel_size, in/out features
+
+    @property
+    def has_params(self) -> bool:
+        return self.params > 0
+
+
+@dataclass
+class CaptureInfo:
+    """Which capture path produced the graph, and why the earlier ones failed."""
+
+    path: str  # "symbolic_trace" | "leaf_tracer" | "export" | "hooks"
+    attempts: list[dict[str, str]] = field(default_factory=list)  # [{"path": ..., "error": ...}]
+    leaf_modules: list[str] = field(default_factory=list)  # modules kept opaque by the leaf tracer
+
+
+@dataclass
+class TensorInfo:
+    """A tensor alive at the memory peak."""
+
+    description: str  # "grad of encoder.0.weight", "activation saved by features.3", ...
+    shape: list[int]
+    dtype: str
+    bytes: int
+    category: str  # "params" | "grads" | "optimizer_state" | "activations" | "temporaries"
+    module: str | None = None
+
+
+@dataclass
+class MemoryReport:
+    """Result of simulating steady-state training steps under FakeTensorMode."""
+
+    peak_bytes: int
+    peak_phase: str  # "forward" | "loss" | "backward" | "optimizer"
+    peak_module: str | None  # module being executed at the peak, if known
+    breakdown: dict[str, int]  # at the peak: params, grads, optimizer_state, activations, temporaries
+    top_tensors: list[TensorInfo] = field(default_factory=list)
+    optimizer: str | None = None
+    amp: str | None = None
+    batch_size: int | None = None
+    confidence: str = "high"  # "low" where fake kernels under-report workspaces (corrected)
+    notes: list[str] = field(default_factory=list)
+    timeline: list[dict[str, Any]] = field(default_factory=list)  # [{phase, module, live_bytes}], subsampled
+
+
+@dataclass
+class AuditReport:
+    """Everything one audit found. ``totals`` keys: params, trainable_params, frozen_params,
+    buffers, macs, flops_forward, flops_backward, peak_bytes, peak_phase (+ others)."""
+
+    model: str  # class name or factory spec
+    inputs: list[dict[str, Any]]  # [{"shape": [...], "dtype": "float32"}]
+    capture: CaptureInfo
+    layers: list[LayerRecord]
+    totals: dict[str, Any]
+    memory: MemoryReport | None = None
+    findings: list[Finding] = field(default_factory=list)
+    uncounted: dict[str, float] = field(default_factory=dict)  # op -> share of graph nodes without a formula
+    source: dict[str, Any] = field(default_factory=dict)  # {"file": ..., "line": ...} where the model class is defined
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["findings"] = [f.to_dict() for f in self.findings]
+        return out
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AuditReport":
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise ValueError(
+                f"audit report has schema_version {data.get('schema_version')!r}, this version reads "
+                f"{SCHEMA_VERSION}: re-run `training-profiler audit --format json` to regenerate it"
+            )
+        memory = data.get("memory")
+        if memory is not None:
+            memory = dict(memory)
+            memory["top_tensors"] = [TensorInfo(**t) for t in memory.get("top_tensors", [])]
+            memory = MemoryReport(**memory)
+        findings = []
+        for f in data.get("findings", []):
+            loc = Location(**{k: f.get(k) for k in ("path", "line", "col", "module", "node")})
+            findings.append(
+                Finding(
+                    code=f["code"], severity=Severity.parse(f["severity"]), message=f["message"], location=loc,
+                    why=f.get("why", ""), fix=f.get("fix", ""), references=tuple(f.get("references", ())),
+                    data=f.get("data", {}),
+                )
+            )
+        known = {f.name for f in fields(LayerRecord)}
+        return cls(
+            model=data["model"],
+            inputs=data.get("inputs", []),
+            capture=CaptureInfo(**data["capture"]),
+            layers=[LayerRecord(**{k: v for k, v in layer.items() if k in known}) for layer in data.get("layers", [])],
+            totals=data.get("totals", {}),
+            memory=memory,
+            findings=findings,
+            uncounted=data.get("uncounted", {}),
+            source=data.get("source", {}),
+        )
