@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
@@ -605,10 +606,16 @@ def analyze(
     def on_error(rule: LintRule, exc: BaseException) -> None:
         errors.append(f"internal error in {'/'.join(rule.codes)}: {type(exc).__name__}: {exc}")
 
+    # ast.parse accepts deeper nesting (long generated `a + b + ...` chains) than Python's default
+    # recursion limit lets the walker follow; Python-to-Python calls do not grow the C stack.
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20000))
     try:
         _Walker(ctx, active, on_error).run(tree)
     except RecursionError:
         errors.append("the file is nested too deeply to analyse")
+    finally:
+        sys.setrecursionlimit(limit)
     findings = ctx.findings
     if errors:
         findings.append(AMP000.finding(Location(path, 1, 1), detail=errors[0]))
