@@ -46,3 +46,12 @@ def test_package_import_does_not_import_torch():
     code = "import sys, training_profiler, training_profiler.linter.plugin; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_core_dependencies_are_flake8_and_libcst_only():
+    from importlib.metadata import requires
+
+    core = [r for r in requires("training-profiler") if "extra ==" not in r]
+    names = sorted(r.split(";")[0].split(">")[0].split("=")[0].strip() for r in core)
+    assert names == ["flake8", "libcst", "tomli"]  # tomli only on Python < 3.11
+    assert any(r.startswith("tomli") and "python_version < " in r for r in core)
