@@ -55,3 +55,16 @@ def test_core_dependencies_are_flake8_and_libcst_only():
     names = sorted(r.split(";")[0].split(">")[0].split("=")[0].strip() for r in core)
     assert names == ["flake8", "libcst", "tomli"]  # tomli only on Python < 3.11
     assert any(r.startswith("tomli") and "python_version < " in r for r in core)
+
+
+def test_linting_does_not_import_libcst():
+    """libcst costs ~0.25 s to import: only --fix may pay that, never a flake8 run or an editor save."""
+    code = (
+        "import sys\n"
+        "from training_profiler.linter.api import lint_source\n"
+        "from training_profiler.linter.rules import all_detectors\n"
+        "all_detectors(); lint_source('import torch.nn.functional as F\\nF.binary_cross_entropy(p, y)\\n')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('libcst', 'torch')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
