@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
 
     flake8_pin = f"flake8=={flake8.__version__}"
     envs = {"flake8": _venv("plain", [flake8_pin]), "flake8+AMP": _venv("plugin", [flake8_pin, str(REPO)])}
+    # always measure the working tree's plugin, not the copy installed when the venv was made
+    subprocess.run([str(envs["flake8+AMP"]), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(REPO)],
+                   check=True, capture_output=True)
     if not args.no_torchfix:
         envs["flake8+TorchFix"] = _venv("torchfix", [flake8_pin, "torchfix"])
 

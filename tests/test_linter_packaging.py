@@ -68,3 +68,36 @@ def test_linting_does_not_import_libcst():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+RAISING_RULE_UNDER_FLAKE8 = textwrap.dedent(
+    """\
+    import sys
+    from training_profiler.linter.rules import all_detectors
+    from training_profiler.linter.rules.ops import BinaryCrossEntropy
+
+    def boom(self, node, ctx):
+        if ctx.path.endswith("crash.py"):
+            raise KeyError("simulated rule bug")
+        return original(self, node, ctx)
+
+    original = BinaryCrossEntropy.visit_Call
+    BinaryCrossEntropy.visit_Call = boom
+    from flake8.main.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_a_crashing_rule_yields_amp000_and_flake8_goes_on(tmp_path):
+    (tmp_path / "a_crash.py").write_text(SAMPLE)
+    (tmp_path / "b_model.py").write_text(SAMPLE)
+    proc = subprocess.run(
+        [sys.executable, "-c", RAISING_RULE_UNDER_FLAKE8, "-j1", "--select", "AMP", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 1, proc.stderr
+    assert [line.split(": ")[1].split()[0] for line in lines] == ["AMP000", "AMP301"]
+    assert lines[0].startswith(f"{tmp_path / 'a_crash.py'}:1:1: AMP000 [error] could not analyse this file: internal error in AMP301: KeyError")
+    assert lines[1].startswith(f"{tmp_path / 'b_model.py'}:6:12: AMP301")
