@@ -131,12 +131,13 @@ AMP502 = Rule(
     code="AMP502",
     name="optimizer-step-bypasses-scaler",
     severity=Severity.ERROR,
-    message="{optimizer}.step() after {scaler}.scale(loss).backward() applies gradients multiplied by the loss scale and never skips inf steps: call {scaler}.step({optimizer})",
+    message="{optimizer}.step() after {scaler}.scale(loss).backward() {detail}: call {scaler}.step({optimizer}) instead",
     why=(
         "After scaler.scale(loss).backward() every gradient is multiplied by the loss scale (65536 "
         "at start). Calling optimizer.step() directly applies those gradients as they are: updates "
         "are 65536x too large, steps with inf/NaN gradients are not skipped, and the scale is never "
-        "adjusted. scaler.step(optimizer) unscales first and skips the step when gradients overflowed."
+        "adjusted. scaler.step(optimizer) unscales first and skips the step when gradients overflowed; "
+        "calling optimizer.step() after it steps a second time, inf/NaN gradients included."
     ),
     fix="Replace optimizer.step() with scaler.step(optimizer), followed by scaler.update() once per iteration.",
     references=(
@@ -177,6 +178,16 @@ AMP502 = Rule(
         "    scaler.scale(loss_g).backward()\n"
         "    scaler.step(opt_g)\n"
         "    scaler.update()\n",
+        "def train_one_epoch(model, loader, optimizer, use_amp, scaler=None):\n"
+        "    for x, y in loader:\n"
+        "        optimizer.zero_grad()\n"
+        "        if use_amp:\n"
+        "            scaler.scale(model(x, y)).backward()\n"
+        "            scaler.step(optimizer)\n"
+        "            scaler.update()\n"
+        "        else:\n"
+        "            model(x, y).backward()\n"
+        "        optimizer.step()  # expect: AMP502\n",
     ),
     good=(
         _STANDARD_LOOP,
@@ -538,10 +549,17 @@ def _scaled_by(ctx: Context, expr: ast.AST | None) -> str | None:
     ``... * K.get_scale()``; None otherwise."""
     if expr is None:
         return None
-    if target_key(expr) is not None:
-        expr = ctx.value_of(expr)  # `scaled = scaler.scale(loss)` ... `scaled.backward()`
-        if expr is None:
-            return None
+    key = _scale_call_in(expr)
+    if key is None:
+        for name in _names(expr):  # `scaled = scaler.scale(loss)` ... `scaled.backward()`
+            value = ctx.value_of(name) if target_key(name) else None
+            key = _scale_call_in(value) if value is not None else None
+            if key is not None:
+                break
+    return key
+
+
+def _scale_call_in(expr: ast.AST) -> str | None:
     for sub in _small_walk(expr):
         if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and sub.func.attr in _SCALE_METHODS:
             key = target_key(sub.func.value)
@@ -847,8 +865,13 @@ class GradScalerProtocol(LintRule):
                 return
         elif isinstance(func, ast.Name):
             attr = func.id
-            if attr not in _WATCHED_NAMES:
-                return
+            if attr not in _WATCHED_NAMES:  # maybe an alias: `from torch.nn.utils import clip_grad_norm_ as clip`
+                binding = ctx.lookup(attr)
+                if binding is None or binding.import_target is None:
+                    return
+                attr = binding.import_target.rsplit(".", 1)[-1]
+                if attr not in _WATCHED_NAMES:
+                    return
         else:
             return
         event = self._classify(node, attr, ctx)
@@ -983,14 +1006,18 @@ class _Checks:
                 if not _precedes(source, step):
                     continue
                 scaler, opt = source.key, step.key
-                if (
-                    _between(self.events, source, step, _UNSCALE, scaler, opt)
-                    or _between(self.events, source, step, _STEP, scaler, opt)
-                    or _switched(step, source, scaler, self.scaler_events)
-                ):
+                if _switched(step, source, scaler, self.scaler_events):
                     continue
-                data = self._step_fix(step, scaler)
-                self.ctx.report(AMP502, step.node, fixable=data is not None, data=data, optimizer=opt, scaler=scaler)
+                if _between(self.events, source, step, _STEP, scaler, opt):
+                    detail, data = "steps a second time after the scaler's step, inf/NaN gradients included", None
+                elif _between(self.events, source, step, _UNSCALE, scaler, opt):
+                    continue  # unscaled by hand: a deliberate manual step
+                else:
+                    detail = "applies gradients multiplied by the loss scale and never skips inf/NaN steps"
+                    data = self._step_fix(step, scaler)
+                self.ctx.report(
+                    AMP502, step.node, fixable=data is not None, data=data, optimizer=opt, scaler=scaler, detail=detail
+                )
                 break
 
     def _step_fix(self, step: _Event, scaler: str) -> dict | None:
