@@ -713,3 +713,43 @@ def test_fix_clip_in_accumulation_block_keeps_indentation():
                     scaler.step(optimizer)
                     scaler.update()
     """)
+
+
+def test_alias_of_self_scaler_is_the_same_scaler():
+    assert amp5("""
+        import torch
+
+        class Trainer:
+            def __init__(self):
+                self.scaler = torch.amp.GradScaler("cuda")
+
+            def step(self, loss, optimizer):
+                scaler = self.scaler
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                self.scaler.update()
+
+            def broken(self, loss, optimizer):
+                s = self.scaler
+                loss.backward()
+                s.step(optimizer)
+                self.scaler.update()
+    """) == [(17, "AMP501")]
+
+
+def test_second_training_phase_without_amp_is_clean():
+    assert amp5("""
+        import torch
+
+        def train(model, loader, optimizer, scaler):
+            for loss in loader:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad()
+            for loss in loader:  # fine-tuning phase in fp32
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                optimizer.zero_grad()
+    """) == []

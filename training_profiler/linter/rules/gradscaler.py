@@ -568,6 +568,15 @@ def _scale_call_in(expr: ast.AST) -> str | None:
     return None
 
 
+def _canonical(ctx: Context, key: str | None) -> str | None:
+    """``scaler = self.scaler`` makes ``scaler`` another name for ``self.scaler``."""
+    if key is None:
+        return None
+    binding = ctx.lookup(key)
+    alias = target_key(binding.value) if binding is not None and binding.value is not None else None
+    return alias or key
+
+
 def _argument(call: ast.Call, position: int, keyword: str) -> ast.AST | None:
     for kw in call.keywords:
         if kw.arg == keyword:
@@ -715,6 +724,14 @@ def _between(events: list[_Event], start: _Event, end: _Event, kind: str, key: s
     return any(
         e.kind == kind and e.key == key and (arg is None or e.arg == arg) and start.index < e.index < end.index
         for e in events
+    )
+
+
+def _rebackward(events: list[_Event], source: _Event, end: _Event) -> bool:
+    """A plain backward runs after the scaled one, before ``end``: the gradients ``end`` sees
+    come from an unscaled step (e.g. a second training phase without AMP)."""
+    return any(
+        e.kind == _BACKWARD and source.index < e.index < end.index and not _exclusive(source, e) for e in events
     )
 
 
@@ -877,6 +894,7 @@ class GradScalerProtocol(LintRule):
         event = self._classify(node, attr, ctx)
         if event is not None:
             kind, key, arg = event
+            key = _canonical(ctx, key)
             events = ctx.scope_data(self).setdefault("events", [])
             origin = _origin(ctx, key) if key is not None and kind not in (_BACKWARD, _CLIP) else None
             events.append(_Event(kind, node, key, arg, _path(ctx, node), len(events), origin, _whole_statement(ctx, node)))
@@ -1006,7 +1024,7 @@ class _Checks:
                 if not _precedes(source, step):
                     continue
                 scaler, opt = source.key, step.key
-                if _switched(step, source, scaler, self.scaler_events):
+                if _switched(step, source, scaler, self.scaler_events) or _rebackward(self.events, source, step):
                     continue
                 if _between(self.events, source, step, _STEP, scaler, opt):
                     detail, data = "steps a second time after the scaler's step, inf/NaN gradients included", None
@@ -1043,6 +1061,7 @@ class _Checks:
                     _between(self.events, source, clip, _UNSCALE, scaler)
                     or _between(self.events, source, clip, _STEP, scaler)
                     or _switched(clip, source, scaler, self.scaler_events)
+                    or _rebackward(self.events, source, clip)
                 ):
                     continue
                 name = getattr(clip.node.func, "attr", None) or getattr(clip.node.func, "id", "clip_grad_norm_")
