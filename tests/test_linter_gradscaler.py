@@ -612,7 +612,7 @@ def test_odd_syntax_never_breaks_the_rule():
                     pass
             try:
                 scaler.step(optimizer=opts[0])
-            except* ValueError:
+            except ValueError:
                 scaler.update()
             else:
                 scaler.update()
@@ -753,3 +753,29 @@ def test_second_training_phase_without_amp_is_clean():
                 optimizer.step()
                 optimizer.zero_grad()
     """) == []
+
+
+def test_clip_and_direct_step_are_fixed_together():
+    assert fixed("""
+        import torch
+
+        def train(model, loader, optimizer):
+            scaler = torch.amp.GradScaler("cuda")
+            for x, y in loader:
+                optimizer.zero_grad()
+                scaler.scale(model(x, y)).backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+    """) == textwrap.dedent("""
+        import torch
+
+        def train(model, loader, optimizer):
+            scaler = torch.amp.GradScaler("cuda")
+            for x, y in loader:
+                optimizer.zero_grad()
+                scaler.scale(model(x, y)).backward()
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                scaler.step(optimizer)
+                scaler.update()
+    """)

@@ -627,6 +627,7 @@ def _origin(ctx: Context, key: str) -> str | None:
 
 _SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module, ast.ClassDef, ast.Lambda)
 _LOOPS = (ast.For, ast.AsyncFor, ast.While)
+_TRIES = (ast.Try, getattr(ast, "TryStar", ast.Try))  # try/except* is Python 3.11+
 
 
 def _contains(block: list, node: ast.AST) -> bool:
@@ -649,7 +650,7 @@ def _arm(parent: ast.AST, child: ast.AST) -> tuple | None:
         if _contains(parent.orelse, child):
             return (parent, "orelse", True)
         return None
-    if isinstance(parent, ast.Try) or type(parent).__name__ == "TryStar":
+    if isinstance(parent, _TRIES):
         if _contains(parent.body, child):
             return (parent, "body", False)
         if _contains(parent.finalbody, child):
@@ -680,13 +681,16 @@ def _path(ctx: Context, node: ast.AST) -> tuple:
     return tuple(arms)
 
 
+_ARM_FIELDS = {"body": "body", "loop": "body", "orelse": "orelse", "final": "finalbody"}
+
+
 def _block(stmt: ast.AST, arm: str) -> list:
-    """The statements of one arm (for the early-exit check)."""
+    """The statements of one arm (for the early-exit check); [] for an expression's arm."""
     if arm.startswith("handler"):
         return stmt.handlers[int(arm[7:])].body
     if arm.startswith("case"):
         return stmt.cases[int(arm[4:])].body
-    block = getattr(stmt, "body" if arm in ("body", "loop") else arm if arm != "final" else "finalbody", [])
+    block = getattr(stmt, _ARM_FIELDS[arm])
     return block if isinstance(block, list) else []
 
 
@@ -1070,14 +1074,19 @@ class _Checks:
                 break
 
     def _unscale_fix(self, clip: _Event, scaler: str) -> dict | None:
-        """Insert ``scaler.unscale_(opt)`` before the clip when one optimizer is stepped right after,
-        in the same block, and the body never unscales."""
+        """Insert ``scaler.unscale_(opt)`` before the clip when one optimizer is stepped after it
+        (``scaler.step(opt)`` or a direct ``opt.step()``), in the same block, and the body never
+        unscales."""
         if clip.stmt is None or self.of(_UNSCALE, scaler):
             return None
-        steps = [s for s in self.of(_STEP, scaler) if s.index > clip.index and s.arg is not None]
-        if len({s.arg for s in steps}) != 1 or steps[0].path != clip.path:
+        stepped = [
+            (s.arg if s.key == scaler else s.key, s)
+            for s in self.of(_STEP)
+            if s.index > clip.index and ((s.key == scaler and s.arg is not None) or s.key in self.optimizers)
+        ]
+        if len({opt for opt, _ in stepped}) != 1 or any(s.path != clip.path for _, s in stepped):
             return None
-        return {"fix_before": f"{scaler}.unscale_({steps[0].arg})"}
+        return {"fix_before": f"{scaler}.unscale_({stepped[0][0]})"}
 
     # AMP504
     def unscale_twice_or_late(self) -> None:
