@@ -779,3 +779,20 @@ def test_clip_and_direct_step_are_fixed_together():
                 scaler.step(optimizer)
                 scaler.update()
     """)
+
+
+def test_self_scaler_updated_in_another_method_is_not_missing():
+    assert amp5("""
+        class Trainer:
+            def training_step(self, loss):
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+
+            def on_step_end(self):
+                self.scaler.update()
+
+        class Broken:
+            def training_step(self, loss):
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+    """) == [(13, "AMP505")]

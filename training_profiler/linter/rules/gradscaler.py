@@ -943,15 +943,29 @@ class GradScalerProtocol(LintRule):
     # -- checking ---------------------------------------------------------------------------
     def leave_scope(self, node: ast.AST, ctx: Context) -> None:
         events: list[_Event] = ctx.scope_data(self).pop("events", None) or []
-        if not events:
-            return
-        scalers = self._scalers(events)
-        if not scalers:
-            return
-        optimizers = self._optimizers(events, scalers)
-        body = node.body if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)) else []
-        checks = _Checks(ctx, events, scalers, optimizers, body)
-        checks.run()
+        file_data = self._file_data(ctx)
+        owner = ctx.scope.parent.node if ctx.scope.parent is not None and ctx.scope.parent.is_class else None
+        file_data.setdefault("self_updates", set()).update(
+            (id(owner), e.key) for e in events if e.kind == _UPDATE and e.key.startswith("self.")
+        )
+        scalers = self._scalers(events) if events else set()
+        if scalers:
+            body = node.body if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)) else []
+            checks = _Checks(ctx, events, scalers, self._optimizers(events, scalers), body)
+            checks.run()
+            # `self.scaler.update()` may live in another method of the class: decide at the end
+            file_data.setdefault("pending", []).extend(((id(owner), key), *rest) for key, *rest in checks.pending)
+        if isinstance(node, ast.Module):
+            for owner_key, step_node, kwargs in file_data.get("pending", ()):
+                if owner_key not in file_data["self_updates"]:
+                    ctx.report(AMP505, step_node, **kwargs)
+
+    def _file_data(self, ctx: Context) -> dict:
+        """Scratch space shared by every scope of the file (the module scope's)."""
+        scope = ctx.scope
+        while scope.parent is not None:
+            scope = scope.parent
+        return scope.data.setdefault(type(self).__name__, {})
 
     @staticmethod
     def _scalers(events: list[_Event]) -> set[str]:
@@ -990,6 +1004,7 @@ class _Checks:
 
     def __init__(self, ctx: Context, events: list[_Event], scalers: set[str], optimizers: set[str], body: list):
         self.ctx = ctx
+        self.pending: list[tuple] = []  # (self key, node, report kwargs): AMP505 findings decided per file
         self.events = events
         self.scalers = scalers
         self.optimizers = optimizers
@@ -1143,10 +1158,13 @@ class _Checks:
                 continue
             if not updates:
                 if not _hands_over(self.body, scaler):
-                    last = steps[-1]
                     data = self._update_fix(steps, scaler)
                     detail = f"{scaler}.step() without {scaler}.update() in this function"
-                    self.ctx.report(AMP505, last.node, fixable=data is not None, data=data, detail=detail, scaler=scaler)
+                    kwargs = dict(fixable=data is not None, data=data, detail=detail, scaler=scaler)
+                    if scaler.startswith("self."):
+                        self.pending.append((scaler, steps[-1].node, kwargs))
+                    else:
+                        self.ctx.report(AMP505, steps[-1].node, **kwargs)
                 continue
             for step in steps:
                 if self._stepping_loop_without_update(step):
