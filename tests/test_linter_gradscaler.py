@@ -796,3 +796,31 @@ def test_self_scaler_updated_in_another_method_is_not_missing():
                 self.scaler.scale(loss).backward()
                 self.scaler.step(self.optimizer)
     """) == [(13, "AMP505")]
+
+
+def test_two_if_switch_on_the_scaler_with_accumulation_is_clean():
+    assert amp5("""
+        from torch import nn
+
+        def update(model, batches, optimizer, scaler, max_norm):
+            for loss in batches:
+                if scaler:
+                    scaler.scale(loss).backward()
+                else:
+                    loss.backward()
+            if scaler:
+                scaler.unscale_(optimizer); nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                scaler.step(optimizer); scaler.update()
+            else:
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                optimizer.step()
+
+        def guarded(model, loss, optimizer, scaler, clip):
+            scaler.scale(loss).backward()
+            if clip:
+                if scaler.is_enabled():
+                    scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), clip)
+            scaler.step(optimizer)
+            scaler.update()
+    """) == []
