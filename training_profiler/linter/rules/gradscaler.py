@@ -1004,11 +1004,11 @@ class _Checks:
 
     def __init__(self, ctx: Context, events: list[_Event], scalers: set[str], optimizers: set[str], body: list):
         self.ctx = ctx
-        self.pending: list[tuple] = []  # (self key, node, report kwargs): AMP505 findings decided per file
         self.events = events
         self.scalers = scalers
         self.optimizers = optimizers
         self.body = body
+        self.pending: list[tuple] = []  # (self key, node, report kwargs): AMP505, decided per file
         self.scaled = [e for e in events if e.kind == _SCALED_BACKWARD and e.key in scalers]
         self.scaler_events = [
             e for e in events if e.key in scalers and e.kind in (_SCALED_BACKWARD, _STEP, _UPDATE, _UNSCALE)
@@ -1148,7 +1148,7 @@ class _Checks:
     # AMP505
     def update_missing_or_early(self) -> None:
         for scaler in sorted(self.scalers):
-            steps = [s for s in self.of(_STEP, scaler)]
+            steps = self.of(_STEP, scaler)
             updates = self.of(_UPDATE, scaler)
             for update in updates:
                 if not any(_precedes(s, update) for s in steps) and any(_precedes(update, s) for s in steps):
@@ -1226,11 +1226,11 @@ class _ScalerFix(PositionalFix):
         return True
 
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
-        if not self._edits or not self.targeted(original):
+        if not self._edits or not self._lines:
             return updated
         start = self.get_metadata(PositionProvider, original).start
         data = self._edits.get((start.line, start.column + 1))
-        if data is None or not self._lines:
+        if data is None:
             return updated
         self._lines[-1] = data
         if "fix_replace" in data:
