@@ -824,3 +824,24 @@ def test_two_if_switch_on_the_scaler_with_accumulation_is_clean():
             scaler.step(optimizer)
             scaler.update()
     """) == []
+
+
+def test_decorated_step_and_aliased_constructor():
+    assert amp5("""
+        import functools
+        import torch
+
+        Scaler = torch.amp.GradScaler
+
+        @functools.lru_cache(None)
+        def make():
+            return Scaler("cuda")
+
+        @torch.autocast("cuda")
+        @torch.compile
+        def train_step(model, batch, optimizer):
+            s = Scaler("cuda")
+            model(batch).backward()
+            s.step(optimizer)
+            s.update()
+    """) == [(16, "AMP501")]
