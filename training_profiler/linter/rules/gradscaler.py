@@ -290,7 +290,7 @@ AMP504 = Rule(
     code="AMP504",
     name="unscale-twice-or-late",
     severity=Severity.ERROR,
-    message="{detail}: call {scaler}.unscale_(optimizer) once per optimizer per step, after backward and before {scaler}.step(optimizer)",
+    message="{scaler}.unscale_() {detail}: call it once per optimizer per step, after backward and before {scaler}.step(optimizer)",
     why=(
         "GradScaler records per optimizer that its gradients were unscaled; a second unscale_() "
         "before update() raises RuntimeError, and unscale_() after step() raises too. After "
@@ -364,7 +364,7 @@ AMP505 = Rule(
     code="AMP505",
     name="scaler-update-missing-or-early",
     severity=Severity.ERROR,
-    message="{detail}: call {scaler}.update() once per iteration, after the last {scaler}.step()",
+    message="{scaler}.update() {detail}: call it once per iteration, after the last {scaler}.step()",
     why=(
         "scaler.update() adjusts the loss scale from the inf checks that step() recorded. Without "
         "it the scale never shrinks after an overflow, so every later step is skipped, and a "
@@ -1112,7 +1112,7 @@ class _Checks:
             detail = None
             for earlier in self.of(_UNSCALE, scaler):
                 if earlier.arg == opt and _precedes(earlier, unscale) and not _between(self.events, earlier, unscale, _UPDATE, scaler):
-                    detail = f"{scaler}.unscale_() is called twice for the same optimizer before {scaler}.update()"
+                    detail = f"is called twice for the same optimizer before {scaler}.update()"
                     break
             if detail is None:
                 for step in self.of(_STEP, scaler):
@@ -1121,10 +1121,10 @@ class _Checks:
                         and _precedes(step, unscale)
                         and not _between(self.events, step, unscale, _SCALED_BACKWARD, scaler)
                     ):
-                        detail = f"{scaler}.unscale_() after {scaler}.step(): too late for this step"
+                        detail = f"comes after {scaler}.step(), too late for this step"
                         break
             if detail is None and self._loop_without_update(unscale):
-                detail = f"{scaler}.unscale_() inside a loop that never calls {scaler}.update() runs again on the next iteration"
+                detail = f"runs again on every iteration of a loop that never calls {scaler}.update()"
             if detail is not None:
                 self.ctx.report(AMP504, unscale.node, detail=detail, scaler=scaler)
 
@@ -1152,14 +1152,14 @@ class _Checks:
             updates = self.of(_UPDATE, scaler)
             for update in updates:
                 if not any(_precedes(s, update) for s in steps) and any(_precedes(update, s) for s in steps):
-                    detail = f"{scaler}.update() before {scaler}.step() in the same iteration"
+                    detail = f"runs before {scaler}.step() in the same iteration"
                     self.ctx.report(AMP505, update.node, detail=detail, scaler=scaler)
             if not steps or not any(e.key == scaler for e in self.scaled):
                 continue
             if not updates:
                 if not _hands_over(self.body, scaler):
                     data = self._update_fix(steps, scaler)
-                    detail = f"{scaler}.step() without {scaler}.update() in this function"
+                    detail = f"is missing after {scaler}.step() in this function"
                     kwargs = dict(fixable=data is not None, data=data, detail=detail, scaler=scaler)
                     if scaler.startswith("self."):
                         self.pending.append((scaler, steps[-1].node, kwargs))
@@ -1168,7 +1168,7 @@ class _Checks:
                 continue
             for step in steps:
                 if self._stepping_loop_without_update(step):
-                    detail = f"{scaler}.step() in a loop that never calls {scaler}.update()"
+                    detail = f"is missing from the loop that calls {scaler}.step()"
                     self.ctx.report(AMP505, step.node, detail=detail, scaler=scaler)
 
     def _update_fix(self, steps: list[_Event], scaler: str) -> dict | None:
