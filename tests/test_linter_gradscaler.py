@@ -845,3 +845,27 @@ def test_decorated_step_and_aliased_constructor():
             s.step(optimizer)
             s.update()
     """) == [(16, "AMP501")]
+
+
+def test_second_unscale_is_removed_only_when_the_first_always_ran():
+    conditional_first = """
+        def train_step(loss, optimizer, scaler, clip):
+            scaler.scale(loss).backward()
+            if clip:
+                scaler.unscale_(optimizer)
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+    """
+    assert amp5(conditional_first) == [(6, "AMP504")]
+    assert fixed(conditional_first) == textwrap.dedent(conditional_first)
+    commented = """
+        def train_step(loss, optimizer, scaler):
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            # unscale before stepping
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
+    """
+    assert fixed(commented) == textwrap.dedent(commented)

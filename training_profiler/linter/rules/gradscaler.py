@@ -861,6 +861,25 @@ class GradScalerProtocol(LintRule):
             "        scaler.update()\n",
         ),
         (
+            "import torch\n"
+            "\n"
+            "def train_step(model, loss, optimizer, scaler):\n"
+            "    scaler.scale(loss).backward()\n"
+            "    scaler.unscale_(optimizer)\n"
+            "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+            "    scaler.unscale_(optimizer)\n"
+            "    scaler.step(optimizer)\n"
+            "    scaler.update()\n",
+            "import torch\n"
+            "\n"
+            "def train_step(model, loss, optimizer, scaler):\n"
+            "    scaler.scale(loss).backward()\n"
+            "    scaler.unscale_(optimizer)\n"
+            "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+            "    scaler.step(optimizer)\n"
+            "    scaler.update()\n",
+        ),
+        (
             "def train(model, loader, opt0, opt1, scaler):\n"
             "    for x, y in loader:\n"
             "        scaler.scale(model(x, y)).backward()\n"
@@ -1109,10 +1128,12 @@ class _Checks:
             scaler, opt = unscale.key, unscale.arg
             if scaler not in self.scalers:
                 continue
-            detail = None
+            detail, data = None, None
             for earlier in self.of(_UNSCALE, scaler):
                 if earlier.arg == opt and _precedes(earlier, unscale) and not _between(self.events, earlier, unscale, _UPDATE, scaler):
                     detail = f"is called twice for the same optimizer before {scaler}.update()"
+                    if unscale.stmt is not None and earlier.path == unscale.path:
+                        data = {"fix_remove": True}  # the first call always ran: the second only raises
                     break
             if detail is None:
                 for step in self.of(_STEP, scaler):
@@ -1126,7 +1147,7 @@ class _Checks:
             if detail is None and self._loop_without_update(unscale):
                 detail = f"runs again on every iteration of a loop that never calls {scaler}.update()"
             if detail is not None:
-                self.ctx.report(AMP504, unscale.node, detail=detail, scaler=scaler)
+                self.ctx.report(AMP504, unscale.node, fixable=data is not None, data=data, detail=detail, scaler=scaler)
 
     def _loop_without_update(self, event: _Event) -> bool:
         """``event`` is in a loop that neither updates the scaler nor hands it to a helper, while
@@ -1204,7 +1225,8 @@ class _Checks:
 
 class _ScalerFix(PositionalFix):
     """Statement-level edits described by the finding's data: ``fix_replace`` (the call's new
-    text), ``fix_before`` / ``fix_after`` (a statement inserted before / after the call's line).
+    text), ``fix_before`` / ``fix_after`` (a statement inserted before / after the call's line),
+    ``fix_remove`` (drop the call's line).
     The data is recomputed from the module's current source so the edit matches the detector."""
 
     def __init__(self, positions):
@@ -1241,6 +1263,11 @@ class _ScalerFix(PositionalFix):
         data = self._lines.pop()
         if data is None:
             return updated
+        if data.get("fix_remove"):
+            if any(line.comment is not None for line in updated.leading_lines):
+                return updated  # removing the line would drop the comment above it
+            self.applied += 1
+            return cst.RemoveFromParent()
         self.applied += 1
         before, after = data.get("fix_before"), data.get("fix_after")
         if not before and not after:
