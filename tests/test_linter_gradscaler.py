@@ -869,3 +869,19 @@ def test_second_unscale_is_removed_only_when_the_first_always_ran():
             scaler.update()
     """
     assert fixed(commented) == textwrap.dedent(commented)
+
+
+def test_update_missing_for_a_scaler_constructed_in_the_same_body():
+    # the backward runs in a helper, but nobody else can update a scaler local to this function
+    assert amp5("""
+        import torch
+
+        def train(model, loader, optimizer, backward):
+            scaler = torch.amp.GradScaler("cuda")
+            for batch in loader:
+                backward(model, batch)
+                scaler.step(optimizer)
+
+        def shared(optimizer, scaler):
+            scaler.step(optimizer)  # parameter: the caller may update it
+    """) == [(8, "AMP505")]

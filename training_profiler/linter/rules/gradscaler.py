@@ -526,7 +526,7 @@ class _Event:
         self.arg = arg
         self.path = path
         self.index = index
-        self.origin = origin  # "scaler" / "disabled" / "optimizer" / "other" / None (unknown)
+        self.origin = origin  # "scaler" / "local scaler" / "disabled" / "optimizer" / "other" / None (unknown)
         self.stmt = stmt  # the statement when the call is the whole statement (for autofixes)
 
 
@@ -919,7 +919,9 @@ class GradScalerProtocol(LintRule):
             kind, key, arg = event
             key = _canonical(ctx, key)
             events = ctx.scope_data(self).setdefault("events", [])
-            origin = _origin(ctx, key) if key is not None and kind not in (_BACKWARD, _CLIP) else None
+            origin = _origin(ctx, key) if key is not None else None
+            if origin == "scaler" and key in ctx.scope.bindings:
+                origin = "local scaler"  # constructed in this very body: no other function updates it
             events.append(_Event(kind, node, key, arg, _path(ctx, node), len(events), origin, _whole_statement(ctx, node)))
 
     def _classify(self, node: ast.Call, attr: str, ctx: Context) -> tuple | None:
@@ -998,7 +1000,9 @@ class GradScalerProtocol(LintRule):
                 e.kind == _STEP and e.arg is not None and _last_segment(e.key).endswith("scaler")
             ):
                 evidence.add(e.key)
-        return {k for k, origin in origins.items() if origin == "scaler" or (origin is None and k in evidence)}
+        return {
+            k for k, origin in origins.items() if origin in ("scaler", "local scaler") or (origin is None and k in evidence)
+        }
 
     @staticmethod
     def _optimizers(events: list[_Event], scalers: set[str]) -> set[str]:
@@ -1175,7 +1179,8 @@ class _Checks:
                 if not any(_precedes(s, update) for s in steps) and any(_precedes(update, s) for s in steps):
                     detail = f"runs before {scaler}.step() in the same iteration"
                     self.ctx.report(AMP505, update.node, detail=detail, scaler=scaler)
-            if not steps or not any(e.key == scaler for e in self.scaled):
+            owned = any(e.key == scaler for e in self.scaled) or any(e.origin == "local scaler" for e in steps)
+            if not steps or not owned:
                 continue
             if not updates:
                 if not _hands_over(self.body, scaler):
