@@ -885,3 +885,12 @@ def test_update_missing_for_a_scaler_constructed_in_the_same_body():
         def shared(optimizer, scaler):
             scaler.step(optimizer)  # parameter: the caller may update it
     """) == [(8, "AMP505")]
+
+
+def test_calls_inside_a_lambda_are_not_part_of_the_step():
+    assert amp5("""
+        def train(model, batch, optimizer, scaler, register):
+            model(batch).backward()
+            register(lambda: scaler.step(optimizer))
+            scaler.update()
+    """) == []

@@ -668,7 +668,8 @@ def _arm(parent: ast.AST, child: ast.AST) -> tuple | None:
     return None
 
 
-def _path(ctx: Context, node: ast.AST) -> tuple:
+def _path(ctx: Context, node: ast.AST) -> tuple | None:
+    """The arms around ``node`` up to its function; None inside a lambda (runs at another time)."""
     arms = []
     child = node
     parent = ctx.parent(child)
@@ -677,6 +678,8 @@ def _path(ctx: Context, node: ast.AST) -> tuple:
         if arm is not None:
             arms.append(arm)
         child, parent = parent, ctx.parent(parent)
+    if isinstance(parent, ast.Lambda):
+        return None
     arms.reverse()
     return tuple(arms)
 
@@ -915,14 +918,16 @@ class GradScalerProtocol(LintRule):
         else:
             return
         event = self._classify(node, attr, ctx)
-        if event is not None:
-            kind, key, arg = event
-            key = _canonical(ctx, key)
-            events = ctx.scope_data(self).setdefault("events", [])
-            origin = _origin(ctx, key) if key is not None else None
-            if origin == "scaler" and key in ctx.scope.bindings:
-                origin = "local scaler"  # constructed in this very body: no other function updates it
-            events.append(_Event(kind, node, key, arg, _path(ctx, node), len(events), origin, _whole_statement(ctx, node)))
+        path = _path(ctx, node) if event is not None else None
+        if path is None:
+            return
+        kind, key, arg = event
+        key = _canonical(ctx, key)
+        events = ctx.scope_data(self).setdefault("events", [])
+        origin = _origin(ctx, key) if key is not None else None
+        if origin == "scaler" and key in ctx.scope.bindings:
+            origin = "local scaler"  # constructed in this very body: no other function updates it
+        events.append(_Event(kind, node, key, arg, path, len(events), origin, _whole_statement(ctx, node)))
 
     def _classify(self, node: ast.Call, attr: str, ctx: Context) -> tuple | None:
         """(kind, key, arg) for a call that matters to the protocol, else None."""
