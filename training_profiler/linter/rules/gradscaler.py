@@ -15,17 +15,24 @@ Which names are GradScalers:
     like a scaler in this body: ``X.scale(loss).backward()``, ``torch.autograd.grad(X.scale(..))``,
     ``X.unscale_(...)``, ``X.get_scale()``, or named ``*scaler`` and called as ``X.step(opt)``.
   A name bound to anything else the resolver recognises (another library's class) is not a scaler.
-Which names are optimizers: bound to a ``torch.optim`` class, or used as one in this body
-(``X.zero_grad()``, ``scaler.step(X)``, ``scaler.unscale_(X)``); ``scheduler.step()`` is neither.
+  ``scaler = self.scaler`` is the same scaler as ``self.scaler``.
+Which names are optimizers: bound to a ``torch.optim`` class, used as one in this body
+(``X.zero_grad()``, ``scaler.step(X)``, ``scaler.unscale_(X)``), or named like one
+(``optimizer``, ``opt_d``, ``g_optim``; not ``*sched*``) and stepped with no argument.
+``lr_scheduler.step()`` is neither. Calls inside a ``lambda`` are not part of the step.
 
 Control flow: statement order within one body; a ``for``/``while`` body is one training step.
 Two events in different arms of one ``if`` (or ``match``, or ``except`` handlers) never see each
 other, nor does code after an arm that ends in ``return``/``raise`` (``continue``/``break``
 inside the same loop). ``optimizer.step()`` / clipping inside an arm that switches between the
 scaler and plain PyTorch (``if scaler is None: ... else: scaler.step(...)``) is not reported.
-Rules that need the whole step in view (AMP501 "no scaled backward", AMP505 "update missing")
-only fire when the body also contains the other half of the step, so a step split over helper
-functions stays silent.
+Rules that need the whole step in view only fire when the body shows the other half too, so a
+step split over helper functions stays silent: AMP501 needs a plain ``loss.backward()`` before
+``scaler.step`` and no scaled backward anywhere in the body; AMP505 "update missing" needs the
+scaled backward (or the scaler's construction) in the body, no call that receives the scaler
+(a helper may update it) and, for ``self.scaler``, no ``self.scaler.update()`` in any method of
+the class. AMP502 stays silent after ``scaler.unscale_(opt)`` (a deliberate manual step) and
+after a later plain ``loss.backward()`` (a second, unscaled training phase).
 """
 
 from __future__ import annotations
