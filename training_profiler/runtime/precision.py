@@ -221,8 +221,8 @@ def _cast_stats(x: torch.Tensor, y: torch.Tensor, finite: torch.Tensor, dtype: t
     if per_column:
         count = normal.sum(0).clamp_min(1)
         out["column_mean_rel_error"] = (rel.sum(0) / count).tolist()
-        out["column_underflow"] = (underflow.sum(0) / x.shape[0]).tolist()
-        out["column_subnormal"] = (subnormal.sum(0) / x.shape[0]).tolist()
+        out["column_underflow"] = (underflow.sum(0).double() / x.shape[0]).tolist()
+        out["column_subnormal"] = (subnormal.sum(0).double() / x.shape[0]).tolist()
     return out
 
 
