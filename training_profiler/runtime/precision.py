@@ -161,14 +161,22 @@ def _dim_stats(rows: torch.Tensor) -> list[dict[str, Any]]:
     zeros = torch.zeros(n_cols, dtype=torch.int64)
     finite = torch.zeros(n_cols, dtype=torch.int64)
     for start in range(0, n_rows, step):
+        # plain per-chunk reductions are the fast ones on CPU (aminmax, bool sums and float64 sums
+        # along dim 0 were 2-10x slower); a chunk holds < 2**24 rows, so float32 counts are exact
         chunk = rows[start:start + step]
-        ok = torch.isfinite(chunk)
-        clean = torch.where(ok, chunk, torch.zeros((), dtype=chunk.dtype, device=chunk.device))
-        lo = torch.minimum(lo, torch.where(ok, chunk, math.inf).amin(0).double().cpu())
-        hi = torch.maximum(hi, torch.where(ok, chunk, -math.inf).amax(0).double().cpu())
-        total += clean.sum(0, dtype=torch.float64).cpu()
-        zeros += (chunk == 0).sum(0).cpu()
-        finite += ok.sum(0).cpu()
+        c_lo, c_hi, c_total = chunk.amin(0), chunk.amax(0), chunk.float().sum(0)
+        if bool(torch.isfinite(c_lo).all() & torch.isfinite(c_hi).all()):
+            finite += chunk.shape[0]
+        else:  # NaN/inf somewhere in this chunk: redo it over the finite values only
+            ok = torch.isfinite(chunk)
+            c_lo = torch.where(ok, chunk, math.inf).amin(0)
+            c_hi = torch.where(ok, chunk, -math.inf).amax(0)
+            c_total = torch.where(ok, chunk, 0.0).float().sum(0)
+            finite += ok.sum(0).cpu()
+        lo = torch.minimum(lo, c_lo.double().cpu())
+        hi = torch.maximum(hi, c_hi.double().cpu())
+        total += c_total.double().cpu()
+        zeros += (chunk == 0).float().sum(0).long().cpu()
     stats = []
     for i in range(n_cols):
         n_ok = int(finite[i])
@@ -190,10 +198,12 @@ def _sample_rows(rows: torch.Tensor, max_elements: int, seed: int) -> torch.Tens
     keep = max(1, max_elements // n_cols)
     if keep >= n_rows:
         return rows
+    # stratified: one seeded random row from each of ``keep`` equal stretches (no repeats, covers
+    # the whole tensor, O(keep) memory; randperm over 100M rows alone took seconds)
     gen = torch.Generator().manual_seed(seed)
-    picked = torch.randperm(n_rows, generator=gen)[:keep] if n_rows <= 1 << 24 else \
-        torch.randint(n_rows, (keep,), generator=gen).unique()
-    return rows[picked.sort().values.to(rows.device)]
+    edges = torch.arange(keep + 1, dtype=torch.int64) * n_rows // keep
+    offsets = (torch.rand(keep, generator=gen, dtype=torch.float64) * (edges[1:] - edges[:-1])).long()
+    return rows[(edges[:-1] + offsets).to(rows.device)]
 
 
 def _fraction(mask: torch.Tensor) -> float:
