@@ -533,17 +533,15 @@ def compare_precision(model: torch.nn.Module, inputs: Any, dtype: torch.dtype | 
 
     names = {m: n for n, m in model.named_modules()}
     layers: dict[int, LayerError] = {}
-    rounds, start, peak, total_calls = 0, 0, 0, None
+    rounds, start, peak = 0, 0, 0
     was_training = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        while total_calls is None or start < total_calls:
+        while start is not None:
             rounds += 1
-            stored, stop, calls, held = _reference_pass(model, names, args, kwargs, device_type, start, memory_budget)
+            stored, start, held = _reference_pass(model, names, args, kwargs, device_type, start, memory_budget)
             peak = max(peak, held)
-            total_calls = calls
             _low_pass(model, names, args, kwargs, device_type, low, stored, layers)
-            start = stop
     finally:
         for m, flag in was_training:
             m.train(flag)
@@ -598,9 +596,14 @@ def _float_copies(value: Any) -> list[torch.Tensor]:
     return [t.detach().float().clone() for t in _tensors(value) if t.is_floating_point()]
 
 
+class _StopPass(Exception):
+    """Raised by a hook when the rest of the forward pass is not needed in this round."""
+
+
 def _run(model: torch.nn.Module, args: tuple, kwargs: dict, device_type: str, low: torch.dtype | None,
          hook) -> None:
-    """One forward pass with ``hook(module, inputs, output)`` on every module, same RNG state each time."""
+    """One forward pass with ``hook(module, inputs, output)`` on every module, same RNG state each
+    time; a hook may end the pass early by raising :class:`_StopPass`."""
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
         # the same CPU random stream in every run (the user's generator state is restored after)
@@ -608,6 +611,8 @@ def _run(model: torch.nn.Module, args: tuple, kwargs: dict, device_type: str, lo
                 torch.autocast(device_type, dtype=low or torch.float32, enabled=low is not None):
             torch.default_generator.manual_seed(0)
             model(*args, **kwargs)
+    except _StopPass:
+        pass
     except Exception as exc:
         run = f"{low} autocast" if low is not None else "fp32"
         raise RuntimeError(f"the model raised {type(exc).__name__} in the {run} run of compare_precision: "
@@ -618,7 +623,9 @@ def _run(model: torch.nn.Module, args: tuple, kwargs: dict, device_type: str, lo
 
 
 def _reference_pass(model, names, args, kwargs, device_type, start, budget):
-    """fp32 run: copy the inputs/outputs of calls ``start, start+1, ...`` until the budget is used."""
+    """fp32 run: copy the inputs/outputs of calls ``start, start+1, ...`` until the budget is used.
+
+    Returns (copies by call index, the call index the next round starts at or None, bytes held)."""
     stored: dict[int, tuple[str, str, list[torch.Tensor], list[torch.Tensor]]] = {}
     state = {"calls": 0, "stop": None, "held": 0}
     seen: dict[torch.nn.Module, int] = {}
@@ -627,20 +634,19 @@ def _reference_pass(model, names, args, kwargs, device_type, start, budget):
         index = state["calls"]
         state["calls"] += 1
         seen[module] = seen.get(module, 0) + 1
-        if index < start or state["stop"] is not None:
+        if index < start:
             return
         outs, ins = _float_copies(output), _float_copies(inputs)
         size = sum(t.numel() * t.element_size() for t in [*outs, *ins])
         if stored and state["held"] + size > budget:
-            state["stop"] = index  # the next round starts here
-            return
+            state["stop"] = index  # the next round starts here; this round needs no more of the pass
+            raise _StopPass
         name = names.get(module, "?") + (f" (call {seen[module]})" if seen[module] > 1 else "")
         stored[index] = (name, type(module).__name__, ins, outs)
         state["held"] += size
 
     _run(model, args, kwargs, device_type, None, hook)
-    stop = state["stop"] if state["stop"] is not None else state["calls"]
-    return stored, stop, state["calls"], state["held"]
+    return stored, state["stop"], state["held"]
 
 
 def _low_pass(model, names, args, kwargs, device_type, low, stored, layers) -> None:
@@ -658,6 +664,8 @@ def _low_pass(model, names, args, kwargs, device_type, low, stored, layers) -> N
         in_err = _relative_error(ref_in, list(_tensors(inputs)))[0] if ref_in else None
         gain = out_err / in_err if in_err and math.isfinite(in_err) and math.isfinite(out_err) else None
         layers[index] = LayerError(name, kind, out_err, cosine, in_err, gain, nonfinite)
+        if not stored:  # everything this round holds is compared
+            raise _StopPass
 
     _run(model, args, kwargs, device_type, low, hook)
     if stored:
