@@ -237,3 +237,25 @@ def test_low_risk_tensor_and_readable_text(bbox_report):
 def test_bad_input_gets_a_clear_error(bad, kwargs, error, words):
     with pytest.raises(error, match=words.replace("(", r"\(").replace(")", r"\)")):
         analyze_tensor(bad, **kwargs)
+
+
+def test_tiny_values_are_blamed_on_fp16_subnormals_not_on_a_dimension_gap():
+    x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e-6
+    r = analyze_tensor(x)
+    want = ref_stats(x.numpy().ravel(), "float16")
+    assert r["precision"]["float16"]["subnormal"] == want["subnormal"] > 0.9
+    assert r["risk_level"] == "MEDIUM"
+    texts = [t["text"] for t in r["reasons"]]
+    assert any("float16 subnormals (below 6.1e-05)" in t for t in texts)
+    assert not any("smaller than dimension" in t for t in texts)  # ratio < 10: not "big eats small"
+
+
+def test_report_is_plain_json_data_and_scalars_work(bbox_report):
+    import json
+
+    assert isinstance(bbox_report, dict)
+    assert json.loads(json.dumps(bbox_report))["dim_ratio"]["ratio"] == 800.0
+    scalar = analyze_tensor(torch.tensor(3.0))
+    assert scalar["shape"] == [] and scalar["risk_level"] == "LOW" and len(scalar["dim_stats"]) == 1
+    with pytest.raises(ValueError, match="0-d tensor, which has no dimensions"):
+        analyze_tensor(torch.tensor(3.0), dims=0)

@@ -39,6 +39,7 @@ _ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp8": "fl
             "e4m3": "float8_e4m3fn", "e5m2": "float8_e5m2"}
 _CHUNK = 1 << 22  # elements per chunk for full-tensor passes (bounds temporary memory)
 _RISK_ORDER = {"LOW": 0, "MEDIUM": 1, "HIGH": 2}
+_EATS_RATIO = 10.0  # dimension ratio from which lost sums are blamed on the gap between dimensions
 
 
 def _dtype(value: Any) -> torch.dtype:
@@ -91,6 +92,8 @@ def analyze_tensor(tensor: torch.Tensor, name: str | None = None, dims: int | Se
     n_rows, n_cols = rows.shape
     dim_stats = _dim_stats(rows)
     sample = _sample_rows(rows, max_elements, seed)
+    if sample.device.type == "mps":  # no float64 there; the sample is small, measure it on the CPU
+        sample = sample.cpu()
     x = sample.to(torch.float64)
     finite = torch.isfinite(x)
 
@@ -121,10 +124,12 @@ def analyze_tensor(tensor: torch.Tensor, name: str | None = None, dims: int | Se
 def _feature_dims(tensor: torch.Tensor, dims: int | Sequence[int] | None) -> tuple[int, ...]:
     if dims is None:
         return (tensor.dim() - 1,) if tensor.dim() >= 2 else ()
+    if tensor.dim() == 0:
+        raise ValueError(f"dims={dims!r} given for a 0-d tensor, which has no dimensions: leave dims=None")
     wanted = (dims,) if isinstance(dims, int) else tuple(dims)
     out = []
     for d in wanted:
-        if not isinstance(d, int) or not -tensor.dim() <= d < max(tensor.dim(), 1):
+        if not isinstance(d, int) or not -tensor.dim() <= d < tensor.dim():
             raise ValueError(f"dims={dims!r} is out of range for a tensor with {tensor.dim()} dimensions: "
                              f"pass dimensions in [{-tensor.dim()}, {tensor.dim() - 1}]")
         out.append(d % tensor.dim())
@@ -146,7 +151,8 @@ def _as_rows(tensor: Any, dims: int | Sequence[int] | None) -> torch.Tensor:
     feat = _feature_dims(tensor, dims)
     t = tensor.detach()
     rest = [d for d in range(t.dim()) if d not in feat]
-    t = t.permute(*rest, *feat)
+    if t.dim():
+        t = t.permute(*rest, *feat)
     n_cols = math.prod(tensor.shape[d] for d in feat)
     return t.reshape(-1, n_cols)
 
@@ -343,7 +349,8 @@ def _risk_reasons(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     if pair is not None:
         worst = max(_REDUCTION_FORMATS, key=lambda f: pair[f]["lost_rows"])
         lost = pair[worst]["lost_rows"]
-        if lost >= 0.01:
+        # only a magnitude gap makes this "big eats small"; without one it is plain rounding
+        if lost >= 0.01 and ratio["ratio"] >= _EATS_RATIO:
             reasons.append(("HIGH" if lost >= 0.1 else "MEDIUM",
                             f"dimension {pair['small']} is {ratio['ratio']:.0f}x smaller than dimension "
                             f"{pair['large']} (adding them in {worst} loses it entirely in {lost:.1%} of rows): "
@@ -352,6 +359,10 @@ def _risk_reasons(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         reasons.append(("HIGH" if fp16["underflow"] >= 0.1 else "MEDIUM",
                         f"{fp16['underflow']:.1%} of values flush to zero in float16: use bfloat16 or scale "
                         "the values up (loss scaling for gradients)"))
+    if fp16["subnormal"] >= 0.1:
+        reasons.append(("MEDIUM", f"{fp16['subnormal']:.1%} of values are float16 subnormals (below "
+                                  f"{fp16['smallest_normal']:.3g}) and keep only a few bits: use bfloat16 or "
+                                  "scale the values up"))
     # running sums only matter for accumulators kept in low precision (torch's own reductions
     # accumulate in fp32), so they are reported as LOW: worth knowing, not a verdict on the tensor
     for fmt in _REDUCTION_FORMATS:
