@@ -146,11 +146,11 @@ def test_cli_names_the_unsafe_layer_and_exits_1(capsys):
 
 
 def test_cli_json_and_shape_input(capsys):
-    code = main(["precision", f"{TRANSFORMER}:make_model", "--input", "3x8:int100", "--dtype", "fp16",
+    code = main(["precision", f"{TRANSFORMER}:make_model", "--input", "3x8:int100", "--dtype", "fp16", "--gradients",
                  "--format", "json"])
     data = json.loads(capsys.readouterr().out)
     assert code == 1 and data["dtype"] == "float16" and data["first_exceeding"] == "blocks.1.attn.exp"
-    assert data["output_rel_error"] == "inf"
+    assert data["output_rel_error"] == "inf" and data["gradients"][-1]["name"] == "head"
 
 
 def test_cli_usage_errors(capsys):
@@ -179,3 +179,21 @@ def test_demo_prints_the_bbox_analysis(capsys):
     assert "analyze_tensor: bbox_pred  shape (1000, 2)" in out
     assert "risk HIGH: dimension 1 is 800x smaller than dimension 0" in out
     assert "first layer over tolerance 0.05: blocks.1.attn.exp" in out
+
+
+def test_gradients_match_an_independent_backward(museum):
+    model, tokens = museum.make_model()
+    loss_fn = lambda out: out.float().pow(2).mean()  # noqa: E731
+    r = compare_precision(model, tokens, gradients=True, loss_fn=loss_fn)
+    assert [e.name for e in r.gradients][-1] == "head" and len(r.gradients) == 18
+    model.eval()
+    grads = {}
+    for autocast in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_fn(model(tokens))
+        grads[autocast] = [g.double().numpy() for g in torch.autograd.grad(loss, [model.head.weight, model.head.bias])]
+    diff2 = sum(((a - b) ** 2).sum() for a, b in zip(grads[True], grads[False]))
+    ref2 = sum((b ** 2).sum() for b in grads[False])
+    assert r.gradients[-1].rel_error == pytest.approx(math.sqrt(diff2 / ref2), rel=1e-9)
+    assert all(p.grad is None for p in model.parameters())  # the user's .grad is left alone
+    assert "parameter gradients" in str(r)

@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="relative L2 error above which a layer fails (default: 0.05 for bf16, 0.01 for fp16)")
     p.add_argument("--memory-budget", type=float, default=1024.0, metavar="MIB",
                    help="fp32 reference activations held at once, in MiB (default: 1024)")
+    p.add_argument("--gradients", action="store_true",
+                   help="also compare each module's parameter gradients (of a fixed random projection of the output)")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(run=run_precision)
 
@@ -118,7 +120,8 @@ def run_precision(args: argparse.Namespace) -> int:
         device_type = device.type
     try:
         report = compare_precision(model, inputs, dtype=args.dtype, device_type=device_type,
-                                   tolerance=args.tolerance, memory_budget=int(args.memory_budget * 2**20))
+                                   tolerance=args.tolerance, memory_budget=int(args.memory_budget * 2**20),
+                                   gradients=args.gradients)
     except (TypeError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     if args.format == "json":

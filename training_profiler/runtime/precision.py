@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -478,6 +478,7 @@ class PrecisionComparison:
     output_rel_error: float
     rounds: int  # fp32/low-precision pass pairs needed to stay within the memory budget
     peak_stored_bytes: int  # the most fp32 reference bytes held at once
+    gradients: list[LayerError] = field(default_factory=list)  # per module, with gradients=True
     notes: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerError:
@@ -501,9 +502,13 @@ class PrecisionComparison:
             in_err = "-" if e.input_rel_error is None else f"{e.input_rel_error:.3g}"
             lines.append(f"{e.label:<{width}}  {e.type[:16]:<16} {e.rel_error:>9.3g} {e.cosine:>9.6f} "
                          f"{in_err:>9} {gain:>7}{flag}")
+        if self.gradients:
+            lines.append(f"\n{'parameter gradients':<{width}}  {'':<16} {'rel err':>9} {'cosine':>9}")
+            for e in self.gradients:
+                lines.append(f"{e.label:<{width}}  {'':<16} {e.rel_error:>9.3g} {e.cosine:>9.6f}")
         first = self.first_exceeding
-        lines.append(f"first layer over tolerance: {first if first is not None else 'none'}"
-                     if first != "" else "first layer over tolerance: (model output)")
+        label = "none" if first is None else self.layer(first).label
+        lines.append(f"first layer over tolerance: {label}")
         if self.most_amplifying:
             lines.append(f"most amplifying: {', '.join(self.most_amplifying)}")
         lines.append(f"model output error: {self.output_rel_error:.3g}")
@@ -516,7 +521,8 @@ _DEFAULT_TOLERANCE = {torch.float16: 0.01, torch.bfloat16: 0.05}
 
 def compare_precision(model: torch.nn.Module, inputs: Any, dtype: torch.dtype | str = torch.bfloat16,
                       device_type: str | None = None, *, tolerance: float | None = None, top: int = 3,
-                      memory_budget: int = 1 << 30) -> PrecisionComparison:
+                      memory_budget: int = 1 << 30, gradients: bool = False,
+                      loss_fn: Callable[[Any], torch.Tensor] | None = None) -> PrecisionComparison:
     """Run ``model`` in fp32 and under ``torch.autocast(device_type, dtype)`` on the same inputs and
     weights, and compare every module call's output.
 
@@ -525,6 +531,8 @@ def compare_precision(model: torch.nn.Module, inputs: Any, dtype: torch.dtype | 
     the low-precision run compares and frees them as it goes. When a model's activations do not fit,
     the two runs are repeated for the next stretch of layers ("rounds"), so memory stays bounded.
     The model runs in eval mode under ``torch.no_grad()`` (its mode is restored afterwards).
+    ``gradients=True`` also compares each module's parameter gradients of ``loss_fn(output)``
+    (default: a fixed random projection of the outputs), holding one fp32 set of gradients.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"compare_precision needs a torch.nn.Module, got {type(model).__name__}")
@@ -553,6 +561,7 @@ def compare_precision(model: torch.nn.Module, inputs: Any, dtype: torch.dtype | 
             stored, start, held = _reference_pass(model, names, args, kwargs, device_type, start, memory_budget)
             peak = max(peak, held)
             _low_pass(model, names, args, kwargs, device_type, low, stored, layers)
+        grad_layers = _gradient_errors(model, args, kwargs, device_type, low, loss_fn) if gradients else []
     finally:
         for m, flag in was_training:
             m.train(flag)
@@ -571,7 +580,7 @@ def compare_precision(model: torch.nn.Module, inputs: Any, dtype: torch.dtype | 
     return PrecisionComparison(
         dtype=str(low).replace("torch.", ""), device_type=device_type, tolerance=tol, layers=ordered,
         first_exceeding=first, most_amplifying=[e.label for e in amplifying[:top]], output_rel_error=output,
-        rounds=rounds, peak_stored_bytes=peak, notes=notes)
+        rounds=rounds, peak_stored_bytes=peak, gradients=grad_layers, notes=notes)
 
 
 def _split_inputs(inputs: Any) -> tuple[tuple, dict]:
@@ -612,18 +621,21 @@ class _StopPass(Exception):
 
 
 def _run(model: torch.nn.Module, args: tuple, kwargs: dict, device_type: str, low: torch.dtype | None,
-         hook) -> None:
-    """One forward pass with ``hook(module, inputs, output)`` on every module, same RNG state each
-    time; a hook may end the pass early by raising :class:`_StopPass`."""
-    handles = [m.register_forward_hook(hook) for m in model.modules()]
+         hook=None, loss_fn=None) -> Any:
+    """One forward pass (fp32, or autocast to ``low``) with the same CPU random stream every time.
+
+    With ``hook``: ``hook(module, inputs, output)`` on every module, under no_grad; a hook may end
+    the pass early by raising :class:`_StopPass`. With ``loss_fn``: returns the loss, with grad."""
+    handles = [m.register_forward_hook(hook) for m in model.modules()] if hook else []
     try:
-        # the same CPU random stream in every run (the user's generator state is restored after)
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), \
+        # the user's generator state is restored afterwards
+        with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(loss_fn is not None), \
                 torch.autocast(device_type, dtype=low or torch.float32, enabled=low is not None):
             torch.default_generator.manual_seed(0)
-            model(*args, **kwargs)
+            output = model(*args, **kwargs)
+            return loss_fn(output) if loss_fn else output
     except _StopPass:
-        pass
+        return None
     except Exception as exc:
         run = f"{low} autocast" if low is not None else "fp32"
         raise RuntimeError(f"the model raised {type(exc).__name__} in the {run} run of compare_precision: "
@@ -631,6 +643,42 @@ def _run(model: torch.nn.Module, args: tuple, kwargs: dict, device_type: str, lo
     finally:
         for h in handles:
             h.remove()
+
+
+def _projection_loss(output: Any) -> torch.Tensor:
+    """Default loss for gradient comparison: a fixed random projection of every floating output
+    (random rather than a plain sum, so the gradients are not all alike)."""
+    outs = [t for t in _tensors(output) if t.is_floating_point()]
+    if not outs:
+        raise ValueError("the model returned no floating-point output to take gradients of: pass loss_fn")
+    gen = torch.Generator().manual_seed(0)
+    return sum((t.float() * torch.randn(t.shape, generator=gen).to(t.device)).sum() for t in outs)
+
+
+def _gradient_errors(model, args, kwargs, device_type, low, loss_fn) -> list[LayerError]:
+    """Per-module parameter-gradient error of the autocast run against the fp32 run.
+
+    Holds one fp32 set of parameter gradients between the runs; activations are not kept."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        return []
+
+    def grads(dtype):
+        loss = _run(model, args, kwargs, device_type, dtype, loss_fn=loss_fn or _projection_loss)
+        found = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+        return [torch.zeros_like(p, dtype=torch.float32) if g is None else g.detach().float()
+                for g, (_, p) in zip(found, params)]
+
+    ref = grads(None)
+    got = grads(low)
+    by_module: dict[str, list[int]] = {}
+    for i, (name, _) in enumerate(params):
+        by_module.setdefault(name.rpartition(".")[0], []).append(i)
+    out = []
+    for module_name, idx in by_module.items():
+        err, cosine, bad = _relative_error([ref[i] for i in idx], [got[i] for i in idx])
+        out.append(LayerError(module_name, "parameter grads", err, cosine, None, None, bad))
+    return out
 
 
 def _reference_pass(model, names, args, kwargs, device_type, start, budget):
