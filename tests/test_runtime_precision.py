@@ -259,3 +259,14 @@ def test_report_is_plain_json_data_and_scalars_work(bbox_report):
     assert scalar["shape"] == [] and scalar["risk_level"] == "LOW" and len(scalar["dim_stats"]) == 1
     with pytest.raises(ValueError, match="0-d tensor, which has no dimensions"):
         analyze_tensor(torch.tensor(3.0), dims=0)
+
+
+def test_nan_input_and_fp16_overflowing_large_column_are_high_risk():
+    assert analyze_tensor(torch.full((3, 2), math.nan))["risk_level"] == "HIGH"
+    x = torch.stack([torch.linspace(1e5, 2e5, 100), torch.linspace(0.5, 1.0, 100)], dim=1)
+    r = analyze_tensor(x)
+    pair = r["reduction_risk"]["pairwise"]
+    assert r["precision"]["float16"]["overflow"] == 0.5  # column 0 is all beyond 65504
+    assert pair["float16"]["lost_rows"] is None and pair["float16"]["absorbed"] is None  # no finite row left
+    assert pair["bfloat16"]["lost_rows"] == 1.0  # bf16 spacing near 1e5 is 512: 0.5..1 vanishes
+    assert r["suggestion"].startswith("50.00% of values exceed the float16 range")

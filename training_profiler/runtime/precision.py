@@ -302,9 +302,11 @@ def _reduction_risk(sample: torch.Tensor, x: torch.Tensor, ratio: Mapping[str, A
             total = _round_trip((a + b).float(), FORMATS[fmt])
             kept = total - a  # what the small feature actually added, against its exact float64 value
             lost = (kept - exact_small).abs()
-            pair[fmt] = {
-                "lost_rows": float(((kept == 0) & ok).sum()) / max(int(ok.sum()), 1),
-                "absorbed": float(lost[ok].sum()) / max(float(exact_small[ok].abs().sum()), 1e-300),
+            valid = ok & torch.isfinite(total)  # rows that overflow are counted as overflow, not here
+            n_valid = int(valid.sum())
+            pair[fmt] = {  # None when no row stays finite in this format
+                "lost_rows": float(((kept == 0) & valid).sum()) / n_valid if n_valid else None,
+                "absorbed": float(lost[valid].sum()) / float(exact_small[valid].abs().sum()) if n_valid else None,
             }
         out["pairwise"] = pair
     if finite_x.numel():
@@ -339,6 +341,10 @@ def _risk_reasons(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     prec, red, ratio = report["precision"], report["reduction_risk"], report["dim_ratio"]
     reasons: list[tuple[str, str]] = []
     fp16, bf16 = prec["float16"], prec["bfloat16"]
+    nonfinite = report["sample"]["nonfinite"]
+    if nonfinite > 0:
+        reasons.append(("HIGH", f"{nonfinite:.2%} of the values are already NaN or inf: find where they come "
+                                "from before choosing a precision"))
     if bf16["overflow"] > 0:
         reasons.append(("HIGH", f"{bf16['overflow']:.2%} of values overflow even bfloat16: keep this tensor "
                                 "in fp32 and find where the values explode"))
@@ -347,8 +353,8 @@ def _risk_reasons(report: Mapping[str, Any]) -> list[tuple[str, str]]:
                                 "bfloat16 autocast or rescale the tensor"))
     pair = red["pairwise"]
     if pair is not None:
-        worst = max(_REDUCTION_FORMATS, key=lambda f: pair[f]["lost_rows"])
-        lost = pair[worst]["lost_rows"]
+        worst = max(_REDUCTION_FORMATS, key=lambda f: pair[f]["lost_rows"] or 0.0)
+        lost = pair[worst]["lost_rows"] or 0.0
         # only a magnitude gap makes this "big eats small"; without one it is plain rounding
         if lost >= 0.01 and ratio["ratio"] >= _EATS_RATIO:
             reasons.append(("HIGH" if lost >= 0.1 else "MEDIUM",
