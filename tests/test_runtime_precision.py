@@ -1,11 +1,11 @@
-"""analyze_tensor: figures checked against an independent float64 rounding model (numpy), not
+"""analyze_tensor: figures checked against an independent float64 rounding model (plain Python), not
 against the code path under test; the seed's bbox case reproduced from constructed data."""
 
 import importlib.util
 import math
 from pathlib import Path
 
-import numpy as np
+import struct
 import pytest
 import torch
 
@@ -31,35 +31,42 @@ SPEC = {
 }
 
 
-def ref_round(values, fmt):
-    """Round float64 values to ``fmt`` by arithmetic: scale to an integer grid, round half to even."""
+def ref_round_one(x, fmt):
+    """Round one float to ``fmt`` by arithmetic: scale to the integer grid of its binade, round half
+    to even (Python's round), clamp or overflow at the top."""
     mant, emin, fmax, saturate = SPEC[fmt]
-    x = np.asarray(values, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        exp = np.maximum(np.floor(np.log2(np.abs(x), where=x != 0, out=np.full_like(x, emin))), emin)
+    if x == 0 or not math.isfinite(x):
+        return math.copysign(fmax, x) if saturate and math.isinf(x) else x
+    exp = max(math.frexp(x)[1] - 1, emin)  # floor(log2|x|), exactly; subnormals share emin's step
     step = 2.0 ** (exp - mant)
-    r = np.round(x / step) * step
-    over = np.abs(r) > fmax
-    r[over] = np.sign(r[over]) * (fmax if saturate else np.inf)
-    return r
+    r = round(x / step) * step
+    return math.copysign(fmax if saturate else math.inf, x) if abs(r) > fmax else r
+
+
+def ref_round(values, fmt):
+    return [ref_round_one(float(v), fmt) for v in values]
+
+
+def mean(flags):
+    flags = list(flags)
+    return sum(flags) / len(flags)
 
 
 def ref_stats(values, fmt):
     """Overflow / underflow / subnormal fractions and normal-range relative error, from ref_round."""
-    mant, emin, fmax, saturate = SPEC[fmt]
-    x = np.asarray(values, dtype=np.float64)
-    r = ref_round(x, fmt)
+    mant, emin, fmax, _ = SPEC[fmt]
+    xs = [float(v) for v in values]
+    rs = ref_round(xs, fmt)
     tiny = 2.0 ** emin
     top_half_step = 2.0 ** (math.floor(math.log2(fmax)) - mant) / 2
-    overflow = ~np.isfinite(r) | (np.abs(r - x) > top_half_step)
-    normal = (np.abs(x) >= tiny) & ~overflow
-    rel = np.abs(x - r)[normal] / np.abs(x[normal])
+    over = [not math.isfinite(r) or abs(r - x) > top_half_step for x, r in zip(xs, rs)]
+    rel = [abs(x - r) / abs(x) for x, r, o in zip(xs, rs, over) if abs(x) >= tiny and not o]
     return {
-        "overflow": overflow.mean(),
-        "underflow": ((x != 0) & (r == 0)).mean(),
-        "subnormal": ((r != 0) & (np.abs(r) < tiny) & ~overflow).mean(),
-        "mean_rel_error": rel.mean() if rel.size else None,
-        "max_rel_error": rel.max() if rel.size else None,
+        "overflow": mean(over),
+        "underflow": mean(x != 0 and r == 0 for x, r in zip(xs, rs)),
+        "subnormal": mean(r != 0 and abs(r) < tiny and not o for r, o in zip(rs, over)),
+        "mean_rel_error": sum(rel) / len(rel) if rel else None,
+        "max_rel_error": max(rel) if rel else None,
     }
 
 
@@ -85,9 +92,8 @@ def test_reference_rounding_agrees_with_torch_casts():
     values = torch.cat([torch.randn(20000, generator=gen) * 10.0 ** torch.randint(-9, 6, (20000,), generator=gen),
                         torch.tensor([65504.0, 65520.0, 6e-8, 3e-8, 2e-8, 448.0, 464.0, 465.0, 1e4, 61440.0])])
     for fmt, (_, _, _, _) in SPEC.items():
-        got = values.to(getattr(torch, fmt)).double().numpy()
-        want = ref_round(values.double().numpy(), fmt)
-        assert np.array_equal(got, want), fmt
+        got = values.to(getattr(torch, fmt)).double().tolist()
+        assert got == ref_round(values.double().tolist(), fmt), fmt
 
 
 def test_e4m3fn_cast_saturates_on_cpu():
@@ -128,19 +134,19 @@ def test_bbox_seed_case(bbox, bbox_report):
 
 
 def test_bbox_absorption_against_float64_reference(bbox, bbox_report):
-    a, b = bbox[:, 0].double().numpy(), bbox[:, 1].double().numpy()
+    a, b = bbox[:, 0].tolist(), bbox[:, 1].tolist()
     pair = bbox_report["reduction_risk"]["pairwise"]
     for fmt in ("float16", "bfloat16"):
-        ra = ref_round(a, fmt)
-        total = ref_round(ra + ref_round(b, fmt), fmt)
-        kept = total - ra
-        assert pair[fmt]["lost_rows"] == np.mean(kept == 0)
-        assert pair[fmt]["absorbed"] == pytest.approx(np.abs(kept - b).sum() / np.abs(b).sum(), rel=1e-12)
+        ra, rb = ref_round(a, fmt), ref_round(b, fmt)
+        kept = [ref_round_one(x + y, fmt) - x for x, y in zip(ra, rb)]
+        assert pair[fmt]["lost_rows"] == mean(k == 0 for k in kept)
+        absorbed = sum(abs(k - y) for k, y in zip(kept, b)) / sum(abs(y) for y in b)
+        assert pair[fmt]["absorbed"] == pytest.approx(absorbed, rel=1e-12)
     assert pair["float16"]["lost_rows"] == 0.158 and pair["bfloat16"]["lost_rows"] == 0.793
 
 
 def test_bbox_precision_against_float64_reference(bbox, bbox_report):
-    values = bbox.double().numpy().ravel()
+    values = bbox.double().flatten().tolist()
     for fmt in SPEC:
         got, want = bbox_report["precision"][fmt], ref_stats(values, fmt)
         for key in ("overflow", "underflow", "subnormal"):
@@ -148,7 +154,7 @@ def test_bbox_precision_against_float64_reference(bbox, bbox_report):
         for key in ("mean_rel_error", "max_rel_error"):
             assert got[key] == pytest.approx(want[key], rel=1e-9), (fmt, key)
     e4m3 = bbox_report["precision"]["float8_e4m3fn"]
-    assert e4m3["overflow"] == np.mean(np.abs(values) > 464)  # clamped by more than half a step
+    assert e4m3["overflow"] == mean(abs(v) > 464 for v in values)  # clamped by more than half a step
     assert bbox_report["precision"]["float16"]["max_rel_error"] <= 2.0**-11
 
 
@@ -156,20 +162,18 @@ def test_fp8_one_scale_underflows_small_column_per_column_scales_fix_it(bbox):
     gen = torch.Generator().manual_seed(0)
     tensor = torch.cat([bbox, torch.randn(1000, 1, generator=gen) * 0.01], dim=1)
     e4m3 = analyze_tensor(tensor)["precision"]["float8_e4m3fn"]
-    x = tensor.double().numpy()
-    one_scale = 448.0 / np.abs(x).max()
-    col_scales = 448.0 / np.abs(x).max(axis=0)
+    columns = tensor.t().tolist()
+    one_scale = torch.tensor(448.0 / max(abs(v) for col in columns for v in col), dtype=torch.float32)
     # independent: scale in float32 as the analyser documents, round with the reference model
-    want_one = ref_round((tensor.float() * np.float32(one_scale)).double().numpy(), "float8_e4m3fn")
-    want_col = (tensor.float() * torch.tensor(col_scales, dtype=torch.float32)).double().numpy()
-    under_one = ((x[:, 2] != 0) & (want_one[:, 2] == 0)).mean()
+    small = (tensor[:, 2] * one_scale).tolist()
+    under_one = mean(x != 0 and ref_round_one(v, "float8_e4m3fn") == 0 for x, v in zip(columns[2], small))
     assert e4m3["scaled_per_tensor"]["column_underflow"][2] == under_one
     assert 0.15 < under_one < 0.25  # research: 20.5%
     assert e4m3["per_column_helps"] is True
-    for c in range(3):
-        r = ref_round(want_col[:, c], "float8_e4m3fn")
-        normal = np.abs(want_col[:, c]) >= 2.0**-6
-        ref_err = (np.abs(r - want_col[:, c])[normal] / np.abs(want_col[:, c][normal])).mean()
+    for c, col in enumerate(columns):
+        scale = torch.tensor(448.0 / max(abs(v) for v in col), dtype=torch.float32)
+        scaled = (tensor[:, c] * scale).tolist()
+        ref_err = ref_stats(scaled, "float8_e4m3fn")["mean_rel_error"]
         got = e4m3["scaled_per_column"]["column_mean_rel_error"][c]
         assert got == pytest.approx(ref_err, rel=1e-9)
         assert 0.018 < got < 0.028  # research: about 2.3% for every column
@@ -182,10 +186,13 @@ def test_running_fp16_sum_of_0_01_stalls_at_32():
     run = analyze_tensor(torch.full((10000,), 0.01))["reduction_risk"]["running_sum"]
     fp16 = run["float16"]
     assert fp16["reaches"] == 32.0 and fp16["exact"] == pytest.approx(100.0)
-    # independent: numpy's own float16 arithmetic, step by step
-    total, steps = np.float16(0), 0
-    while np.float16(total + np.float16(0.01)) != total:
-        total, steps = np.float16(total + np.float16(0.01)), steps + 1
+    # independent: IEEE half rounding by Python's struct module, step by step
+    def half(v):
+        return struct.unpack("e", struct.pack("e", v))[0]
+
+    total, steps = 0.0, 0
+    while half(total + half(0.01)) != total:
+        total, steps = half(total + half(0.01)), steps + 1
     assert fp16["stalls_after"] == steps and float(total) == 32.0
     assert run["bfloat16"]["reaches"] == 4.0  # bf16 keeps 8 bits: 0.01 is below half a step at 4
 
@@ -242,7 +249,7 @@ def test_bad_input_gets_a_clear_error(bad, kwargs, error, words):
 def test_tiny_values_are_blamed_on_fp16_subnormals_not_on_a_dimension_gap():
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e-6
     r = analyze_tensor(x)
-    want = ref_stats(x.numpy().ravel(), "float16")
+    want = ref_stats(x.flatten().tolist(), "float16")
     assert r["precision"]["float16"]["subnormal"] == want["subnormal"] > 0.9
     assert r["risk_level"] == "MEDIUM"
     texts = [t["text"] for t in r["reasons"]]

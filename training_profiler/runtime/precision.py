@@ -436,6 +436,9 @@ def _render_tensor_report(r: Mapping[str, Any]) -> str:
         pair = red["pairwise"]
         lines.append(f"\nadding dimension {pair['small']} to dimension {pair['large']}:")
         for fmt in _REDUCTION_FORMATS:
+            if pair[fmt]["lost_rows"] is None:
+                lines.append(f"  {fmt:<9} no row stays finite")
+                continue
             lines.append(f"  {fmt:<9} lost entirely in {_pct(pair[fmt]['lost_rows'])} of rows, "
                          f"{_pct(pair[fmt]['absorbed'])} of its total contribution absorbed")
     for fmt, run in red["running_sum"].items():
