@@ -1,18 +1,19 @@
 """runtime: the training monitor (`watch_training`) and tensor precision analysis
-(`analyze_tensor`, `compare_precision`). Needs torch, imported on first use of a name below."""
+(`analyze_tensor`, `compare_precision`). Needs torch; importing this package does not import it
+until one of the names below is used."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-# public name -> submodule that defines it; loaded lazily so `runtime.cli` imports without torch
+# public name -> submodule that defines it
 _LAZY = {
     "analyze_tensor": "training_profiler.runtime.precision",
     "compare_precision": "training_profiler.runtime.precision",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = list(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

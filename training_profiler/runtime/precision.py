@@ -84,7 +84,7 @@ def analyze_tensor(tensor: torch.Tensor, name: str | None = None, dims: int | Se
     """Measure how ``tensor`` survives float16, bfloat16 and the two fp8 formats.
 
     ``dims``: the feature dimension(s) whose indices get per-index statistics (default: the last
-    dimension; a 1-D tensor is one feature). Range statistics (``dim_stats``) cover every element;
+    dimension; a 1-D tensor is one feature; several dims are flattened, row-major, into one index). Range statistics (``dim_stats``) cover every element;
     the precision figures use at most ``max_elements`` elements, whole rows drawn with a seeded
     generator, and ``sample`` says how many.
     """

@@ -4,7 +4,8 @@ A detector predicts (1000, 2) box offsets: column 0 spans [-1000, 1200] (pixels)
 [-1.5, 0.8] (a log-scale term). Any reduction that adds the columns in low precision rounds the
 small one away: the float16 spacing near 1000 is 0.5 and the bfloat16 spacing is 4, so 0.8 is
 simply lost. Measured on the research data: the small column vanishes entirely in 16.8% of rows in
-fp16 and in 78.3% in bf16. Run `analyze_tensor(bbox_predictions(), name="bbox_pred")` to see it.
+fp16 and in 78.3% in bf16; on this constructed tensor analyze_tensor measures 15.8% and 79.3%
+(1000 rows: about +-1.2% sampling noise). Run `analyze_tensor(bbox_predictions(), name="bbox_pred")`.
 """
 
 import torch
