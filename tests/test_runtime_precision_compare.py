@@ -159,6 +159,8 @@ def test_cli_usage_errors(capsys):
     assert "give a shape such as 2x16x32" in capsys.readouterr().err
     assert main(["precision", f"{TRANSFORMER}:nothing"]) == 2
     assert "has no callable 'nothing'" in capsys.readouterr().err
+    assert main(["precision", f"{TRANSFORMER}:make_model", "--input", "2x16"]) == 2  # floats into nn.Embedding
+    assert "the model raised RuntimeError in the fp32 run" in capsys.readouterr().err
 
 
 def test_cli_module_imports_without_torch():

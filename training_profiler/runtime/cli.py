@@ -101,7 +101,7 @@ def _parse_input(spec: str) -> Any:
 def run_precision(args: argparse.Namespace) -> int:
     import torch
 
-    from .precision import compare_precision
+    from .precision import ModelRunError, compare_precision
 
     built = _load_factory(args.factory)()
     model, inputs = built if isinstance(built, tuple) and len(built) == 2 else (built, None)
@@ -122,7 +122,7 @@ def run_precision(args: argparse.Namespace) -> int:
         report = compare_precision(model, inputs, dtype=args.dtype, device_type=device_type,
                                    tolerance=args.tolerance, memory_budget=int(args.memory_budget * 2**20),
                                    gradients=args.gradients)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ModelRunError) as exc:
         raise UsageError(str(exc)) from None
     if args.format == "json":
         print(json.dumps(_strict_json(report.to_dict()), indent=2))

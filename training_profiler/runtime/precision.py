@@ -21,6 +21,7 @@ import torch
 __all__ = [
     "FORMATS",
     "LayerError",
+    "ModelRunError",
     "PrecisionComparison",
     "TensorReport",
     "analyze_tensor",
@@ -625,6 +626,10 @@ def _float_copies(value: Any) -> list[torch.Tensor]:
     return [t.detach().float().clone() for t in _tensors(value) if t.is_floating_point()]
 
 
+class ModelRunError(RuntimeError):
+    """The user's model raised while compare_precision ran it (wrong inputs, most often)."""
+
+
 class _StopPass(Exception):
     """Raised by a hook when the rest of the forward pass is not needed in this round."""
 
@@ -647,7 +652,7 @@ def _run(model: torch.nn.Module, args: tuple, kwargs: dict, device_type: str, lo
         return None
     except Exception as exc:
         run = f"{low} autocast" if low is not None else "fp32"
-        raise RuntimeError(f"the model raised {type(exc).__name__} in the {run} run of compare_precision: "
+        raise ModelRunError(f"the model raised {type(exc).__name__} in the {run} run of compare_precision: "
                            f"{exc} (check that the inputs match what the model expects)") from exc
     finally:
         for h in handles:
