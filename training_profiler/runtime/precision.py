@@ -709,11 +709,12 @@ def _reference_pass(model, names, args, kwargs, device_type, start, budget):
         seen[module] = seen.get(module, 0) + 1
         if index < start:
             return
-        outs, ins = _float_copies(output), _float_copies(inputs)
-        size = sum(t.numel() * t.element_size() for t in [*outs, *ins])
+        # fp32 copies: 4 bytes per floating element, counted before anything is copied
+        size = 4 * sum(t.numel() for t in _tensors((inputs, output)) if t.is_floating_point())
         if stored and state["held"] + size > budget:
             state["stop"] = index  # the next round starts here; this round needs no more of the pass
             raise _StopPass
+        outs, ins = _float_copies(output), _float_copies(inputs)
         name = names.get(module, "?") + (f" (call {seen[module]})" if seen[module] > 1 else "")
         stored[index] = (name, type(module).__name__, ins, outs)
         state["held"] += size
