@@ -165,5 +165,5 @@ def print_bbox_demo(museum: Path) -> None:
     worst = report.layer(report.first_exceeding) if report.first_exceeding is not None else None
     print(f"\ncompare_precision(TinyTransformer, bf16): first layer over tolerance "
           f"{report.tolerance:g}: {worst.label if worst else 'none'}"
-          + (f" (relative error {worst.rel_error:.3g}, cosine {worst.cosine:.6f})" if worst else "")
+          + (f" (relative error {worst.rel_error:.3g})" if worst else "")
           + f"; model output error {report.output_rel_error:.3g}")
