@@ -489,7 +489,6 @@ class PrecisionComparison:
     rounds: int  # fp32/low-precision pass pairs needed to stay within the memory budget
     peak_stored_bytes: int  # the most fp32 reference bytes held at once
     gradients: list[LayerError] = field(default_factory=list)  # per module, with gradients=True
-    notes: list[str] = field(default_factory=list)
 
     def layer(self, name: str) -> LayerError:
         for entry in self.layers:
@@ -522,7 +521,6 @@ class PrecisionComparison:
         if self.most_amplifying:
             lines.append(f"most amplifying: {', '.join(self.most_amplifying)}")
         lines.append(f"model output error: {self.output_rel_error:.3g}")
-        lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
 
@@ -583,14 +581,11 @@ def compare_precision(model: torch.nn.Module, inputs: Any, dtype: torch.dtype | 
     unit = torch.finfo(low).eps / 2
     amplifying = sorted((e for e in ordered if e.gain is not None and e.gain > 1 and e.input_rel_error >= unit),
                         key=lambda e: -e.gain)
-    notes = []
-    if not ordered:
-        notes.append("no floating-point module outputs were captured")
-    output = next((e.rel_error for e in reversed(ordered) if e.name == ""), ordered[-1].rel_error if ordered else 0.0)
+    output = next((e.rel_error for e in reversed(ordered) if e.name == ""), math.nan)  # the root call
     return PrecisionComparison(
         dtype=str(low).replace("torch.", ""), device_type=device_type, tolerance=tol, layers=ordered,
         first_exceeding=first, most_amplifying=[e.label for e in amplifying[:top]], output_rel_error=output,
-        rounds=rounds, peak_stored_bytes=peak, gradients=grad_layers, notes=notes)
+        rounds=rounds, peak_stored_bytes=peak, gradients=grad_layers)
 
 
 def _split_inputs(inputs: Any) -> tuple[tuple, dict]:
