@@ -31,4 +31,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _section("1. Linter: AMP pitfalls in examples/failure_museum/amp/ (training-profiler lint)")
     findings = lint_paths([str(museum / "amp")])
     sys.stdout.write(findings_to_text(findings))
+
+    from .runtime.cli import print_bbox_demo
+
+    _section("Precision: the bbox tensor and a transformer with an fp16-unsafe exp (analyze_tensor, compare_precision)")
+    print_bbox_demo(museum)
     return 0
