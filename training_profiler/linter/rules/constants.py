@@ -7,6 +7,7 @@ import math
 
 from ...findings import Rule, Severity
 from ..engine import Context, LintRule, dtype_name
+from .ops import spelled_name
 
 FP16_MAX = 65504.0
 FP16_SMALLEST_NORMAL = 2.0**-14  # 6.1035e-05; below it float16 keeps fewer digits, below 6e-8 none
@@ -218,7 +219,7 @@ _WIDE_DTYPES = {"float32", "float", "float64", "double", "bfloat16"}
 
 def _fill_values(ctx: Context, call: ast.Call) -> list[ast.AST]:
     func = call.func
-    attr = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    attr = spelled_name(ctx, func)
     if attr not in _FILL_ATTRS:
         return []
     name = ctx.call_name(call)
@@ -324,7 +325,7 @@ class SmallEpsilon(LintRule):
 
     def visit_Call(self, node: ast.Call, ctx: Context) -> None:
         func = node.func
-        attr = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+        attr = spelled_name(ctx, func)
         if attr not in _EPS_ATTRS:
             return
         name = ctx.call_name(node)

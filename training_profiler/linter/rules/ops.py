@@ -14,6 +14,17 @@ from ..fixes import PositionalFix
 
 AMP_DOCS = "https://pytorch.org/docs/stable/amp.html"
 
+
+def spelled_name(ctx: Context, func: ast.AST) -> str | None:
+    """The called name as written (``x.sum`` -> "sum"), through an import alias for a bare name
+    (``from torch import softmax as sm``: ``sm`` -> "softmax"). A cheap filter before qualnames."""
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        name = ctx.qualname(func)
+        return name.rsplit(".", 1)[-1] if name else func.id
+    return None
+
 AMP301 = Rule(
     code="AMP301",
     name="binary-cross-entropy",
@@ -343,12 +354,7 @@ class LowPrecisionReduction(LintRule):
 
     def visit_Call(self, node: ast.Call, ctx: Context) -> None:
         func = node.func
-        if isinstance(func, ast.Attribute):
-            attr = func.attr
-        elif isinstance(func, ast.Name):
-            attr = func.id
-        else:
-            return
+        attr = spelled_name(ctx, func)
         if attr not in _REDUCTION_ATTRS:
             return
         if any(kw.arg in ("dtype", None) for kw in node.keywords):  # dtype= given (or **kwargs)
@@ -638,7 +644,7 @@ def _torch_unary(ctx: Context, node: ast.AST, spelled: str, functions: set[str])
     if not isinstance(node, ast.Call) or node.keywords:
         return None
     func = node.func
-    if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)) != spelled:
+    if spelled_name(ctx, func) != spelled:
         return None
     name = ctx.call_name(node)
     if name is not None:
@@ -719,8 +725,7 @@ class NaiveFormula(LintRule):
     )
 
     def visit_Call(self, node: ast.Call, ctx: Context) -> None:
-        func = node.func
-        if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)) != "log":
+        if spelled_name(ctx, node.func) != "log":
             return
         inner = _torch_unary(ctx, node, "log", {"torch.log"})
         if inner is None:
@@ -736,7 +741,7 @@ class NaiveFormula(LintRule):
         if not isinstance(inner, ast.Call) or not isinstance(inner.func, (ast.Attribute, ast.Name)):
             return None
         ifunc = inner.func
-        spelled = ifunc.attr if isinstance(ifunc, ast.Attribute) else ifunc.id
+        spelled = spelled_name(ctx, ifunc)
         if spelled == "softmax":
             name = ctx.call_name(inner)
             if name in _SOFTMAXES or (name is None and isinstance(ifunc, ast.Attribute) and _not_self(ifunc.value)):
