@@ -440,3 +440,49 @@ def test_standard_amp_training_loop_is_clean():
                 scaler.update()
     """
     assert found(src) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Evident float32 and if/else branches (false positives seen on transformers' models)
+
+
+def test_a_cast_in_the_other_branch_of_an_if_is_not_seen():
+    src = """\
+    import torch
+    from torch import nn
+
+    def attend(w):
+        if w.dtype == torch.float16:
+            w = nn.functional.softmax(w, dim=-1, dtype=torch.float32).to(torch.float16)
+        else:
+            w = nn.functional.softmax(w, dim=-1)
+        if w.dtype == torch.float16:
+            h = w.half()
+            return h.sum()
+        return w.sum()
+    """
+    assert found(src) == [("AMP302", 11, 16)]
+
+
+def test_evidently_float32_tensors_are_not_flagged_for_constants():
+    src = """\
+    import torch
+
+    def f(mask, pixel_mask, n):
+        a = mask.float().masked_fill(~mask, -1e9)
+        b = torch.where(mask > 0, 0.0, -1e10)
+        y_embed = pixel_mask.cumsum(1, dtype=torch.float32)
+        c = y_embed / (y_embed[:, -1:, :] + 1e-6)
+        d = torch.clamp(n.double(), min=1e-10).log10()
+        e = torch.where(mask, a.half(), -1e9)
+        return a, b, c, d, e
+    """
+    assert found(src) == [("AMP401", 9, 37)]
+
+
+def test_amp304_softplus_is_suggested_not_rewritten():
+    src = "import torch\ny = torch.log(1.0 + torch.exp(g))\n"
+    assert messages(src, "AMP304") == [
+        "log(1 + exp(x)) overflows or loses precision (worst in fp16/bf16): use F.softplus(x)"
+    ]
+    assert fixed(src) == src

@@ -7,7 +7,7 @@ import math
 
 from ...findings import Rule, Severity
 from ..engine import Context, LintRule, dtype_name
-from .ops import spelled_name
+from .ops import evident_precision, spelled_name
 
 FP16_MAX = 65504.0
 FP16_SMALLEST_NORMAL = 2.0**-14  # 6.1035e-05; below it float16 keeps fewer digits, below 6e-8 none
@@ -189,6 +189,12 @@ def _float_value(ctx: Context, node: ast.AST, follow_names: bool = True) -> floa
     return None
 
 
+def _is_number(ctx: Context, node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp):
+        node = node.operand
+    return (isinstance(node, ast.Constant) and type(node.value) in (int, float)) or _float_value(ctx, node, False) is not None
+
+
 def _shown(ctx: Context, node: ast.AST, value: float) -> str:
     if isinstance(node, (ast.Name, ast.Attribute)):
         return f"{ast.unparse(node)} = {value:g}"
@@ -218,6 +224,7 @@ _WIDE_DTYPES = {"float32", "float", "float64", "double", "bfloat16"}
 
 
 def _fill_values(ctx: Context, call: ast.Call) -> list[ast.AST]:
+    """The fill-value arguments of a fill call whose result may be float16 (else none)."""
     func = call.func
     attr = spelled_name(ctx, func)
     if attr not in _FILL_ATTRS:
@@ -232,7 +239,12 @@ def _fill_values(ctx: Context, call: ast.Call) -> list[ast.AST]:
     if where is None:
         return []
     indexes, keyword = where
+    filled = func.value if name is None else call.args[0] if call.args and name not in ("torch.full", "torch.where") else None
+    if filled is not None and evident_precision(ctx, filled, False, call) == "float32":
+        return []  # x.float().masked_fill(mask, -1e9): the tensor is float32
     values = [call.args[i] for i in indexes if i < len(call.args)]
+    if name == "torch.where" and len(values) == 2 and all(_is_number(ctx, v) for v in values):
+        return []  # torch.where(mask, 0.0, -1e9): two Python numbers give a default-dtype (float32) tensor
     for kw in call.keywords:
         if kw.arg == keyword or (name == "torch.where" and kw.arg == "input"):
             values.append(kw.value)
@@ -300,28 +312,29 @@ class SmallEpsilon(LintRule):
         value = _float_value(ctx, node)
         return value if value is not None and 0.0 < value < FP16_SMALLEST_NORMAL else None
 
-    def _check_sum(self, ctx: Context, expr: ast.AST) -> None:
-        """Report epsilons added inside ``expr`` (``n + 1e-8``, ``(v + eps) ** 0.5 * s``)."""
+    def _check_sum(self, ctx: Context, expr: ast.AST, site: ast.AST) -> None:
+        """Report epsilons added inside ``expr`` (``n + 1e-8``, ``(v + eps) ** 0.5 * s``), unless
+        what they are added to is evidently float32."""
         stack = [expr]
         while stack:
             cur = stack.pop()
             if isinstance(cur, ast.UnaryOp):
                 stack.append(cur.operand)
             elif isinstance(cur, ast.BinOp):
-                for side in (cur.left, cur.right):
+                for side, other in ((cur.left, cur.right), (cur.right, cur.left)):
                     value = self._eps(ctx, side) if isinstance(cur.op, ast.Add) else None
-                    if value is not None:
-                        ctx.report(AMP403, side, value=_shown(ctx, side, value))
-                    else:
+                    if value is None:
                         stack.append(side)
+                    elif evident_precision(ctx, other, False, site) != "float32":
+                        ctx.report(AMP403, side, value=_shown(ctx, side, value))
 
     def visit_BinOp(self, node: ast.BinOp, ctx: Context) -> None:
         if isinstance(node.op, ast.Div):
-            self._check_sum(ctx, node.right)
+            self._check_sum(ctx, node.right, node)
 
     def visit_AugAssign(self, node: ast.AugAssign, ctx: Context) -> None:
         if isinstance(node.op, ast.Div):
-            self._check_sum(ctx, node.value)
+            self._check_sum(ctx, node.value, node)
 
     def visit_Call(self, node: ast.Call, ctx: Context) -> None:
         func = node.func
@@ -332,17 +345,18 @@ class SmallEpsilon(LintRule):
         if name is None and not isinstance(func, ast.Attribute):
             return
         if name in _GUARDED_FUNCTIONS and node.args:
-            self._check_sum(ctx, node.args[0])
+            self._check_sum(ctx, node.args[0], node)
         elif name is None and attr in _GUARDED_METHODS and not node.args:
-            self._check_sum(ctx, func.value)
+            self._check_sum(ctx, func.value, node)
         elif name in _DIVIDES or (name is None and attr in _DIVIDE_METHODS):
             position = _DIVIDES[name] if name else _DIVIDE_METHODS[attr]
             divisor = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "other"), None)
             if divisor is not None:
-                self._check_sum(ctx, divisor)
+                self._check_sum(ctx, divisor, node)
         elif name in _CLAMP_FUNCTIONS or (name is None and attr in _CLAMP_METHODS):
             position = _CLAMP_FUNCTIONS[name] if name else _CLAMP_METHODS[attr]
             low = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "min"), None)
             value = self._eps(ctx, low) if low is not None else None
-            if value is not None:
+            clamped = func.value if name is None else node.args[0] if node.args else None
+            if value is not None and (clamped is None or evident_precision(ctx, clamped, False, node) != "float32"):
                 ctx.report(AMP403, low, value=_shown(ctx, low, value))

@@ -277,10 +277,28 @@ def _dtype_arg(ctx: Context, call: ast.Call) -> str | None:
     return None
 
 
-def _precision(ctx: Context, expr: ast.AST, autocast_is_low: bool, depth: int = 0) -> str | None:
+def _if_branches(ctx: Context, node: ast.AST) -> dict[int, bool]:
+    """For each enclosing ``if`` statement (within the function): is ``node`` in its else branch?"""
+    out = {}
+    child, parent = node, ctx.parent(node)
+    while parent is not None and not isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+        if isinstance(parent, ast.If) and child is not parent.test:
+            out[id(parent)] = any(child is stmt for stmt in parent.orelse)
+        child, parent = parent, ctx.parent(parent)
+    return out
+
+
+def _exclusive_branches(ctx: Context, a: ast.AST, b: ast.AST) -> bool:
+    """True when ``a`` and ``b`` sit in different branches of one ``if``: one never sees the other."""
+    branches_a = _if_branches(ctx, a)
+    return bool(branches_a) and any(branches_a.get(key, in_else) != in_else for key, in_else in _if_branches(ctx, b).items())
+
+
+def evident_precision(ctx: Context, expr: ast.AST, autocast_is_low: bool, site: ast.AST | None = None, depth: int = 0) -> str | None:
     """"float16" / "bfloat16" / "float32" when the code makes the dtype of ``expr`` evident
-    (explicit casts, ``dtype=``, names bound to those); None when it is unknown.
-    ``autocast_is_low``: a name bound inside an enabled autocast region counts as low precision."""
+    (explicit casts, ``dtype=``, names bound to those in the same function); None when unknown.
+    ``autocast_is_low``: a name bound inside an enabled autocast region counts as low precision.
+    ``site``: the visited node that uses ``expr`` (bindings in the other branch of an ``if`` are ignored)."""
     if depth > 3:
         return None
     if isinstance(expr, ast.Call):
@@ -291,25 +309,28 @@ def _precision(ctx: Context, expr: ast.AST, autocast_is_low: bool, depth: int = 
             if func.attr in ("to", "type"):
                 return _dtype_arg(ctx, expr)
             if func.attr in _DTYPE_PRESERVING:
-                return _precision(ctx, func.value, autocast_is_low, depth + 1)
+                return evident_precision(ctx, func.value, autocast_is_low, site, depth + 1)
         for kw in expr.keywords:
             if kw.arg == "dtype":
                 return _DTYPES.get(dtype_name(ctx, kw.value) or "")
         return None
-    if isinstance(expr, ast.Subscript):
-        return _precision(ctx, expr.value, autocast_is_low, depth + 1)
+    if isinstance(expr, ast.Subscript) or (isinstance(expr, ast.Attribute) and expr.attr in ("T", "mT", "data")):
+        return evident_precision(ctx, expr.value, autocast_is_low, site, depth + 1)
     if isinstance(expr, ast.BinOp):
-        sides = {_precision(ctx, expr.left, autocast_is_low, depth + 1), _precision(ctx, expr.right, autocast_is_low, depth + 1)}
+        sides = {
+            evident_precision(ctx, expr.left, autocast_is_low, site, depth + 1),
+            evident_precision(ctx, expr.right, autocast_is_low, site, depth + 1),
+        }
         sides.discard(None)
         if len(sides) == 1:
             return sides.pop()
         return "float32" if sides else None  # float16 with bfloat16 or float32 promotes to float32
     key = target_key(expr)
     binding = ctx.lookup(key) if key else None
-    if binding is None:
+    if binding is None or (site is not None and _exclusive_branches(ctx, binding.node, site)):
         return None
     if binding.value is not None:
-        found = _precision(ctx, binding.value, autocast_is_low, depth + 1)
+        found = evident_precision(ctx, binding.value, autocast_is_low, binding.node, depth + 1)
         if found:
             return found
     state = binding.autocast
@@ -328,20 +349,20 @@ def _looks_like_tensor_method(call: ast.Call, func: ast.Attribute) -> bool:
     return True
 
 
-def _low_precision_context(ctx: Context, operand: ast.AST, op: str) -> str | None:
+def _low_precision_context(ctx: Context, operand: ast.AST, op: str, site: ast.AST) -> str | None:
     """Why ``op(operand)`` would run in low precision here, or None when it runs in float32."""
     state = ctx.autocast
     if state is not None and state.active:
         if state.device != "cpu" or op == "prod":  # CUDA autocast (and CPU for prod) promote to float32
             return None
-        if _precision(ctx, operand, autocast_is_low=False) == "float32":
+        if evident_precision(ctx, operand, False, site) == "float32":
             return None
         return "under CPU autocast"
     if state is not None:  # autocast(enabled=False): the op runs in the dtype it receives
-        if _precision(ctx, operand, autocast_is_low=True) == "float32":
+        if evident_precision(ctx, operand, True, site) == "float32":
             return None
         return "inside autocast(enabled=False)"
-    found = _precision(ctx, operand, autocast_is_low=False)
+    found = evident_precision(ctx, operand, False, site)
     if found in ("float16", "bfloat16"):
         return f"on a tensor cast to {found}"
     return None
@@ -371,7 +392,7 @@ class LowPrecisionReduction(LintRule):
             return
         if operand is None or isinstance(operand, ast.Starred) or _dtype_arg(ctx, node):
             return
-        where = _low_precision_context(ctx, operand, op)
+        where = _low_precision_context(ctx, operand, op, node)
         if where:
             ctx.report(AMP302, node, op=op, where=where)
 
@@ -583,7 +604,7 @@ AMP304 = Rule(
     fix=(
         "torch.log(torch.softmax(x, d)) -> torch.log_softmax(x, d); torch.log(torch.sigmoid(x)) -> "
         "F.logsigmoid(x); torch.log(torch.sum(torch.exp(x), d)) -> torch.logsumexp(x, d); "
-        "torch.log(1 + x) -> torch.log1p(x); torch.exp(x) - 1 -> torch.expm1(x)."
+        "torch.log(1 + x) -> torch.log1p(x) (and log(1 + exp(x)) -> F.softplus(x)); torch.exp(x) - 1 -> torch.expm1(x)."
     ),
     references=(
         "https://pytorch.org/docs/stable/generated/torch.nn.functional.log_softmax.html",
@@ -737,6 +758,9 @@ class NaiveFormula(LintRule):
 
     def _log_of(self, ctx: Context, log_call: ast.Call, inner: ast.AST) -> tuple[str, str, bool] | None:
         if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Add) and (_is_one(inner.left) or _is_one(inner.right)):
+            x = inner.right if _is_one(inner.left) else inner.left
+            if _torch_unary(ctx, x, "exp", _EXPS) is not None:  # softplus: log1p(exp(x)) still overflows
+                return "log(1 + exp(x))", "F.softplus(x)", False
             return "log(1 + x)", "torch.log1p(x)", isinstance(log_call.func, ast.Attribute)
         if not isinstance(inner, ast.Call) or not isinstance(inner.func, (ast.Attribute, ast.Name)):
             return None
