@@ -3,9 +3,10 @@
     python bench/lint_ops_rules.py [PATH ...]   (default: 12 model folders of the installed transformers)
 
 Prints, for the corpus: lines, ast.parse time (what flake8 pays before any plugin runs), the
-engine time with only AMP301 (the foundation's detector: the traversal itself) and with these
-detectors added, and how many findings each code produces (the first few per code are listed, so
-false positives can be reviewed by eye). Times are the best of 3 runs, CPU seconds of this process.
+engine time with only AMP301 (the foundation's detector) and with these detectors added, flake8
+(-j1, default checks) with the AMP plugin against the same run with the plugin's analysis stubbed
+out, and how many findings each code produces (the first few per code are listed, so false
+positives can be reviewed by eye). Times are CPU seconds, the best of 3 runs (flake8: of 2).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import ast
 import collections
 import os
+import resource
+import subprocess
 import sys
 import time
 
@@ -44,6 +47,26 @@ def _best_of(n: int, fn) -> float:
     return best
 
 
+_FLAKE8 = """
+import sys
+from flake8.main.cli import main
+if sys.argv[1] == "plain":  # keep the plugin loaded, skip its analysis
+    from training_profiler.linter.plugin import AmpPlugin
+    AmpPlugin.run = lambda self: iter(())
+sys.exit(main(["-j1", "--select=E,F,W,C90,AMP", "--exit-zero", *sys.argv[2:]]))
+"""
+
+
+def _flake8_cpu(mode: str, paths: list[str]) -> float:
+    best = float("inf")
+    for _ in range(2):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run([sys.executable, "-c", _FLAKE8, mode, *paths], check=True, stdout=subprocess.DEVNULL)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        best = min(best, after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return best
+
+
 def main(argv: list[str]) -> int:
     if argv:
         paths = argv
@@ -70,6 +93,8 @@ def main(argv: list[str]) -> int:
     base_s = _best_of(3, lambda: run(baseline))
     mine_s = _best_of(3, lambda: run(baseline + mine))
     findings = run(baseline + mine)
+    plain_s = _flake8_cpu("plain", paths)
+    plugin_s = _flake8_cpu("plugin", paths)
 
     print(f"corpus: {len(files)} files, {lines} lines ({', '.join(paths)})")
     print(f"ast.parse (flake8 pays this anyway): {parse_s:.2f} s")
@@ -77,6 +102,7 @@ def main(argv: list[str]) -> int:
     print(f"engine with AMP301 + AMP302-AMP403:  {mine_s:.2f} s  "
           f"(these detectors add {mine_s - base_s:.2f} s = {100 * (mine_s - base_s) / parse_s:.0f}% of parse time, "
           f"{1000 * (mine_s - base_s) / lines * 1000:.1f} ms per 1k lines)")
+    print(f"flake8 -j1 without / with the AMP plugin: {plain_s:.2f} s / {plugin_s:.2f} s = {plugin_s / plain_s:.2f}x")
     by_code = collections.defaultdict(list)
     for f in findings:
         by_code[f.code].append(f)

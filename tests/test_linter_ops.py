@@ -486,3 +486,18 @@ def test_amp304_softplus_is_suggested_not_rewritten():
         "log(1 + exp(x)) overflows or loses precision (worst in fp16/bf16): use F.softplus(x)"
     ]
     assert fixed(src) == src
+
+
+def test_linting_these_rules_imports_neither_libcst_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from training_profiler.linter.api import lint_source, Selection\n"
+        "src = 'import torch\\ny = torch.log(1 + x.half().sum()) / (n + 1e-8)\\nz = s.masked_fill(m, -1e9)\\n'\n"
+        "print(sorted(f.code for f in lint_source(src, 't.py', Selection(select=('AMP',)))))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('libcst', 'torch')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.splitlines() == ["['AMP302', 'AMP304', 'AMP401', 'AMP403']", "[]"], out.stderr

@@ -5,12 +5,8 @@ from __future__ import annotations
 import ast
 import re
 
-import libcst as cst
-from libcst.helpers import get_full_name_for_node
-
 from ...findings import Rule, Severity
 from ..engine import Context, LintRule, dtype_name, target_key
-from ..fixes import PositionalFix
 
 AMP_DOCS = "https://pytorch.org/docs/stable/amp.html"
 
@@ -124,44 +120,52 @@ class BinaryCrossEntropy(LintRule):
             ctx.report(AMP301, node, fixable=fixable, name="nn.BCELoss")
 
     def fix_transformer(self, positions):
-        return _BceFix(positions)
+        return _bce_fix(positions)
 
 
-class _BceFix(PositionalFix):
-    """``bce(torch.sigmoid(x), y, ...)`` -> ``bce_with_logits(x, y, ...)``;
-    ``nn.BCELoss(...)(torch.sigmoid(x), y)`` -> ``nn.BCEWithLogitsLoss(...)(x, y)``."""
+def _bce_fix(positions):
+    # libcst is imported only when fixing: importing it costs ~0.25 s on every flake8 run
+    import libcst as cst
 
-    @staticmethod
-    def _unwrap_sigmoid(call: cst.Call) -> cst.Call:
-        first = call.args[0]
-        inner = first.value.args[0].value  # type: ignore[attr-defined]
-        return call.with_changes(args=[first.with_changes(value=inner), *call.args[1:]])
+    from ..fixes import PositionalFix
 
-    @staticmethod
-    def _rename(func: cst.BaseExpression, old: str, new: str) -> cst.BaseExpression | None:
-        if isinstance(func, cst.Attribute) and func.attr.value == old:
-            return func.with_changes(attr=cst.Name(new))
-        if isinstance(func, cst.Name) and func.value == old:
-            return None  # a bare imported name: renaming would need a new import
-        return None
+    class _BceFix(PositionalFix):
+        """``bce(torch.sigmoid(x), y, ...)`` -> ``bce_with_logits(x, y, ...)``;
+        ``nn.BCELoss(...)(torch.sigmoid(x), y)`` -> ``nn.BCEWithLogitsLoss(...)(x, y)``."""
 
-    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
-        if not self.targeted(original) or not updated.args:
-            return updated
-        func = updated.func
-        if isinstance(func, cst.Call):  # nn.BCELoss(...)(sigmoid(x), y)
-            renamed = self._rename(func.func, "BCELoss", "BCEWithLogitsLoss")
+        @staticmethod
+        def _unwrap_sigmoid(call: cst.Call) -> cst.Call:
+            first = call.args[0]
+            inner = first.value.args[0].value  # type: ignore[attr-defined]
+            return call.with_changes(args=[first.with_changes(value=inner), *call.args[1:]])
+
+        @staticmethod
+        def _rename(func: cst.BaseExpression, old: str, new: str) -> cst.BaseExpression | None:
+            if isinstance(func, cst.Attribute) and func.attr.value == old:
+                return func.with_changes(attr=cst.Name(new))
+            if isinstance(func, cst.Name) and func.value == old:
+                return None  # a bare imported name: renaming would need a new import
+            return None
+
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+            if not self.targeted(original) or not updated.args:
+                return updated
+            func = updated.func
+            if isinstance(func, cst.Call):  # nn.BCELoss(...)(sigmoid(x), y)
+                renamed = self._rename(func.func, "BCELoss", "BCEWithLogitsLoss")
+                if renamed is None:
+                    return updated
+                self.applied += 1
+                return self._unwrap_sigmoid(updated).with_changes(func=func.with_changes(func=renamed))
+            if not isinstance(updated.args[0].value, cst.Call):
+                return updated  # the constructor of an inline BCELoss: handled on the outer call
+            renamed = self._rename(func, "binary_cross_entropy", "binary_cross_entropy_with_logits")
             if renamed is None:
                 return updated
             self.applied += 1
-            return self._unwrap_sigmoid(updated).with_changes(func=func.with_changes(func=renamed))
-        if not isinstance(updated.args[0].value, cst.Call):
-            return updated  # the constructor of an inline BCELoss: handled on the outer call
-        renamed = self._rename(func, "binary_cross_entropy", "binary_cross_entropy_with_logits")
-        if renamed is None:
-            return updated
-        self.applied += 1
-        return self._unwrap_sigmoid(updated).with_changes(func=renamed)
+            return self._unwrap_sigmoid(updated).with_changes(func=renamed)
+
+    return _BceFix(positions)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -692,24 +696,6 @@ def _import_triples(body) -> list[tuple[str | None, str, str | None]]:
     return triples
 
 
-def _cst_import_triples(module: cst.Module) -> list[tuple[str | None, str, str | None]]:
-    triples = []
-    for stmt in module.body:
-        if not isinstance(stmt, cst.SimpleStatementLine):
-            continue
-        for small in stmt.body:
-            if isinstance(small, cst.Import):
-                for a in small.names:
-                    triples.append((None, get_full_name_for_node(a.name), a.evaluated_alias))
-            elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative:
-                if isinstance(small.names, cst.ImportStar):
-                    continue
-                module_name = get_full_name_for_node(small.module)
-                for a in small.names:
-                    triples.append((module_name, get_full_name_for_node(a.name), a.evaluated_alias))
-    return triples
-
-
 def _functional_prefix(imports) -> str | None:
     """How the module spells torch.nn.functional: its alias (``F``), else ``torch.nn.functional``."""
     torch_name = None
@@ -818,93 +804,118 @@ class NaiveFormula(LintRule):
             ctx.report(AMP304, node, fixable=fixable, formula="exp(x) - 1", better="torch.expm1(x)")
 
     def fix_transformer(self, positions):
-        return _NaiveFormulaFix(positions)
+        return _naive_formula_fix(positions)
 
 
-def _cst_unary(node: cst.BaseExpression, name: str) -> tuple[cst.BaseExpression, cst.Attribute | None] | None:
-    """(x, func) for ``T.name(x)``; (x, None) for the method ``x.name()``; None otherwise."""
-    if not isinstance(node, cst.Call) or not isinstance(node.func, cst.Attribute) or node.func.attr.value != name:
-        return None
-    if len(node.args) == 1 and node.args[0].keyword is None and not node.args[0].star:
-        return node.args[0].value, node.func
-    if not node.args:
-        return node.func.value, None
-    return None
-
-
-def _cst_is_one(node: cst.BaseExpression) -> bool:
-    return isinstance(node, (cst.Integer, cst.Float)) and ast.literal_eval(node.value) == 1
-
-
-def _as_receiver(node: cst.BaseExpression) -> cst.BaseExpression:
-    """``node`` usable before ``.method()``: parenthesized unless it is an atom."""
-    if isinstance(node, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) or node.lpar:
-        return node
-    return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
-
-
-class _NaiveFormulaFix(PositionalFix):
+def _naive_formula_fix(positions):
     """The AMP304 rewrites; the detector marks a finding fixable only for the shapes handled here."""
+    # libcst is imported only when fixing: importing it costs ~0.25 s on every flake8 run
+    import libcst as cst
+    from libcst.helpers import get_full_name_for_node
 
-    functional: str | None = None
+    from ..fixes import PositionalFix
 
-    def visit_Module(self, node: cst.Module) -> bool:
-        self.functional = _functional_prefix(_cst_import_triples(node))
-        return True
+    def _cst_import_triples(module: cst.Module) -> list[tuple[str | None, str, str | None]]:
+        triples = []
+        for stmt in module.body:
+            if not isinstance(stmt, cst.SimpleStatementLine):
+                continue
+            for small in stmt.body:
+                if isinstance(small, cst.Import):
+                    for a in small.names:
+                        triples.append((None, get_full_name_for_node(a.name), a.evaluated_alias))
+                elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative:
+                    if isinstance(small.names, cst.ImportStar):
+                        continue
+                    module_name = get_full_name_for_node(small.module)
+                    for a in small.names:
+                        triples.append((module_name, get_full_name_for_node(a.name), a.evaluated_alias))
+        return triples
 
-    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
-        if not self.targeted(original):
-            return updated
-        parts = _cst_unary(updated, "log")
-        new = self._rewrite_log(updated, *parts) if parts else None
-        if new is None:
-            return updated
-        self.applied += 1
-        return new.with_changes(lpar=updated.lpar, rpar=updated.rpar)
-
-    def _rewrite_log(self, log_call: cst.Call, inner: cst.BaseExpression, log_func: cst.Attribute | None):
-        if isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Add):
-            x = inner.right if _cst_is_one(inner.left) else inner.left if _cst_is_one(inner.right) else None
-            if x is None:
-                return None
-            if log_func is not None:  # torch.log(1 + x) -> torch.log1p(x)
-                return log_call.with_changes(func=log_func.with_changes(attr=cst.Name("log1p")),
-                                             args=[log_call.args[0].with_changes(value=x)])
-            return cst.Call(func=cst.Attribute(value=_as_receiver(x), attr=cst.Name("log1p")))  # (1 + x).log()
-        if not isinstance(inner, cst.Call) or not isinstance(inner.func, cst.Attribute):
+    def _cst_unary(node: cst.BaseExpression, name: str) -> tuple[cst.BaseExpression, cst.Attribute | None] | None:
+        """(x, func) for ``T.name(x)``; (x, None) for the method ``x.name()``; None otherwise."""
+        if not isinstance(node, cst.Call) or not isinstance(node.func, cst.Attribute) or node.func.attr.value != name:
             return None
-        attr = inner.func.attr.value
-        if attr == "softmax":
-            return inner.with_changes(func=inner.func.with_changes(attr=cst.Name("log_softmax")))
-        if attr in ("sigmoid", "expit"):
-            parts = _cst_unary(inner, attr)
-            if parts is None or self.functional is None:
+        if len(node.args) == 1 and node.args[0].keyword is None and not node.args[0].star:
+            return node.args[0].value, node.func
+        if not node.args:
+            return node.func.value, None
+        return None
+
+    def _cst_is_one(node: cst.BaseExpression) -> bool:
+        return isinstance(node, (cst.Integer, cst.Float)) and ast.literal_eval(node.value) == 1
+
+    def _as_receiver(node: cst.BaseExpression) -> cst.BaseExpression:
+        """``node`` usable before ``.method()``: parenthesized unless it is an atom."""
+        if isinstance(node, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) or node.lpar:
+            return node
+        return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+
+    class _NaiveFormulaFix(PositionalFix):
+        """log(softmax) -> log_softmax, log(sigmoid) -> logsigmoid, log(sum(exp)) -> logsumexp,
+        log(1 + x) -> log1p, exp(x) - 1 -> expm1, at the reported positions."""
+
+        functional: str | None = None
+
+        def visit_Module(self, node: cst.Module) -> bool:
+            self.functional = _functional_prefix(_cst_import_triples(node))
+            return True
+
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+            if not self.targeted(original):
+                return updated
+            parts = _cst_unary(updated, "log")
+            new = self._rewrite_log(updated, *parts) if parts else None
+            if new is None:
+                return updated
+            self.applied += 1
+            return new.with_changes(lpar=updated.lpar, rpar=updated.rpar)
+
+        def _rewrite_log(self, log_call: cst.Call, inner: cst.BaseExpression, log_func: cst.Attribute | None):
+            if isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Add):
+                x = inner.right if _cst_is_one(inner.left) else inner.left if _cst_is_one(inner.right) else None
+                if x is None:
+                    return None
+                if log_func is not None:  # torch.log(1 + x) -> torch.log1p(x)
+                    return log_call.with_changes(func=log_func.with_changes(attr=cst.Name("log1p")),
+                                                 args=[log_call.args[0].with_changes(value=x)])
+                return cst.Call(func=cst.Attribute(value=_as_receiver(x), attr=cst.Name("log1p")))  # (1 + x).log()
+            if not isinstance(inner, cst.Call) or not isinstance(inner.func, cst.Attribute):
                 return None
-            return cst.Call(func=cst.parse_expression(f"{self.functional}.logsigmoid"), args=[cst.Arg(parts[0])])
-        if attr == "sum":
-            return self._logsumexp(inner)
-        return None
+            attr = inner.func.attr.value
+            if attr == "softmax":
+                return inner.with_changes(func=inner.func.with_changes(attr=cst.Name("log_softmax")))
+            if attr in ("sigmoid", "expit"):
+                parts = _cst_unary(inner, attr)
+                if parts is None or self.functional is None:
+                    return None
+                return cst.Call(func=cst.parse_expression(f"{self.functional}.logsigmoid"), args=[cst.Arg(parts[0])])
+            if attr == "sum":
+                return self._logsumexp(inner)
+            return None
 
-    @staticmethod
-    def _logsumexp(call: cst.Call) -> cst.Call | None:
-        method_exp = _cst_unary(call.func.value, "exp")  # type: ignore[attr-defined]
-        if method_exp is not None:  # exp(x).sum(dims): dims are all of call.args
-            x, exp_func = method_exp
-            if exp_func is None:
-                return cst.Call(func=cst.Attribute(value=_as_receiver(x), attr=cst.Name("logsumexp")), args=call.args)
-            comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")) if call.args else cst.MaybeSentinel.DEFAULT
-            return cst.Call(func=exp_func.with_changes(attr=cst.Name("logsumexp")),
-                            args=[cst.Arg(x, comma=comma), *call.args])
-        if call.args and (function_exp := _cst_unary(call.args[0].value, "exp")) is not None:
-            return call.with_changes(func=call.func.with_changes(attr=cst.Name("logsumexp")),  # type: ignore[attr-defined]
-                                     args=[call.args[0].with_changes(value=function_exp[0]), *call.args[1:]])
-        return None
+        @staticmethod
+        def _logsumexp(call: cst.Call) -> cst.Call | None:
+            method_exp = _cst_unary(call.func.value, "exp")  # type: ignore[attr-defined]
+            if method_exp is not None:  # exp(x).sum(dims): dims are all of call.args
+                x, exp_func = method_exp
+                if exp_func is None:
+                    return cst.Call(func=cst.Attribute(value=_as_receiver(x), attr=cst.Name("logsumexp")), args=call.args)
+                comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")) if call.args else cst.MaybeSentinel.DEFAULT
+                return cst.Call(func=exp_func.with_changes(attr=cst.Name("logsumexp")),
+                                args=[cst.Arg(x, comma=comma), *call.args])
+            if call.args and (function_exp := _cst_unary(call.args[0].value, "exp")) is not None:
+                return call.with_changes(func=call.func.with_changes(attr=cst.Name("logsumexp")),  # type: ignore[attr-defined]
+                                         args=[call.args[0].with_changes(value=function_exp[0]), *call.args[1:]])
+            return None
 
-    def leave_BinaryOperation(self, original: cst.BinaryOperation, updated: cst.BinaryOperation) -> cst.BaseExpression:
-        if not self.targeted(original) or not isinstance(updated.operator, cst.Subtract) or not _cst_is_one(updated.right):
-            return updated
-        if _cst_unary(updated.left, "exp") is None:
-            return updated
-        self.applied += 1
-        left: cst.Call = updated.left  # type: ignore[assignment]
-        return left.with_changes(func=left.func.with_changes(attr=cst.Name("expm1")))  # type: ignore[attr-defined]
+        def leave_BinaryOperation(self, original: cst.BinaryOperation, updated: cst.BinaryOperation) -> cst.BaseExpression:
+            if not self.targeted(original) or not isinstance(updated.operator, cst.Subtract) or not _cst_is_one(updated.right):
+                return updated
+            if _cst_unary(updated.left, "exp") is None:
+                return updated
+            self.applied += 1
+            left: cst.Call = updated.left  # type: ignore[assignment]
+            return left.with_changes(func=left.func.with_changes(attr=cst.Name("expm1")))  # type: ignore[attr-defined]
+
+    return _NaiveFormulaFix(positions)
