@@ -113,10 +113,16 @@ def test_amp302_autocast_contexts():
             y = model(x)
             with torch.autocast("cuda", enabled=False):
                 return y.norm(2), torch.cumprod(y, 0)
+
+    def computed_inside(self, criterion, y, t, p):
+        with torch.autocast("cuda", enabled=False):
+            loss = criterion(y.float(), t)
+            return loss.sum(), torch.softmax(self.proj(y), -1), p[0].sum()
     """
     # CPU autocast: softmax fires, prod is promoted to float32 there, .float() is explicit;
     # CUDA autocast already runs these ops in float32; enabled=False runs them in y's dtype.
-    assert found(src) == [("AMP302", 6, 12), ("AMP302", 16, 20), ("AMP302", 16, 31)]
+    # inside enabled=False only tensors that come in from outside are suspect (p, not loss)
+    assert found(src) == [("AMP302", 6, 12), ("AMP302", 16, 20), ("AMP302", 16, 31), ("AMP302", 21, 61)]
     assert "under CPU autocast" in messages(src, "AMP302")[0]
     assert "inside autocast(enabled=False)" in messages(src, "AMP302")[1]
 

@@ -6,7 +6,7 @@ import ast
 import re
 
 from ...findings import Rule, Severity
-from ..engine import Context, LintRule, dtype_name, target_key
+from ..engine import AutocastState, Context, LintRule, dtype_name, target_key
 
 AMP_DOCS = "https://pytorch.org/docs/stable/amp.html"
 
@@ -353,6 +353,29 @@ def _looks_like_tensor_method(call: ast.Call, func: ast.Attribute) -> bool:
     return True
 
 
+def _from_outside(ctx: Context, operand: ast.AST, region: AutocastState) -> bool:
+    """True when ``operand`` names a tensor that entered ``region`` from outside (a parameter, a
+    value bound before it or under an enclosing autocast); False for values computed inside it."""
+    base = operand
+    while True:
+        if isinstance(base, ast.Subscript) or (isinstance(base, ast.Attribute) and base.attr in ("T", "mT", "data")):
+            base = base.value
+        elif isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute) and base.func.attr in _DTYPE_PRESERVING:
+            base = base.func.value
+        else:
+            break
+    key = target_key(base)
+    if key is None:
+        return False  # an expression computed here, e.g. softmax(self.proj(x))
+    binding = ctx.lookup(key)
+    state = binding.autocast if binding is not None else None
+    while state is not None:
+        if state is region:
+            return False
+        state = state.outer
+    return True
+
+
 def _low_precision_context(ctx: Context, operand: ast.AST, op: str, site: ast.AST) -> str | None:
     """Why ``op(operand)`` would run in low precision here, or None when it runs in float32."""
     state = ctx.autocast
@@ -363,7 +386,8 @@ def _low_precision_context(ctx: Context, operand: ast.AST, op: str, site: ast.AS
             return None
         return "under CPU autocast"
     if state is not None:  # autocast(enabled=False): the op runs in the dtype it receives
-        if evident_precision(ctx, operand, True, site) == "float32":
+        found = evident_precision(ctx, operand, True, site)
+        if found == "float32" or (found is None and not _from_outside(ctx, operand, state)):
             return None
         return "inside autocast(enabled=False)"
     found = evident_precision(ctx, operand, False, site)
