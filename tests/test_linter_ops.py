@@ -319,7 +319,7 @@ def test_amp401_values_and_positions():
             return a, b, c, d
     """
     assert found(src) == [("AMP401", 11, 19), ("AMP401", 13, 30), ("AMP401", 14, 45), ("AMP401", 15, 35), ("AMP401", 16, 31)]
-    assert messages(src, "AMP401")[0].startswith("fill value self.neg = -1e+09 is outside the float16 range")
+    assert messages(src, "AMP401")[0].startswith("fill value self.neg = -1e9 is outside the float16 range")
 
 
 @pytest.mark.parametrize(
@@ -384,7 +384,7 @@ def test_amp403_places():
         ("AMP403", 9, 26),
         ("AMP403", 9, 38),
     ]
-    assert messages(src, "AMP403")[2].startswith("epsilon eps = 1e-08 is below float16's smallest normal number")
+    assert messages(src, "AMP403")[2].startswith("epsilon eps = 1e-8 is below float16's smallest normal number")
 
 
 def test_amp403_correct_patterns_stay_clean():

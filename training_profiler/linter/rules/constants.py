@@ -106,7 +106,7 @@ AMP403 = Rule(
     code="AMP403",
     name="epsilon-below-fp16-resolution",
     severity=Severity.WARNING,
-    message="epsilon {value} is below float16's smallest normal number (6.1e-05) and vanishes in fp16: compute in float32 or use torch.finfo(x.dtype).eps",
+    message="epsilon {value} is below float16's smallest normal number (6.1e-05) and rounds to 0 or a subnormal in fp16: compute in float32 or use torch.finfo(x.dtype).eps",
     why=(
         "An epsilon guards a division, log, sqrt or rsqrt against zero. float16 cannot hold values "
         "below 6e-8 at all and keeps few digits below 6.1e-5: 0 + 1e-8 is 0 in float16, so x / (n + "
@@ -196,9 +196,12 @@ def _is_number(ctx: Context, node: ast.AST) -> bool:
 
 
 def _shown(ctx: Context, node: ast.AST, value: float) -> str:
+    """The constant as the user wrote it: ``-1e9``, or ``NEG_INF = -1e9`` for a name."""
+    text = ast.get_source_segment(ctx.source, node) or f"{value:g}"
     if isinstance(node, (ast.Name, ast.Attribute)):
-        return f"{ast.unparse(node)} = {value:g}"
-    return f"{value:g}"
+        bound = ctx.value_of(node)
+        return f"{text} = {(ast.get_source_segment(ctx.source, bound) if bound else None) or format(value, 'g')}"
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
