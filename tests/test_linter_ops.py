@@ -507,3 +507,20 @@ def test_linting_these_rules_imports_neither_libcst_nor_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.splitlines() == ["['AMP302', 'AMP304', 'AMP401', 'AMP403']", "[]"], out.stderr
+
+
+def test_amp304_autofixes_compute_the_same_values():
+    """Run every AMP304 autofix example before and after the rewrite on real tensors."""
+    torch = pytest.importorskip("torch")
+    from training_profiler.linter.rules.ops import NaiveFormula
+
+    torch.manual_seed(0)
+    for before, after in NaiveFormula.autofix_examples:
+        inputs = {name: torch.rand(4, 5) + 0.1 for name in ("x", "p", "q")}
+        old, new = dict(inputs), dict(inputs)
+        exec(before, old)
+        exec(after, new)
+        results = [k for k in old if k not in inputs and k not in ("torch", "F", "__builtins__")]
+        assert results, before
+        for name in results:
+            torch.testing.assert_close(new[name], old[name], msg=f"{name} in {after!r}")
