@@ -260,6 +260,7 @@ def test_amp304_fix_keeps_formatting_and_arguments():
     lse = torch.log(torch.sum(torch.exp(s), 1, True))
     rate = torch.exp(x).sum(dim=0).log()
     z = (1 + -x).log() * (torch.exp(2 * x) - 1)
+    r = t * (-i).sigmoid().log() + torch.log(torch.sum((0.5 * i).exp(), 1))
     """
     assert fixed(src) == textwrap.dedent(
         """\
@@ -270,6 +271,7 @@ def test_amp304_fix_keeps_formatting_and_arguments():
         lse = torch.logsumexp(s, 1, True)
         rate = torch.logsumexp(x, dim=0)
         z = (-x).log1p() * torch.expm1(2 * x)
+        r = t * F.logsigmoid(-i) + torch.logsumexp(0.5 * i, 1)
         """
     )
 

@@ -875,6 +875,12 @@ def _naive_formula_fix(positions):
             return node
         return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
 
+    def _as_argument(node: cst.BaseExpression) -> cst.BaseExpression:
+        """A former receiver ``(-x)`` as a call argument: ``-x`` (a tuple or generator keeps its parens)."""
+        if isinstance(node, (cst.Tuple, cst.GeneratorExp, cst.Yield)):
+            return node
+        return node.with_changes(lpar=[], rpar=[])
+
     class _NaiveFormulaFix(PositionalFix):
         """log(softmax) -> log_softmax, log(sigmoid) -> logsigmoid, log(sum(exp)) -> logsumexp,
         log(1 + x) -> log1p, exp(x) - 1 -> expm1, at the reported positions."""
@@ -913,7 +919,7 @@ def _naive_formula_fix(positions):
                 parts = _cst_unary(inner, attr)
                 if parts is None or self.functional is None:
                     return None
-                return cst.Call(func=cst.parse_expression(f"{self.functional}.logsigmoid"), args=[cst.Arg(parts[0])])
+                return cst.Call(func=cst.parse_expression(f"{self.functional}.logsigmoid"), args=[cst.Arg(_as_argument(parts[0]))])
             if attr == "sum":
                 return self._logsumexp(inner)
             return None
@@ -927,10 +933,10 @@ def _naive_formula_fix(positions):
                     return cst.Call(func=cst.Attribute(value=_as_receiver(x), attr=cst.Name("logsumexp")), args=call.args)
                 comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")) if call.args else cst.MaybeSentinel.DEFAULT
                 return cst.Call(func=exp_func.with_changes(attr=cst.Name("logsumexp")),
-                                args=[cst.Arg(x, comma=comma), *call.args])
+                                args=[cst.Arg(_as_argument(x), comma=comma), *call.args])
             if call.args and (function_exp := _cst_unary(call.args[0].value, "exp")) is not None:
                 return call.with_changes(func=call.func.with_changes(attr=cst.Name("logsumexp")),  # type: ignore[attr-defined]
-                                         args=[call.args[0].with_changes(value=function_exp[0]), *call.args[1:]])
+                                         args=[call.args[0].with_changes(value=_as_argument(function_exp[0])), *call.args[1:]])
             return None
 
         def leave_BinaryOperation(self, original: cst.BinaryOperation, updated: cst.BinaryOperation) -> cst.BaseExpression:
