@@ -526,3 +526,19 @@ def test_amp304_autofixes_compute_the_same_values():
         assert results, before
         for name in results:
             torch.testing.assert_close(new[name], old[name], msg=f"{name} in {after!r}")
+
+
+def test_amp402_through_a_self_attribute():
+    src = """\
+    import torch
+
+    class Attention(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.neg = torch.finfo(torch.float32).min
+
+        def forward(self, scores, mask):
+            return scores.masked_fill(mask, self.neg)
+    """
+    assert found(src) == [("AMP402", 9, 41)]
+    assert messages(src, "AMP402")[0].startswith("self.neg = torch.finfo(torch.float32).min hard-codes a dtype")

@@ -6,7 +6,7 @@ import ast
 import math
 
 from ...findings import Rule, Severity
-from ..engine import Context, LintRule, dtype_name
+from ..engine import Context, LintRule, dtype_name, target_key
 from .ops import evident_precision, spelled_name
 
 FP16_MAX = 65504.0
@@ -261,10 +261,10 @@ def _hardcoded_finfo(ctx: Context, node: ast.AST, follow_names: bool = True) -> 
     expr = node
     while isinstance(expr, ast.UnaryOp) and isinstance(expr.op, (ast.USub, ast.UAdd)):
         expr = expr.operand
-    if follow_names and isinstance(expr, ast.Name):
+    if follow_names and target_key(expr) is not None:  # MIN or self.min bound to the constant
         value = ctx.value_of(expr)
         found = _hardcoded_finfo(ctx, value, follow_names=False) if value is not None else None
-        return (f"{expr.id} = {found[0]}", found[1]) if found else None
+        return (f"{ast.unparse(expr)} = {found[0]}", found[1]) if found else None
     if not (isinstance(expr, ast.Attribute) and expr.attr in ("min", "max") and isinstance(expr.value, ast.Call)):
         return None
     call = expr.value
