@@ -102,7 +102,7 @@ def test_amp302_autocast_contexts():
     @torch.autocast("cpu")
     def cpu_step(model, x):
         y = model(x)
-        return y.softmax(-1), y.prod(), y.float().sum()
+        return y.softmax(-1), y.prod(), y.float().sum(), (y.argmax(-1) == x).sum(), x.long().cumsum(0)
 
     def cuda_step(model, x):
         with torch.autocast("cuda"):

@@ -189,6 +189,11 @@ def _float_value(ctx: Context, node: ast.AST, follow_names: bool = True) -> floa
     return None
 
 
+def _not_fp16(ctx: Context, node: ast.AST, site: ast.AST) -> bool:
+    """The code shows ``node`` is float32 (``x.float()``, ``dtype=torch.float32``) or an integer tensor."""
+    return evident_precision(ctx, node, False, site) in ("float32", "integer")
+
+
 def _is_number(ctx: Context, node: ast.AST) -> bool:
     if isinstance(node, ast.UnaryOp):
         node = node.operand
@@ -243,7 +248,7 @@ def _fill_values(ctx: Context, call: ast.Call) -> list[ast.AST]:
         return []
     indexes, keyword = where
     filled = func.value if name is None else call.args[0] if call.args and name not in ("torch.full", "torch.where") else None
-    if filled is not None and evident_precision(ctx, filled, False, call) == "float32":
+    if filled is not None and _not_fp16(ctx, filled, call):
         return []  # x.float().masked_fill(mask, -1e9): the tensor is float32
     values = [call.args[i] for i in indexes if i < len(call.args)]
     if name == "torch.where" and len(values) == 2 and all(_is_number(ctx, v) for v in values):
@@ -328,7 +333,7 @@ class SmallEpsilon(LintRule):
                     value = self._eps(ctx, side) if isinstance(cur.op, ast.Add) else None
                     if value is None:
                         stack.append(side)
-                    elif evident_precision(ctx, other, False, site) != "float32":
+                    elif not _not_fp16(ctx, other, site):
                         ctx.report(AMP403, side, value=_shown(ctx, side, value))
 
     def visit_BinOp(self, node: ast.BinOp, ctx: Context) -> None:
@@ -361,5 +366,5 @@ class SmallEpsilon(LintRule):
             low = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "min"), None)
             value = self._eps(ctx, low) if low is not None else None
             clamped = func.value if name is None else node.args[0] if node.args else None
-            if value is not None and (clamped is None or evident_precision(ctx, clamped, False, node) != "float32"):
+            if value is not None and (clamped is None or not _not_fp16(ctx, clamped, node)):
                 ctx.report(AMP403, low, value=_shown(ctx, low, value))

@@ -260,8 +260,16 @@ _REDUCTION_FUNCTIONS = {
 _REDUCTION_METHODS = {"softmax", "log_softmax", "cumsum", "cumprod", "prod", "sum", "norm"}
 _REDUCTION_ATTRS = {name.rsplit(".", 1)[-1] for name in _REDUCTION_FUNCTIONS} | _REDUCTION_METHODS
 
-_CAST_METHODS = {"half": "float16", "bfloat16": "bfloat16", "float": "float32", "double": "float32"}
-_DTYPES = {"float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float": "float32", "float64": "float32", "double": "float32"}
+# the precision an expression evidently has: "float16", "bfloat16", "float32" (or wider), "integer" (or bool)
+_CAST_METHODS = {
+    "half": "float16", "bfloat16": "bfloat16", "float": "float32", "double": "float32",
+    "long": "integer", "int": "integer", "bool": "integer",
+}
+_DTYPES = {
+    "float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float": "float32", "float64": "float32",
+    "double": "float32", "int64": "integer", "long": "integer", "int32": "integer", "int": "integer", "bool": "integer",
+}
+_NOT_LOW = ("float32", "integer")
 # methods whose result has the dtype of their receiver
 _DTYPE_PRESERVING = {
     "view", "reshape", "transpose", "permute", "contiguous", "squeeze", "unsqueeze", "flatten",
@@ -320,6 +328,8 @@ def evident_precision(ctx: Context, expr: ast.AST, autocast_is_low: bool, site: 
         return None
     if isinstance(expr, ast.Subscript) or (isinstance(expr, ast.Attribute) and expr.attr in ("T", "mT", "data")):
         return evident_precision(ctx, expr.value, autocast_is_low, site, depth + 1)
+    if isinstance(expr, ast.Compare):
+        return "integer"  # a bool tensor: (pred == y).sum() counts
     if isinstance(expr, ast.BinOp):
         sides = {
             evident_precision(ctx, expr.left, autocast_is_low, site, depth + 1),
@@ -328,7 +338,8 @@ def evident_precision(ctx: Context, expr: ast.AST, autocast_is_low: bool, site: 
         sides.discard(None)
         if len(sides) == 1:
             return sides.pop()
-        return "float32" if sides else None  # float16 with bfloat16 or float32 promotes to float32
+        sides.discard("integer")  # an integer tensor takes the floating operand's dtype
+        return sides.pop() if len(sides) == 1 else "float32" if sides else None  # float16 + bfloat16 -> float32
     key = target_key(expr)
     binding = ctx.lookup(key) if key else None
     if binding is None or (site is not None and _exclusive_branches(ctx, binding.node, site)):
@@ -382,12 +393,12 @@ def _low_precision_context(ctx: Context, operand: ast.AST, op: str, site: ast.AS
     if state is not None and state.active:
         if state.device != "cpu" or op == "prod":  # CUDA autocast (and CPU for prod) promote to float32
             return None
-        if evident_precision(ctx, operand, False, site) == "float32":
+        if evident_precision(ctx, operand, False, site) in _NOT_LOW:
             return None
         return "under CPU autocast"
     if state is not None:  # autocast(enabled=False): the op runs in the dtype it receives
         found = evident_precision(ctx, operand, True, site)
-        if found == "float32" or (found is None and not _from_outside(ctx, operand, state)):
+        if found in _NOT_LOW or (found is None and not _from_outside(ctx, operand, state)):
             return None
         return "inside autocast(enabled=False)"
     found = evident_precision(ctx, operand, False, site)
