@@ -440,11 +440,13 @@ class LowPrecisionReduction(LintRule):
 # AMP303 / AMP305: custom autograd.Function without custom_fwd / custom_bwd
 
 _CUSTOM_FN_WHY = (
-    "Autocast does not look inside a custom torch.autograd.Function: forward receives whatever mix "
-    "of float16 and float32 tensors arrives, and backward runs outside the autocast region, so it "
-    "may compute gradients in a different precision than forward. torch.amp.custom_fwd(device_type=...) "
-    "runs forward with the caller's autocast state (or casts the inputs with cast_inputs=) and "
-    "custom_bwd runs backward with the same state."
+    "A custom torch.autograd.Function runs forward under the caller's autocast state, but backward "
+    "runs later, outside the autocast region: its ops see a mix of float16 and float32 tensors, "
+    "which fails with dtype mismatches or computes gradients in another precision than forward, and "
+    "a custom kernel in forward receives whatever dtypes autocast produced. "
+    "@torch.amp.custom_bwd runs backward with forward's autocast state; "
+    "@torch.amp.custom_fwd(device_type=..., cast_inputs=torch.float32) casts the inputs and runs "
+    "forward with autocast disabled, for code that needs float32."
 )
 _CUSTOM_FN_FIX = (
     "Decorate forward with @torch.amp.custom_fwd(device_type=\"cuda\") (add cast_inputs=torch.float32 if it "
