@@ -16,6 +16,7 @@ from ..engine import AMP000, LintRule
 _RULE_MODULES = (
     "training_profiler.linter.rules.ops",
     "training_profiler.linter.rules.gradscaler",
+    "training_profiler.linter.rules.constants",
 )
 
 

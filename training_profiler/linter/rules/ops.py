@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import ast
+import re
 
 from ...findings import Rule, Severity
-from ..engine import Context, LintRule
+from ..engine import AutocastState, Context, LintRule, dtype_name, target_key
 
 AMP_DOCS = "https://pytorch.org/docs/stable/amp.html"
+
+
+def spelled_name(ctx: Context, func: ast.AST) -> str | None:
+    """The called name as written (``x.sum`` -> "sum"), through an import alias for a bare name
+    (``from torch import softmax as sm``: ``sm`` -> "softmax"). A cheap filter before qualnames."""
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    if isinstance(func, ast.Name):
+        name = ctx.qualname(func)
+        return name.rsplit(".", 1)[-1] if name else func.id
+    return None
 
 AMP301 = Rule(
     code="AMP301",
@@ -154,3 +166,799 @@ def _bce_fix(positions):
             return self._unwrap_sigmoid(updated).with_changes(func=renamed)
 
     return _BceFix(positions)
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP302: reductions and softmax computed in low precision
+
+AMP302 = Rule(
+    code="AMP302",
+    name="low-precision-reduction",
+    severity=Severity.WARNING,
+    message="{op}() without dtype= {where} runs in fp16/bf16 and loses range or precision: pass dtype=torch.float32",
+    why=(
+        "Softmax, log-softmax, sums, products, cumulative sums and norms need float32's range and "
+        "precision: a float16 sum overflows to inf past 65504, and small probabilities underflow to 0. "
+        "CUDA autocast runs these ops in float32 for you, but not on a tensor you cast to half/bf16 "
+        "yourself, not inside autocast(enabled=False) (the op runs in the dtype it receives), and not "
+        "under CPU autocast (only prod is promoted there)."
+    ),
+    fix="Pass dtype=torch.float32 (e.g. torch.softmax(x, dim=-1, dtype=torch.float32)) and cast the result back if needed.",
+    references=(
+        "https://pytorch.org/docs/stable/amp.html#cuda-ops-that-can-autocast-to-float32",
+        "https://pytorch.org/docs/stable/amp.html#cpu-ops-that-can-autocast-to-float32",
+        "https://pytorch.org/docs/stable/generated/torch.softmax.html",
+    ),
+    bad=(
+        "import torch\n"
+        "\n"
+        "def attention(q, k):\n"
+        "    scores = (q @ k.transpose(-2, -1)).half()\n"
+        "    return scores.softmax(-1)  # expect: AMP302\n",
+        "import torch\n"
+        "\n"
+        "def total(x):\n"
+        "    h = x.to(torch.float16)\n"
+        "    probs = torch.softmax(h, -1)  # expect: AMP302\n"
+        "    return torch.sum(h, dim=0)  # expect: AMP302\n",
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "\n"
+        "def step(model, x):\n"
+        "    with torch.autocast('cuda'):\n"
+        "        logits = model(x)\n"
+        "        with torch.autocast('cuda', enabled=False):\n"
+        "            return F.log_softmax(logits, dim=-1)  # expect: AMP302\n",
+        "import torch\n"
+        "\n"
+        "def step(model, x):\n"
+        "    with torch.autocast('cpu'):\n"
+        "        h = model(x)\n"
+        "        return h.cumsum(dim=1)  # expect: AMP302\n",
+    ),
+    good=(
+        "import torch\n"
+        "\n"
+        "def attention(q, k):\n"
+        "    scores = (q @ k.transpose(-2, -1)).half()\n"
+        "    return scores.softmax(-1, dtype=torch.float32)\n",
+        "import torch\n"
+        "\n"
+        "def step(model, x):\n"
+        "    with torch.autocast('cuda'):  # CUDA autocast runs softmax and sum in float32\n"
+        "        logits = model(x)\n"
+        "        probs = torch.softmax(logits, -1)\n"
+        "    return probs.sum(), x.sum()  # dtype unknown outside an autocast region: fine\n",
+        "import torch\n"
+        "\n"
+        "def step(model, x):\n"
+        "    with torch.autocast('cuda'):\n"
+        "        logits = model(x)\n"
+        "        with torch.autocast('cuda', enabled=False):\n"
+        "            logits = logits.float()\n"
+        "            return torch.log_softmax(logits, dim=-1)\n",
+    ),
+)
+
+# function qualname -> op name shown in the message
+_REDUCTION_FUNCTIONS = {
+    "torch.softmax": "softmax",
+    "torch.log_softmax": "log_softmax",
+    "torch.special.softmax": "softmax",
+    "torch.special.log_softmax": "log_softmax",
+    "torch.nn.functional.softmax": "softmax",
+    "torch.nn.functional.log_softmax": "log_softmax",
+    "torch.nn.functional.softmin": "softmin",
+    "torch.cumsum": "cumsum",
+    "torch.cumprod": "cumprod",
+    "torch.prod": "prod",
+    "torch.sum": "sum",
+    "torch.norm": "norm",
+    "torch.linalg.norm": "norm",
+    "torch.linalg.vector_norm": "vector_norm",
+}
+_REDUCTION_METHODS = {"softmax", "log_softmax", "cumsum", "cumprod", "prod", "sum", "norm"}
+_REDUCTION_ATTRS = {name.rsplit(".", 1)[-1] for name in _REDUCTION_FUNCTIONS} | _REDUCTION_METHODS
+
+# the precision an expression evidently has: "float16", "bfloat16", "float32" (or wider), "integer" (or bool)
+_CAST_METHODS = {
+    "half": "float16", "bfloat16": "bfloat16", "float": "float32", "double": "float32",
+    "long": "integer", "int": "integer", "bool": "integer",
+}
+_DTYPES = {
+    "float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float": "float32", "float64": "float32",
+    "double": "float32", "int64": "integer", "long": "integer", "int32": "integer", "int": "integer", "bool": "integer",
+}
+_NOT_LOW = ("float32", "integer")
+# methods whose result has the dtype of their receiver
+_DTYPE_PRESERVING = {
+    "view", "reshape", "transpose", "permute", "contiguous", "squeeze", "unsqueeze", "flatten",
+    "clone", "detach", "masked_fill", "t", "expand", "narrow", "chunk", "split",
+}
+
+
+def _dtype_arg(ctx: Context, call: ast.Call) -> str | None:
+    """The precision named by ``dtype=`` or a positional dtype (``x.to('cuda', torch.half)``)."""
+    for kw in call.keywords:
+        if kw.arg == "dtype":
+            return _DTYPES.get(dtype_name(ctx, kw.value) or "")
+    for arg in call.args:
+        found = _DTYPES.get(dtype_name(ctx, arg) or "")
+        if found:
+            return found
+    return None
+
+
+def _if_branches(ctx: Context, node: ast.AST) -> dict[int, bool]:
+    """For each enclosing ``if`` statement (within the function): is ``node`` in its else branch?"""
+    out = {}
+    child, parent = node, ctx.parent(node)
+    while parent is not None and not isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+        if isinstance(parent, ast.If) and child is not parent.test:
+            out[id(parent)] = any(child is stmt for stmt in parent.orelse)
+        child, parent = parent, ctx.parent(parent)
+    return out
+
+
+def _exclusive_branches(ctx: Context, a: ast.AST, b: ast.AST) -> bool:
+    """True when ``a`` and ``b`` sit in different branches of one ``if``: one never sees the other."""
+    branches_a = _if_branches(ctx, a)
+    return bool(branches_a) and any(branches_a.get(key, in_else) != in_else for key, in_else in _if_branches(ctx, b).items())
+
+
+def evident_precision(ctx: Context, expr: ast.AST, autocast_is_low: bool, site: ast.AST | None = None, depth: int = 0) -> str | None:
+    """"float16" / "bfloat16" / "float32" when the code makes the dtype of ``expr`` evident
+    (explicit casts, ``dtype=``, names bound to those in the same function); None when unknown.
+    ``autocast_is_low``: a name bound inside an enabled autocast region counts as low precision.
+    ``site``: the visited node that uses ``expr`` (bindings in the other branch of an ``if`` are ignored)."""
+    if depth > 3:
+        return None
+    if isinstance(expr, ast.Call):
+        func = expr.func
+        if isinstance(func, ast.Attribute):
+            if func.attr in _CAST_METHODS and not expr.args and not expr.keywords:
+                return _CAST_METHODS[func.attr]
+            if func.attr in ("to", "type"):
+                return _dtype_arg(ctx, expr)
+            if func.attr in _DTYPE_PRESERVING:
+                return evident_precision(ctx, func.value, autocast_is_low, site, depth + 1)
+        for kw in expr.keywords:
+            if kw.arg == "dtype":
+                return _DTYPES.get(dtype_name(ctx, kw.value) or "")
+        return None
+    if isinstance(expr, ast.Subscript) or (isinstance(expr, ast.Attribute) and expr.attr in ("T", "mT", "data")):
+        return evident_precision(ctx, expr.value, autocast_is_low, site, depth + 1)
+    if isinstance(expr, ast.Compare):
+        return "integer"  # a bool tensor: (pred == y).sum() counts
+    if isinstance(expr, ast.BinOp):
+        sides = {
+            evident_precision(ctx, expr.left, autocast_is_low, site, depth + 1),
+            evident_precision(ctx, expr.right, autocast_is_low, site, depth + 1),
+        }
+        sides.discard(None)
+        if len(sides) == 1:
+            return sides.pop()
+        sides.discard("integer")  # an integer tensor takes the floating operand's dtype
+        return sides.pop() if len(sides) == 1 else "float32" if sides else None  # float16 + bfloat16 -> float32
+    key = target_key(expr)
+    binding = ctx.lookup(key) if key else None
+    if binding is None or (site is not None and _exclusive_branches(ctx, binding.node, site)):
+        return None
+    if binding.value is not None:
+        found = evident_precision(ctx, binding.value, autocast_is_low, binding.node, depth + 1)
+        if found:
+            return found
+    state = binding.autocast
+    if autocast_is_low and state is not None and state.active:
+        return state.effective_dtype
+    return None
+
+
+def _looks_like_tensor_method(call: ast.Call, func: ast.Attribute) -> bool:
+    """``x.sum(-1)`` rather than ``self.norm(x)`` (a LayerNorm module) or ``cls.softmax(x)``."""
+    receiver = func.value
+    if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
+        return False
+    if func.attr == "norm" and call.args:  # Tensor.norm(p=2, dim=...): p is a number or a string
+        return isinstance(call.args[0], ast.Constant)
+    return True
+
+
+def _from_outside(ctx: Context, operand: ast.AST, region: AutocastState) -> bool:
+    """True when ``operand`` names a tensor that entered ``region`` from outside (a parameter, a
+    value bound before it or under an enclosing autocast); False for values computed inside it."""
+    base = operand
+    while True:
+        if isinstance(base, ast.Subscript) or (isinstance(base, ast.Attribute) and base.attr in ("T", "mT", "data")):
+            base = base.value
+        elif isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute) and base.func.attr in _DTYPE_PRESERVING:
+            base = base.func.value
+        else:
+            break
+    key = target_key(base)
+    if key is None:
+        return False  # an expression computed here, e.g. softmax(self.proj(x))
+    binding = ctx.lookup(key)
+    state = binding.autocast if binding is not None else None
+    while state is not None:
+        if state is region:
+            return False
+        state = state.outer
+    return True
+
+
+def _low_precision_context(ctx: Context, operand: ast.AST, op: str, site: ast.AST) -> str | None:
+    """Why ``op(operand)`` would run in low precision here, or None when it runs in float32."""
+    state = ctx.autocast
+    if state is not None and state.active:
+        if state.device != "cpu" or op == "prod":  # CUDA autocast (and CPU for prod) promote to float32
+            return None
+        if evident_precision(ctx, operand, False, site) in _NOT_LOW:
+            return None
+        return "under CPU autocast"
+    if state is not None:  # autocast(enabled=False): the op runs in the dtype it receives
+        found = evident_precision(ctx, operand, True, site)
+        if found in _NOT_LOW or (found is None and not _from_outside(ctx, operand, state)):
+            return None
+        return "inside autocast(enabled=False)"
+    found = evident_precision(ctx, operand, False, site)
+    if found in ("float16", "bfloat16"):
+        return f"on a tensor cast to {found}"
+    return None
+
+
+class LowPrecisionReduction(LintRule):
+    rules = (AMP302,)
+    # it needs an explicit cast or an autocast region: files without these words cannot fire
+    tokens = ("half", "float16", "autocast")
+
+    def visit_Call(self, node: ast.Call, ctx: Context) -> None:
+        func = node.func
+        attr = spelled_name(ctx, func)
+        if attr not in _REDUCTION_ATTRS:
+            return
+        if any(kw.arg in ("dtype", None) for kw in node.keywords):  # dtype= given (or **kwargs)
+            return
+        name = ctx.call_name(node)
+        if name is not None:
+            op = _REDUCTION_FUNCTIONS.get(name)
+            if op is None:
+                return
+            operand = node.args[0] if node.args else next((k.value for k in node.keywords if k.arg == "input"), None)
+        elif isinstance(func, ast.Attribute) and attr in _REDUCTION_METHODS and _looks_like_tensor_method(node, func):
+            op, operand = attr, func.value
+        else:
+            return
+        if operand is None or isinstance(operand, ast.Starred) or _dtype_arg(ctx, node):
+            return
+        where = _low_precision_context(ctx, operand, op, node)
+        if where:
+            ctx.report(AMP302, node, op=op, where=where)
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP303 / AMP305: custom autograd.Function without custom_fwd / custom_bwd
+
+_CUSTOM_FN_WHY = (
+    "A custom torch.autograd.Function runs forward under the caller's autocast state, but backward "
+    "runs later, outside the autocast region: its ops see a mix of float16 and float32 tensors, "
+    "which fails with dtype mismatches or computes gradients in another precision than forward, and "
+    "a custom kernel in forward receives whatever dtypes autocast produced. "
+    "@torch.amp.custom_bwd runs backward with forward's autocast state; "
+    "@torch.amp.custom_fwd(device_type=..., cast_inputs=torch.float32) casts the inputs and runs "
+    "forward with autocast disabled, for code that needs float32."
+)
+_CUSTOM_FN_FIX = (
+    "Decorate forward with @torch.amp.custom_fwd(device_type=\"cuda\") (add cast_inputs=torch.float32 if it "
+    "needs float32) and backward with @torch.amp.custom_bwd(device_type=\"cuda\"), below @staticmethod."
+)
+_CUSTOM_FN_REFS = (
+    "https://pytorch.org/docs/stable/notes/amp_examples.html#autocast-and-custom-autograd-functions",
+    "https://pytorch.org/docs/stable/amp.html#torch.amp.custom_fwd",
+)
+_CUSTOM_FN_GOOD = (
+    "import torch\n"
+    "\n"
+    "class Square(torch.autograd.Function):\n"
+    "    @staticmethod\n"
+    "    @torch.amp.custom_fwd(device_type='cuda', cast_inputs=torch.float32)\n"
+    "    def forward(ctx, x):\n"
+    "        ctx.save_for_backward(x)\n"
+    "        return x * x\n"
+    "\n"
+    "    @staticmethod\n"
+    "    @torch.amp.custom_bwd(device_type='cuda')\n"
+    "    def backward(ctx, grad):\n"
+    "        (x,) = ctx.saved_tensors\n"
+    "        return 2 * x * grad\n"
+    "\n"
+    "def step(x):\n"
+    "    with torch.autocast('cuda'):\n"
+    "        return Square.apply(x)\n",
+    "from functools import partial\n"
+    "\n"
+    "import torch\n"
+    "from torch.autograd import Function\n"
+    "\n"
+    "custom_fwd = partial(torch.amp.custom_fwd, device_type='cuda')\n"
+    "custom_bwd = partial(torch.amp.custom_bwd, device_type='cuda')\n"
+    "\n"
+    "class Identity(Function):\n"
+    "    @staticmethod\n"
+    "    @custom_fwd\n"
+    "    def forward(ctx, x):\n"
+    "        return x.clone()\n"
+    "\n"
+    "    @staticmethod\n"
+    "    @custom_bwd\n"
+    "    def backward(ctx, grad):\n"
+    "        return grad\n",
+)
+
+AMP303 = Rule(
+    code="AMP303",
+    name="autograd-function-without-amp-decorators",
+    severity=Severity.WARNING,
+    message="custom autograd.Function {name}: {missing} in a file that uses autocast: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...)",
+    why=_CUSTOM_FN_WHY,
+    fix=_CUSTOM_FN_FIX,
+    references=_CUSTOM_FN_REFS,
+    bad=(
+        "import torch\n"
+        "\n"
+        "class Square(torch.autograd.Function):  # expect: AMP303\n"
+        "    @staticmethod\n"
+        "    def forward(ctx, x):\n"
+        "        ctx.save_for_backward(x)\n"
+        "        return x * x\n"
+        "\n"
+        "    @staticmethod\n"
+        "    def backward(ctx, grad):\n"
+        "        (x,) = ctx.saved_tensors\n"
+        "        return 2 * x * grad\n"
+        "\n"
+        "def step(x):\n"
+        "    with torch.autocast('cuda'):\n"
+        "        return Square.apply(x)\n",
+        "from torch import autocast\n"
+        "from torch.amp import custom_fwd\n"
+        "from torch.autograd import Function\n"
+        "\n"
+        "class Scale(Function):  # expect: AMP303\n"
+        "    @staticmethod\n"
+        "    @custom_fwd(device_type='cuda')\n"
+        "    def forward(ctx, x):\n"
+        "        return x * 2\n"
+        "\n"
+        "    @staticmethod\n"
+        "    def backward(ctx, grad):  # custom_bwd is missing\n"
+        "        return grad * 2\n"
+        "\n"
+        "@autocast('cuda')\n"
+        "def step(x):\n"
+        "    return Scale.apply(x)\n",
+    ),
+    good=_CUSTOM_FN_GOOD,
+)
+
+AMP305 = Rule(
+    code="AMP305",
+    name="autograd-function-without-amp-decorators-no-autocast",
+    severity=Severity.INFO,
+    message="custom autograd.Function {name}: {missing}: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...) before it runs under autocast",
+    why=_CUSTOM_FN_WHY + " This file does not use autocast itself (AMP303 covers files that do), but "
+    "the Function may still be called from an autocast region elsewhere.",
+    fix=_CUSTOM_FN_FIX,
+    references=_CUSTOM_FN_REFS,
+    bad=(
+        "import torch\n"
+        "\n"
+        "class Clamp(torch.autograd.Function):  # expect: AMP305\n"
+        "    @staticmethod\n"
+        "    def forward(ctx, x):\n"
+        "        return x.clamp(0, 1)\n"
+        "\n"
+        "    @staticmethod\n"
+        "    def backward(ctx, grad):\n"
+        "        return grad\n",
+        "import torch.autograd as ag\n"
+        "\n"
+        "def make():\n"
+        "    class Local(ag.Function):  # expect: AMP305\n"
+        "        @staticmethod\n"
+        "        def forward(ctx, x):\n"
+        "            return x\n"
+        "\n"
+        "        @staticmethod\n"
+        "        def backward(ctx, grad):\n"
+        "            return grad\n"
+        "\n"
+        "    return Local\n",
+    ),
+    good=_CUSTOM_FN_GOOD,
+)
+
+_FUNCTION_BASES = {"torch.autograd.Function", "torch.autograd.function.Function"}
+_AMP_DECORATORS = {
+    "custom_fwd": {"torch.amp.custom_fwd", "torch.amp.autocast_mode.custom_fwd", "torch.cuda.amp.custom_fwd", "torch.cuda.amp.autocast_mode.custom_fwd"},
+    "custom_bwd": {"torch.amp.custom_bwd", "torch.amp.autocast_mode.custom_bwd", "torch.cuda.amp.custom_bwd", "torch.cuda.amp.autocast_mode.custom_bwd"},
+}
+_AUTOCAST_CALL = re.compile(r"\bautocast\s*\(")
+
+
+def _is_amp_decorator(ctx: Context, deco: ast.AST, which: str) -> bool:
+    target = deco.func if isinstance(deco, ast.Call) else deco
+    name = ctx.qualname(target)
+    if name is None:
+        value = ctx.value_of(target)
+        if isinstance(value, ast.Call) and ctx.call_name(value) == "functools.partial" and value.args:
+            name = ctx.qualname(value.args[0])  # custom_fwd = partial(torch.amp.custom_fwd, device_type=...)
+        else:
+            # a relative import or a project helper we cannot resolve: trust its spelling, do not report
+            return getattr(target, "attr", getattr(target, "id", None)) == which
+    return name in _AMP_DECORATORS[which]
+
+
+class CustomAutogradFunction(LintRule):
+    rules = (AMP303, AMP305)
+    tokens = ("autograd",)
+
+    def visit_ClassDef(self, node: ast.ClassDef, ctx: Context) -> None:
+        if not any(ctx.qualname(base) in _FUNCTION_BASES for base in node.bases):
+            return
+        missing = []
+        for stmt in node.body:
+            if isinstance(stmt, ast.FunctionDef) and stmt.name in ("forward", "backward"):
+                which = "custom_fwd" if stmt.name == "forward" else "custom_bwd"
+                if not any(_is_amp_decorator(ctx, deco, which) for deco in stmt.decorator_list):
+                    missing.append(f"{stmt.name} lacks @{which}")
+        if missing:
+            # the severity depends on whether the file uses autocast anywhere: decide at the end
+            scope = ctx.scope
+            while scope.parent is not None:
+                scope = scope.parent
+            scope.data.setdefault(type(self).__name__, []).append((node, " and ".join(missing)))
+
+    def leave_scope(self, node: ast.AST, ctx: Context) -> None:
+        if not isinstance(node, ast.Module):
+            return
+        pending = ctx.scope.data.get(type(self).__name__, ())
+        uses_autocast = "autocast" in ctx.facts or _AUTOCAST_CALL.search(ctx.source) is not None
+        for cls, missing in pending:
+            ctx.report(AMP303 if uses_autocast else AMP305, cls, name=cls.name, missing=missing)
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP304: numerically naive formulas
+
+AMP304 = Rule(
+    code="AMP304",
+    name="naive-formula",
+    severity=Severity.WARNING,
+    message="{formula} overflows or loses precision (worst in fp16/bf16): use {better}",
+    why=(
+        "Composed from separate ops, these formulas round an intermediate result before the outer op "
+        "sees it: softmax and sigmoid underflow to 0 so log gives -inf, exp overflows float16 past "
+        "x = 11 so log(sum(exp(x))) gives inf, and 1 + x (or exp(x) next to 1) drops the digits of a "
+        "small x. The fused functions compute the same value stably (log-sum-exp trick, log1p/expm1)."
+    ),
+    fix=(
+        "torch.log(torch.softmax(x, d)) -> torch.log_softmax(x, d); torch.log(torch.sigmoid(x)) -> "
+        "F.logsigmoid(x); torch.log(torch.sum(torch.exp(x), d)) -> torch.logsumexp(x, d); "
+        "torch.log(1 + x) -> torch.log1p(x) (and log(1 + exp(x)) -> F.softplus(x)); torch.exp(x) - 1 -> torch.expm1(x)."
+    ),
+    references=(
+        "https://pytorch.org/docs/stable/generated/torch.nn.functional.log_softmax.html",
+        "https://pytorch.org/docs/stable/generated/torch.logsumexp.html",
+        "https://pytorch.org/docs/stable/generated/torch.log1p.html",
+        "https://pytorch.org/docs/stable/generated/torch.expm1.html",
+    ),
+    bad=(
+        "import torch\n"
+        "\n"
+        "def nll(logits, target):\n"
+        "    logp = torch.log(torch.softmax(logits, dim=1))  # expect: AMP304\n"
+        "    return -logp.gather(1, target[:, None]).mean()\n",
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "\n"
+        "def log_partition(scores):\n"
+        "    return torch.log(torch.sum(torch.exp(scores), dim=-1))  # expect: AMP304\n"
+        "\n"
+        "def log_prob(z):\n"
+        "    return F.sigmoid(z).log()  # expect: AMP304\n",
+        "import torch\n"
+        "\n"
+        "def softplus_and_elu(x):\n"
+        "    a = torch.log(1 + x.exp())  # expect: AMP304\n"
+        "    b = torch.exp(x) - 1  # expect: AMP304\n"
+        "    return a, b\n",
+    ),
+    good=(
+        "import torch\n"
+        "import torch.nn.functional as F\n"
+        "\n"
+        "def losses(logits, scores, z, x):\n"
+        "    return (torch.log_softmax(logits, dim=1), torch.logsumexp(scores, dim=-1),\n"
+        "            F.logsigmoid(z), torch.log1p(x), torch.expm1(x))\n",
+        "import math\n"
+        "\n"
+        "def schedule(step):  # Python floats are float64: not a tensor formula\n"
+        "    return math.log(1 + step), math.exp(step) - 1\n",
+        "import torch\n"
+        "\n"
+        "def probs(x, p):\n"
+        "    return torch.log(2 + x), torch.exp(x) - 2, torch.log(p + 0.5)\n",
+    ),
+)
+
+_SOFTMAXES = {"torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"}
+_EXPS = {"torch.exp"}
+_SUM_KEYWORDS = {"dim", "keepdim"}  # torch.logsumexp(input, dim, keepdim=False)
+
+
+def _not_self(node: ast.AST) -> bool:
+    return not (isinstance(node, ast.Name) and node.id in ("self", "cls"))
+
+
+def _torch_unary(ctx: Context, node: ast.AST, spelled: str, functions: set[str]) -> ast.AST | None:
+    """x for ``torch.f(x)`` (qualname in ``functions``) or the tensor method ``x.f()``."""
+    if not isinstance(node, ast.Call) or node.keywords:
+        return None
+    func = node.func
+    if spelled_name(ctx, func) != spelled:
+        return None
+    name = ctx.call_name(node)
+    if name is not None:
+        if name in functions and len(node.args) == 1 and not isinstance(node.args[0], ast.Starred):
+            return node.args[0]
+        return None
+    if isinstance(func, ast.Attribute) and not node.args and _not_self(func.value):
+        return func.value
+    return None
+
+
+def _is_one(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value == 1
+
+
+def _import_triples(body) -> list[tuple[str | None, str, str | None]]:
+    """(from-module or None, imported name, alias) for the top-level imports of a module."""
+    triples = []
+    for stmt in body:
+        if isinstance(stmt, ast.Import):
+            triples += [(None, a.name, a.asname) for a in stmt.names]
+        elif isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level:
+            triples += [(stmt.module, a.name, a.asname) for a in stmt.names]
+    return triples
+
+
+def _functional_prefix(imports) -> str | None:
+    """How the module spells torch.nn.functional: its alias (``F``), else ``torch.nn.functional``."""
+    torch_name = None
+    for module, name, alias in imports:
+        if module is None and name == "torch.nn.functional" and alias:
+            return alias
+        if module == "torch.nn" and name == "functional":
+            return alias or name
+        if module is None and torch_name is None and (name == "torch" or (name.startswith("torch.") and not alias)):
+            torch_name = alias or "torch"
+    return f"{torch_name}.nn.functional" if torch_name else None
+
+
+class NaiveFormula(LintRule):
+    rules = (AMP304,)
+    tokens = ("log(", "exp(")
+    autofix_examples = (
+        (
+            "import torch\ny = torch.log(torch.softmax(x, dim=1))\nz = x.softmax(-1).log()\n",
+            "import torch\ny = torch.log_softmax(x, dim=1)\nz = x.log_softmax(-1)\n",
+        ),
+        (
+            "import torch\nimport torch.nn.functional as F\ny = torch.log(torch.sigmoid(x))\nz = x.sigmoid().log()\n",
+            "import torch\nimport torch.nn.functional as F\ny = F.logsigmoid(x)\nz = F.logsigmoid(x)\n",
+        ),
+        (
+            "import torch\na = torch.log(torch.sum(torch.exp(x), dim=-1))\nb = x.exp().sum(1, keepdim=True).log()\n",
+            "import torch\na = torch.logsumexp(x, dim=-1)\nb = x.logsumexp(1, keepdim=True)\n",
+        ),
+        (
+            "import torch\na = torch.log(1 + x)\nb = (p * q + 1.0).log()\nc = (torch.exp(x) - 1) * 2\nd = x.exp() - 1\n",
+            "import torch\na = torch.log1p(x)\nb = (p * q).log1p()\nc = torch.expm1(x) * 2\nd = x.expm1()\n",
+        ),
+    )
+
+    def visit_Call(self, node: ast.Call, ctx: Context) -> None:
+        if spelled_name(ctx, node.func) != "log":
+            return
+        inner = _torch_unary(ctx, node, "log", {"torch.log"})
+        if inner is None:
+            return
+        found = self._log_of(ctx, node, inner)
+        if found:
+            formula, better, fixable = found
+            ctx.report(AMP304, node, fixable=fixable, formula=formula, better=better)
+
+    def _log_of(self, ctx: Context, log_call: ast.Call, inner: ast.AST) -> tuple[str, str, bool] | None:
+        if isinstance(inner, ast.BinOp) and isinstance(inner.op, ast.Add) and (_is_one(inner.left) or _is_one(inner.right)):
+            x = inner.right if _is_one(inner.left) else inner.left
+            if _torch_unary(ctx, x, "exp", _EXPS) is not None:  # softplus: log1p(exp(x)) still overflows
+                return "log(1 + exp(x))", "F.softplus(x)", False
+            return "log(1 + x)", "torch.log1p(x)", isinstance(log_call.func, ast.Attribute)
+        if not isinstance(inner, ast.Call) or not isinstance(inner.func, (ast.Attribute, ast.Name)):
+            return None
+        ifunc = inner.func
+        spelled = spelled_name(ctx, ifunc)
+        if spelled == "softmax":
+            name = ctx.call_name(inner)
+            if name in _SOFTMAXES or (name is None and isinstance(ifunc, ast.Attribute) and _not_self(ifunc.value)):
+                return "log(softmax(x))", "log_softmax(x)", isinstance(ifunc, ast.Attribute)
+        elif spelled in ("sigmoid", "expit"):
+            if _torch_unary(ctx, inner, spelled, _SIGMOIDS) is not None:
+                return "log(sigmoid(x))", "F.logsigmoid(x)", self._functional_reachable(ctx, log_call)
+        elif spelled == "sum":
+            return self._log_sum_exp(ctx, inner)
+        return None
+
+    def _log_sum_exp(self, ctx: Context, call: ast.Call) -> tuple[str, str, bool] | None:
+        name = ctx.call_name(call)
+        func = call.func
+        if name == "torch.sum" and call.args:  # torch.sum(torch.exp(x), dim)
+            exp, dims = call.args[0], call.args[1:]
+            spelled_by = func  # torch.sum -> torch.logsumexp
+        elif name is None and isinstance(func, ast.Attribute):  # torch.exp(x).sum(dim)
+            exp, dims = func.value, call.args
+            spelled_by = exp.func if isinstance(exp, ast.Call) else None
+        else:
+            return None
+        if _torch_unary(ctx, exp, "exp", _EXPS) is None:
+            return None
+        has_dim = bool(dims) or any(kw.arg == "dim" for kw in call.keywords)
+        fixable = (
+            has_dim
+            and all(kw.arg in _SUM_KEYWORDS for kw in call.keywords)
+            and not any(isinstance(a, ast.Starred) for a in call.args)
+            and isinstance(spelled_by, ast.Attribute)  # a bare imported name would need a new import
+        )
+        return "log(sum(exp(x)))", "torch.logsumexp(x, dim)", fixable
+
+    @staticmethod
+    def _functional_reachable(ctx: Context, node: ast.AST) -> bool:
+        """True when the module imports a spelling of torch.nn.functional that is still visible here."""
+        module = node
+        while ctx.parent(module) is not None:
+            module = ctx.parent(module)
+        if not isinstance(module, ast.Module):
+            return False
+        prefix = _functional_prefix(_import_triples(module.body))
+        return prefix is not None and ctx.qualname(ast.parse(prefix, mode="eval").body) == "torch.nn.functional"
+
+    def visit_BinOp(self, node: ast.BinOp, ctx: Context) -> None:
+        if not isinstance(node.op, ast.Sub) or not _is_one(node.right):
+            return
+        if _torch_unary(ctx, node.left, "exp", _EXPS) is not None:
+            fixable = isinstance(node.left.func, ast.Attribute)  # type: ignore[attr-defined]
+            ctx.report(AMP304, node, fixable=fixable, formula="exp(x) - 1", better="torch.expm1(x)")
+
+    def fix_transformer(self, positions):
+        return _naive_formula_fix(positions)
+
+
+def _naive_formula_fix(positions):
+    """The AMP304 rewrites; the detector marks a finding fixable only for the shapes handled here."""
+    # libcst is imported only when fixing: importing it costs ~0.25 s on every flake8 run
+    import libcst as cst
+    from libcst.helpers import get_full_name_for_node
+
+    from ..fixes import PositionalFix
+
+    def _cst_import_triples(module: cst.Module) -> list[tuple[str | None, str, str | None]]:
+        triples = []
+        for stmt in module.body:
+            if not isinstance(stmt, cst.SimpleStatementLine):
+                continue
+            for small in stmt.body:
+                if isinstance(small, cst.Import):
+                    for a in small.names:
+                        triples.append((None, get_full_name_for_node(a.name), a.evaluated_alias))
+                elif isinstance(small, cst.ImportFrom) and small.module is not None and not small.relative:
+                    if isinstance(small.names, cst.ImportStar):
+                        continue
+                    module_name = get_full_name_for_node(small.module)
+                    for a in small.names:
+                        triples.append((module_name, get_full_name_for_node(a.name), a.evaluated_alias))
+        return triples
+
+    def _cst_unary(node: cst.BaseExpression, name: str) -> tuple[cst.BaseExpression, cst.Attribute | None] | None:
+        """(x, func) for ``T.name(x)``; (x, None) for the method ``x.name()``; None otherwise."""
+        if not isinstance(node, cst.Call) or not isinstance(node.func, cst.Attribute) or node.func.attr.value != name:
+            return None
+        if len(node.args) == 1 and node.args[0].keyword is None and not node.args[0].star:
+            return node.args[0].value, node.func
+        if not node.args:
+            return node.func.value, None
+        return None
+
+    def _cst_is_one(node: cst.BaseExpression) -> bool:
+        return isinstance(node, (cst.Integer, cst.Float)) and ast.literal_eval(node.value) == 1
+
+    def _as_receiver(node: cst.BaseExpression) -> cst.BaseExpression:
+        """``node`` usable before ``.method()``: parenthesized unless it is an atom."""
+        if isinstance(node, (cst.Name, cst.Attribute, cst.Call, cst.Subscript)) or node.lpar:
+            return node
+        return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+
+    def _as_argument(node: cst.BaseExpression) -> cst.BaseExpression:
+        """A former receiver ``(-x)`` as a call argument: ``-x`` (a tuple or generator keeps its parens)."""
+        if isinstance(node, (cst.Tuple, cst.GeneratorExp, cst.Yield)):
+            return node
+        return node.with_changes(lpar=[], rpar=[])
+
+    class _NaiveFormulaFix(PositionalFix):
+        """log(softmax) -> log_softmax, log(sigmoid) -> logsigmoid, log(sum(exp)) -> logsumexp,
+        log(1 + x) -> log1p, exp(x) - 1 -> expm1, at the reported positions."""
+
+        functional: str | None = None
+
+        def visit_Module(self, node: cst.Module) -> bool:
+            self.functional = _functional_prefix(_cst_import_triples(node))
+            return True
+
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+            if not self.targeted(original):
+                return updated
+            parts = _cst_unary(updated, "log")
+            new = self._rewrite_log(updated, *parts) if parts else None
+            if new is None:
+                return updated
+            self.applied += 1
+            return new.with_changes(lpar=updated.lpar, rpar=updated.rpar)
+
+        def _rewrite_log(self, log_call: cst.Call, inner: cst.BaseExpression, log_func: cst.Attribute | None):
+            if isinstance(inner, cst.BinaryOperation) and isinstance(inner.operator, cst.Add):
+                x = inner.right if _cst_is_one(inner.left) else inner.left if _cst_is_one(inner.right) else None
+                if x is None:
+                    return None
+                if log_func is not None:  # torch.log(1 + x) -> torch.log1p(x)
+                    return log_call.with_changes(func=log_func.with_changes(attr=cst.Name("log1p")),
+                                                 args=[log_call.args[0].with_changes(value=x)])
+                return cst.Call(func=cst.Attribute(value=_as_receiver(x), attr=cst.Name("log1p")))  # (1 + x).log()
+            if not isinstance(inner, cst.Call) or not isinstance(inner.func, cst.Attribute):
+                return None
+            attr = inner.func.attr.value
+            if attr == "softmax":
+                return inner.with_changes(func=inner.func.with_changes(attr=cst.Name("log_softmax")))
+            if attr in ("sigmoid", "expit"):
+                parts = _cst_unary(inner, attr)
+                if parts is None or self.functional is None:
+                    return None
+                return cst.Call(func=cst.parse_expression(f"{self.functional}.logsigmoid"), args=[cst.Arg(_as_argument(parts[0]))])
+            if attr == "sum":
+                return self._logsumexp(inner)
+            return None
+
+        @staticmethod
+        def _logsumexp(call: cst.Call) -> cst.Call | None:
+            method_exp = _cst_unary(call.func.value, "exp")  # type: ignore[attr-defined]
+            if method_exp is not None:  # exp(x).sum(dims): dims are all of call.args
+                x, exp_func = method_exp
+                if exp_func is None:
+                    return cst.Call(func=cst.Attribute(value=_as_receiver(x), attr=cst.Name("logsumexp")), args=call.args)
+                comma = cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")) if call.args else cst.MaybeSentinel.DEFAULT
+                return cst.Call(func=exp_func.with_changes(attr=cst.Name("logsumexp")),
+                                args=[cst.Arg(_as_argument(x), comma=comma), *call.args])
+            if call.args and (function_exp := _cst_unary(call.args[0].value, "exp")) is not None:
+                return call.with_changes(func=call.func.with_changes(attr=cst.Name("logsumexp")),  # type: ignore[attr-defined]
+                                         args=[call.args[0].with_changes(value=_as_argument(function_exp[0])), *call.args[1:]])
+            return None
+
+        def leave_BinaryOperation(self, original: cst.BinaryOperation, updated: cst.BinaryOperation) -> cst.BaseExpression:
+            if not self.targeted(original) or not isinstance(updated.operator, cst.Subtract) or not _cst_is_one(updated.right):
+                return updated
+            if _cst_unary(updated.left, "exp") is None:
+                return updated
+            self.applied += 1
+            left: cst.Call = updated.left  # type: ignore[assignment]
+            return left.with_changes(func=left.func.with_changes(attr=cst.Name("expm1")))  # type: ignore[attr-defined]
+
+    return _NaiveFormulaFix(positions)

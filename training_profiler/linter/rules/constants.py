@@ -1,0 +1,370 @@
+"""AMP4xx: numeric constants that do not survive float16."""
+
+from __future__ import annotations
+
+import ast
+import math
+
+from ...findings import Rule, Severity
+from ..engine import Context, LintRule, dtype_name, target_key
+from .ops import evident_precision, spelled_name
+
+FP16_MAX = 65504.0
+FP16_SMALLEST_NORMAL = 2.0**-14  # 6.1035e-05; below it float16 keeps fewer digits, below 6e-8 none
+
+AMP401 = Rule(
+    code="AMP401",
+    name="fill-value-overflows-fp16",
+    severity=Severity.ERROR,
+    message="fill value {value} is outside the float16 range (|v| <= 65504): in fp16 it raises or becomes inf; use torch.finfo(x.dtype).min",
+    why=(
+        "A fill value such as -1e9 works in float32 but not in float16, whose largest finite value is "
+        "65504: masked_fill / fill_ / full on a float16 tensor raise 'value cannot be converted to "
+        "type c10::Half without overflow', and torch.where turns it into -inf, so a fully masked "
+        "softmax row becomes NaN. Under autocast the attention scores are float16 on CUDA."
+    ),
+    fix="Use torch.finfo(scores.dtype).min (or .max), which is the most negative value of whatever dtype the tensor has.",
+    references=(
+        "https://pytorch.org/docs/stable/type_info.html#torch.torch.finfo",
+        "https://pytorch.org/docs/stable/generated/torch.Tensor.masked_fill_.html",
+    ),
+    bad=(
+        "import torch\n"
+        "\n"
+        "def attend(q, k, mask):\n"
+        "    scores = q @ k.transpose(-2, -1)\n"
+        "    scores = scores.masked_fill(mask == 0, -1e9)  # expect: AMP401\n"
+        "    return scores.softmax(-1)\n",
+        "import torch\n"
+        "\n"
+        "NEG_INF = -1e10\n"
+        "\n"
+        "def bias(n, scores, keep):\n"
+        "    causal = torch.full((n, n), float('-1e10'))  # expect: AMP401\n"
+        "    return torch.where(keep, scores, NEG_INF) + causal  # expect: AMP401\n",
+        "def reset(buffer):\n"
+        "    buffer.fill_(1e5)  # expect: AMP401\n",
+    ),
+    good=(
+        "import torch\n"
+        "\n"
+        "def attend(scores, mask):\n"
+        "    return scores.masked_fill(mask == 0, torch.finfo(scores.dtype).min)\n",
+        "import torch\n"
+        "\n"
+        "def attend(scores, mask, n):\n"
+        "    causal = torch.full((n, n), float('-inf'))  # inf is representable in fp16\n"
+        "    big = torch.full((n,), -1e9, dtype=torch.float32)  # explicitly float32\n"
+        "    return scores.masked_fill(mask, -1e4) + causal, big\n",
+        "def ids(tokens, mask):\n"
+        "    return tokens.masked_fill(mask, 100000)  # integer fills are for integer tensors\n",
+    ),
+)
+
+AMP402 = Rule(
+    code="AMP402",
+    name="hardcoded-finfo-fill-value",
+    severity=Severity.ERROR,
+    message="{value} hard-codes a dtype wider than float16 and overflows fp16 tensors: use torch.finfo(x.dtype).{which}",
+    why=(
+        "torch.finfo(torch.float32).min is -3.4e38, far outside float16's range: filling a float16 "
+        "tensor with it raises, and torch.where makes it -inf. The dtype of the tensor changes under "
+        "autocast or .half(); the constant does not."
+    ),
+    fix="Ask the tensor for its own range: torch.finfo(scores.dtype).min.",
+    references=(
+        "https://pytorch.org/docs/stable/type_info.html#torch.torch.finfo",
+        "https://pytorch.org/docs/stable/amp.html",
+    ),
+    bad=(
+        "import torch\n"
+        "\n"
+        "def attend(scores, mask):\n"
+        "    return scores.masked_fill(~mask, torch.finfo(torch.float32).min)  # expect: AMP402\n",
+        "import torch\n"
+        "\n"
+        "MIN = torch.finfo(torch.float).min\n"
+        "\n"
+        "def attend(scores, mask):\n"
+        "    scores.masked_fill_(mask, MIN)  # expect: AMP402\n"
+        "    return torch.where(mask, -torch.finfo(torch.float32).max, scores)  # expect: AMP402\n",
+    ),
+    good=(
+        "import torch\n"
+        "\n"
+        "def attend(scores, mask):\n"
+        "    return scores.masked_fill(mask, torch.finfo(scores.dtype).min)\n",
+        "import torch\n"
+        "\n"
+        "def attend(scores, mask, dtype):\n"
+        "    low = torch.finfo(torch.float16).min  # fits float16 and wider dtypes\n"
+        "    return scores.masked_fill(mask, low), torch.finfo(dtype).min\n",
+    ),
+)
+
+AMP403 = Rule(
+    code="AMP403",
+    name="epsilon-below-fp16-resolution",
+    severity=Severity.WARNING,
+    message="epsilon {value} is below float16's smallest normal number (6.1e-05) and rounds to 0 or a subnormal in fp16: compute in float32 or use torch.finfo(x.dtype).eps",
+    why=(
+        "An epsilon guards a division, log, sqrt or rsqrt against zero. float16 cannot hold values "
+        "below 6e-8 at all and keeps few digits below 6.1e-5: 0 + 1e-8 is 0 in float16, so x / (n + "
+        "1e-8) is inf and log(p + 1e-10) is -inf exactly when the guard was needed. (Optimizer and "
+        "normalization-layer eps= arguments are applied in float32 and are not flagged.)"
+    ),
+    fix="Do the guarded computation in float32 (n.float() + 1e-8), or use an epsilon float16 can represent: torch.finfo(x.dtype).eps.",
+    references=(
+        "https://pytorch.org/docs/stable/type_info.html#torch.torch.finfo",
+        "https://pytorch.org/docs/stable/notes/amp_examples.html",
+    ),
+    bad=(
+        "import torch\n"
+        "\n"
+        "def normalize(x):\n"
+        "    n = x.norm(dim=-1, keepdim=True)\n"
+        "    return x / (n + 1e-8)  # expect: AMP403\n",
+        "import torch\n"
+        "\n"
+        "EPS = 1e-10\n"
+        "\n"
+        "def entropy(p, v):\n"
+        "    h = -(p * torch.log(p + EPS)).sum(-1)  # expect: AMP403\n"
+        "    return h / torch.sqrt(v + 1e-12)  # expect: AMP403\n",
+        "import torch\n"
+        "\n"
+        "def safe(x, w):\n"
+        "    y = w / x.clamp(min=1e-8)  # expect: AMP403\n"
+        "    return torch.clamp(y, min=0.00001).rsqrt()  # expect: AMP403\n",
+    ),
+    good=(
+        "import torch\n"
+        "\n"
+        "def build(params, dim):\n"
+        "    opt = torch.optim.Adam(params, lr=1e-3, eps=1e-8)  # optimizer eps is float32 state\n"
+        "    norm = torch.nn.LayerNorm(dim, eps=1e-12)\n"
+        "    return opt, norm\n",
+        "import torch\n"
+        "\n"
+        "def normalize(x):\n"
+        "    n = x.norm(dim=-1, keepdim=True)\n"
+        "    return x / (n + 1e-4), torch.log(x.float() + 1e-3), x / n.clamp(min=torch.finfo(x.dtype).eps)\n",
+        "def schedule(step, lr):  # plain Python arithmetic is float64\n"
+        "    return lr * 1e-8 + step * 1e-6\n",
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Literal values
+
+
+def _float_value(ctx: Context, node: ast.AST, follow_names: bool = True) -> float | None:
+    """The value of a float literal, ``-literal``, ``float("...")``, or a name bound to one."""
+    sign = 1.0
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        if isinstance(node.op, ast.USub):
+            sign = -sign
+        node = node.operand
+    if isinstance(node, ast.Constant) and type(node.value) is float:
+        return sign * node.value
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "float"
+        and len(node.args) == 1
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+        and ctx.lookup("float") is None  # the builtin, not a rebinding
+    ):
+        try:
+            return sign * float(node.args[0].value)
+        except ValueError:
+            return None
+    if follow_names and isinstance(node, (ast.Name, ast.Attribute)):
+        value = ctx.value_of(node)
+        if value is not None:
+            found = _float_value(ctx, value, follow_names=False)
+            return None if found is None else sign * found
+    return None
+
+
+def _not_fp16(ctx: Context, node: ast.AST, site: ast.AST) -> bool:
+    """The code shows ``node`` is float32 (``x.float()``, ``dtype=torch.float32``) or an integer tensor."""
+    return evident_precision(ctx, node, False, site) in ("float32", "integer")
+
+
+def _is_number(ctx: Context, node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp):
+        node = node.operand
+    return (isinstance(node, ast.Constant) and type(node.value) in (int, float)) or _float_value(ctx, node, False) is not None
+
+
+def _shown(ctx: Context, node: ast.AST, value: float) -> str:
+    """The constant as the user wrote it: ``-1e9``, or ``NEG_INF = -1e9`` for a name."""
+    text = ast.get_source_segment(ctx.source, node) or f"{value:g}"
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        bound = ctx.value_of(node)
+        return f"{text} = {(ast.get_source_segment(ctx.source, bound) if bound else None) or format(value, 'g')}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP401 / AMP402: fill values
+
+# where the fill value sits: (positional indexes, keyword name)
+_FILL_METHODS = {
+    "masked_fill": ((1,), "value"),
+    "masked_fill_": ((1,), "value"),
+    "fill_": ((0,), "value"),
+    "new_full": ((1,), "fill_value"),
+    "where": ((1,), "other"),  # Tensor.where(condition, other)
+}
+_FILL_FUNCTIONS = {
+    "torch.masked_fill": ((2,), "value"),
+    "torch.full": ((1,), "fill_value"),
+    "torch.full_like": ((1,), "fill_value"),
+    "torch.where": ((1, 2), "other"),
+}
+_FILL_ATTRS = set(_FILL_METHODS) | {name.rsplit(".", 1)[-1] for name in _FILL_FUNCTIONS}
+_FINFO = {"torch.finfo", "numpy.finfo"}
+_WIDE_DTYPES = {"float32", "float", "float64", "double", "bfloat16"}
+
+
+def _fill_values(ctx: Context, call: ast.Call) -> list[ast.AST]:
+    """The fill-value arguments of a fill call whose result may be float16 (else none)."""
+    func = call.func
+    attr = spelled_name(ctx, func)
+    if attr not in _FILL_ATTRS:
+        return []
+    name = ctx.call_name(call)
+    if name is not None:
+        where = _FILL_FUNCTIONS.get(name)
+    elif isinstance(func, ast.Attribute):
+        where = _FILL_METHODS.get(attr)
+    else:
+        where = None
+    if where is None:
+        return []
+    indexes, keyword = where
+    filled = func.value if name is None else call.args[0] if call.args and name not in ("torch.full", "torch.where") else None
+    if filled is not None and _not_fp16(ctx, filled, call):
+        return []  # x.float().masked_fill(mask, -1e9): the tensor is float32
+    values = [call.args[i] for i in indexes if i < len(call.args)]
+    if name == "torch.where" and len(values) == 2 and all(_is_number(ctx, v) for v in values):
+        return []  # torch.where(mask, 0.0, -1e9): two Python numbers give a default-dtype (float32) tensor
+    for kw in call.keywords:
+        if kw.arg == keyword or (name == "torch.where" and kw.arg == "input"):
+            values.append(kw.value)
+        elif kw.arg == "dtype" and dtype_name(ctx, kw.value) not in ("float16", None):
+            return []  # torch.full(..., dtype=torch.float32): an explicit wider dtype
+    return [v for v in values if not isinstance(v, ast.Starred)]
+
+
+def _hardcoded_finfo(ctx: Context, node: ast.AST, follow_names: bool = True) -> tuple[str, str] | None:
+    """(shown text, "min"/"max") for ``torch.finfo(torch.float32).min`` and friends."""
+    expr = node
+    while isinstance(expr, ast.UnaryOp) and isinstance(expr.op, (ast.USub, ast.UAdd)):
+        expr = expr.operand
+    if follow_names and target_key(expr) is not None:  # MIN or self.min bound to the constant
+        value = ctx.value_of(expr)
+        found = _hardcoded_finfo(ctx, value, follow_names=False) if value is not None else None
+        return (f"{ast.unparse(expr)} = {found[0]}", found[1]) if found else None
+    if not (isinstance(expr, ast.Attribute) and expr.attr in ("min", "max") and isinstance(expr.value, ast.Call)):
+        return None
+    call = expr.value
+    if ctx.call_name(call) not in _FINFO or call.keywords or len(call.args) > 1:
+        return None
+    if call.args:
+        dtype = ctx.qualname(call.args[0])
+        if dtype is None and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+            dtype = call.args[0].value
+        if dtype is None or dtype.rsplit(".", 1)[-1] not in _WIDE_DTYPES:
+            return None
+    return ast.unparse(node), expr.attr
+
+
+class FillValue(LintRule):
+    rules = (AMP401, AMP402)
+    tokens = ("masked_fill", "fill_", "full", "where")
+
+    def visit_Call(self, node: ast.Call, ctx: Context) -> None:
+        for value in _fill_values(ctx, node):
+            number = _float_value(ctx, value)
+            if number is not None:
+                if abs(number) > FP16_MAX and math.isfinite(number):
+                    ctx.report(AMP401, value, value=_shown(ctx, value, number))
+                continue
+            finfo = _hardcoded_finfo(ctx, value)
+            if finfo is not None:
+                ctx.report(AMP402, value, value=finfo[0], which=finfo[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP403: epsilons below float16 resolution
+
+_GUARDED_FUNCTIONS = {"torch.log", "torch.log2", "torch.log10", "torch.sqrt", "torch.rsqrt"}
+_GUARDED_METHODS = {"log", "log2", "log10", "sqrt", "rsqrt"}
+_CLAMP_FUNCTIONS = {"torch.clamp": 1, "torch.clip": 1, "torch.clamp_min": 1}  # position of min
+_CLAMP_METHODS = {"clamp": 0, "clamp_": 0, "clip": 0, "clip_": 0, "clamp_min": 0, "clamp_min_": 0}
+_DIVIDES = {"torch.div": 1, "torch.true_divide": 1}
+_DIVIDE_METHODS = {"div": 0, "div_": 0, "true_divide": 0}
+_EPS_ATTRS = _GUARDED_METHODS | set(_CLAMP_METHODS) | set(_DIVIDE_METHODS) | {"clamp", "clip", "clamp_min", "div", "true_divide"}
+
+
+class SmallEpsilon(LintRule):
+    rules = (AMP403,)
+    tokens = ("e-", "E-", "0.0000")  # how a literal below 6.1e-5 is spelled
+
+    def _eps(self, ctx: Context, node: ast.AST) -> float | None:
+        value = _float_value(ctx, node)
+        return value if value is not None and 0.0 < value < FP16_SMALLEST_NORMAL else None
+
+    def _check_sum(self, ctx: Context, expr: ast.AST, site: ast.AST) -> None:
+        """Report epsilons added inside ``expr`` (``n + 1e-8``, ``(v + eps) ** 0.5 * s``), unless
+        what they are added to is evidently float32."""
+        stack = [expr]
+        while stack:
+            cur = stack.pop()
+            if isinstance(cur, ast.UnaryOp):
+                stack.append(cur.operand)
+            elif isinstance(cur, ast.BinOp):
+                for side, other in ((cur.left, cur.right), (cur.right, cur.left)):
+                    value = self._eps(ctx, side) if isinstance(cur.op, ast.Add) else None
+                    if value is None:
+                        stack.append(side)
+                    elif not _not_fp16(ctx, other, site):
+                        ctx.report(AMP403, side, value=_shown(ctx, side, value))
+
+    def visit_BinOp(self, node: ast.BinOp, ctx: Context) -> None:
+        if isinstance(node.op, ast.Div):
+            self._check_sum(ctx, node.right, node)
+
+    def visit_AugAssign(self, node: ast.AugAssign, ctx: Context) -> None:
+        if isinstance(node.op, ast.Div):
+            self._check_sum(ctx, node.value, node)
+
+    def visit_Call(self, node: ast.Call, ctx: Context) -> None:
+        func = node.func
+        attr = spelled_name(ctx, func)
+        if attr not in _EPS_ATTRS:
+            return
+        name = ctx.call_name(node)
+        if name is None and not isinstance(func, ast.Attribute):
+            return
+        if name in _GUARDED_FUNCTIONS and node.args:
+            self._check_sum(ctx, node.args[0], node)
+        elif name is None and attr in _GUARDED_METHODS and not node.args:
+            self._check_sum(ctx, func.value, node)
+        elif name in _DIVIDES or (name is None and attr in _DIVIDE_METHODS):
+            position = _DIVIDES[name] if name else _DIVIDE_METHODS[attr]
+            divisor = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "other"), None)
+            if divisor is not None:
+                self._check_sum(ctx, divisor, node)
+        elif name in _CLAMP_FUNCTIONS or (name is None and attr in _CLAMP_METHODS):
+            position = _CLAMP_FUNCTIONS[name] if name else _CLAMP_METHODS[attr]
+            low = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "min"), None)
+            value = self._eps(ctx, low) if low is not None else None
+            clamped = func.value if name is None else node.args[0] if node.args else None
+            if value is not None and (clamped is None or not _not_fp16(ctx, clamped, node)):
+                ctx.report(AMP403, low, value=_shown(ctx, low, value))
