@@ -36,7 +36,7 @@ FXA101 = Rule(
     code="FXA101",
     name="oversized-linear",
     severity=Severity.ERROR,
-    message="Linear '{module}' holds {params:,} params ({share:.0%} of the model){fed_by}: {remedy}",
+    message="Linear '{module}' holds {params} params ({share} of the model){fed_by}: {remedy}",
     why=(
         "A fully connected layer on a flattened feature map multiplies its parameter count by the "
         "spatial size (VGG-16's classifier.0 holds 102.8M params, 74% of the model). Those weights "
@@ -71,7 +71,7 @@ FXA102 = Rule(
     code="FXA102",
     name="large-conv-kernel",
     severity=Severity.WARNING,
-    message="Conv '{module}' uses a {kernel} kernel ({params:,} params): stack 3x3 convs or use a depthwise conv",
+    message="Conv '{module}' uses a {kernel} kernel ({params} params): stack 3x3 convs or use a depthwise conv",
     why=(
         "A kxk kernel costs k^2 MACs per output per channel pair: one 11x11 conv costs 13x a 3x3 "
         "for the same receptive-field step, and two stacked 3x3 convs see 5x5 with fewer params "
@@ -152,7 +152,7 @@ FXA105 = Rule(
     code="FXA105",
     name="init-mismatch",
     severity=Severity.WARNING,
-    message="'{module}' weight std {actual:.3g} is {ratio:.2f}x the {scheme} init for the {activation} after it ({expected:.3g}): {call}",
+    message="'{module}' weight std {actual} is {ratio}x the {scheme} init for the {activation} after it ({expected}): {call}",
     why=(
         "Each activation keeps the signal's variance only under its matching initialisation: "
         "He/Kaiming for the ReLU family, Xavier/Glorot for tanh and sigmoid, orthogonal for "
@@ -243,7 +243,7 @@ FXA107 = Rule(
     code="FXA107",
     name="bias-before-batchnorm",
     severity=Severity.WARNING,
-    message="'{module}' has a bias ({bias:,} params) but feeds BatchNorm '{norm}', which subtracts the mean: use bias=False",
+    message="'{module}' has a bias ({bias} params) but feeds BatchNorm '{norm}', which subtracts the mean: use bias=False",
     why=(
         "BatchNorm subtracts the per-channel batch mean, so a constant bias added just before it "
         "cancels out exactly: its parameters and their optimizer state are wasted and its "
@@ -272,7 +272,7 @@ FXA108 = Rule(
     code="FXA108",
     name="unused-parameters",
     severity=Severity.WARNING,
-    message="{count} trainable parameter tensor(s) ({params:,} params) never used in the forward graph, e.g. '{example}': remove them or freeze them",
+    message="{count} trainable parameter tensor(s) ({params} params) never used in the forward graph, e.g. '{example}': remove them or freeze them",
     why=(
         "Parameters that take no part in the forward pass get no gradient. Under "
         "DistributedDataParallel the reducer waits for their gradients forever (the 'Expected to "
@@ -609,8 +609,8 @@ def _check_oversized_linear(ctx: _Context) -> Iterable[Finding]:
         data = {"params": rec.params, "share": round(share, 4), "threshold": cfg.linear_max_params}
         if fed_by:
             data.update(producer=source.name, spatial=list(source.output_shape[2:]), channels=source.output_shape[1])
-        finding = FXA101.finding(ctx.locate(rec.name, rec.node), data, module=rec.name, params=rec.params,
-                                 share=share, fed_by=fed_by, remedy=remedy)
+        finding = FXA101.finding(ctx.locate(rec.name, rec.node), data, module=rec.name, params=f"{rec.params:,}",
+                                 share=f"{share:.0%}", fed_by=fed_by, remedy=remedy)
         yield replace(finding, severity=severity)
 
 
@@ -643,7 +643,7 @@ def _check_large_kernel(ctx: _Context) -> Iterable[Finding]:
         label = "x".join(str(k) for k in kernel)
         yield FXA102.finding(ctx.locate(rec.name, rec.node), {"kernel_size": list(kernel), "params": rec.params,
                                                                "limit": ctx.config.max_kernel},
-                             module=rec.name, kernel=label, params=rec.params)
+                             module=rec.name, kernel=label, params=f"{rec.params:,}")
 
 
 def _check_plain_depth(ctx: _Context) -> Iterable[Finding]:
@@ -781,8 +781,8 @@ def _check_init(ctx: _Context) -> Iterable[Finding]:
             yield FXA105.finding(ctx.locate(rec.name, rec.node),
                                  {"std": round(actual, 6), "expected_std": round(expected, 6), "ratio": round(ratio, 3),
                                   "activation": act_op, "fan_in": fan_in},
-                                 module=rec.name, actual=actual, ratio=ratio, scheme=scheme, activation=act_op,
-                                 expected=expected, call=call)
+                                 module=rec.name, actual=f"{actual:.3g}", ratio=f"{ratio:.2f}", scheme=scheme,
+                                 activation=act_op, expected=f"{expected:.3g}", call=call)
         gen = torch.Generator().manual_seed(0)
         for rec in recurrent:
             mod = ctx.model.get_submodule(rec.name)
@@ -802,9 +802,9 @@ def _check_init(ctx: _Context) -> Iterable[Finding]:
                 path = f"{_access_path(rec.name)}.{name}"
                 yield FXA105.finding(ctx.locate(rec.name, rec.node),
                                      {"parameter": name, "norm_deviation": round(worst, 3)},
-                                     module=f"{rec.name}.{name}", actual=float(weight.std()),
-                                     ratio=float(weight.std()) * math.sqrt(hidden), scheme="orthogonal",
-                                     activation="recurrence", expected=1 / math.sqrt(hidden),
+                                     module=f"{rec.name}.{name}", actual=f"{float(weight.std()):.3g}",
+                                     ratio=f"{float(weight.std()) * math.sqrt(hidden):.2f}", scheme="orthogonal",
+                                     activation="recurrence", expected=f"{1 / math.sqrt(hidden):.3g}",
                                      call=f"for w in {path}.chunk({gates}): nn.init.orthogonal_(w)")
 
 
@@ -868,7 +868,7 @@ def _check_bias_before_bn(ctx: _Context) -> Iterable[Finding]:
             continue
         bias_params = out_features if isinstance(bias, bool) else int(bias)
         yield FXA107.finding(ctx.locate(rec.name, rec.node), {"bias_params": bias_params, "norm": bn.name},
-                             module=rec.name, bias=bias_params, norm=bn.name)
+                             module=rec.name, bias=f"{bias_params:,}", norm=bn.name)
 
 
 def _check_unused_params(ctx: _Context) -> Iterable[Finding]:
@@ -899,7 +899,7 @@ def _check_unused_params(ctx: _Context) -> Iterable[Finding]:
     owner = example.rsplit(".", 1)[0] if "." in example else ""
     yield FXA108.finding(ctx.locate(owner), {"count": len(unused), "params": total,
                                              "names": [n for n, _ in unused[:20]]},
-                         count=len(unused), params=total, example=example)
+                         count=len(unused), params=f"{total:,}", example=example)
 
 
 _CE = {"cross_entropy", "crossentropyloss"}
