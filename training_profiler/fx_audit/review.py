@@ -185,12 +185,9 @@ def load_factory(spec: str, base_dir: str | os.PathLike | None = None) -> Callab
 
 
 def _build(factory: Callable[[], Any], real_weights: bool):
-    import torch
+    from .capture import build_model
 
-    if real_weights:
-        return factory()
-    with torch.device("meta"):
-        return factory()
+    return factory() if real_weights else build_model(factory)
 
 
 def audit_model(model: Any, inputs: Any, *, config: AuditConfig | None = None, optimizer: str = "adam",

@@ -159,7 +159,7 @@ FXA105 = Rule(
         "recurrent weights. PyTorch's default Linear/Conv init (kaiming_uniform_ with a=sqrt(5)) "
         "has std 1/sqrt(3*fan_in), 0.41x the He value, so deep ReLU stacks shrink the signal at "
         "every layer. Layers followed by a normalization layer are not checked (it rescales). "
-        "Needs real weights: on meta/fake models the check is skipped with an info note."
+        "Needs real weights: on meta/fake models the check is skipped with a note in the report."
     ),
     fix="Initialise the weight with the nn.init call given in the message (e.g. in the model's __init__).",
     references=(f"{_DOCS}/nn.init.html", "https://arxiv.org/abs/1502.01852"),
@@ -441,6 +441,7 @@ _NORM_RE = re.compile(r"norm")
 _WEIGHT_MODULES = re.compile(r"^(linear|lazylinear|bilinear|conv\w*|lazyconv\w*|embedding\w*|lstm|gru|rnn|multiheadattention)$")
 _WEIGHT_FUNCTIONS = {"linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
                      "conv_transpose3d", "matmul", "mm", "bmm", "addmm", "einsum", "embedding", "convolution"}
+_RESHAPES = {"flatten", "view", "reshape"}
 _PASS_THROUGH = {"flatten", "view", "reshape", "dropout", "contiguous", "identity", "squeeze", "unsqueeze",
                  "dropout1d", "dropout2d", "to", "type", "float", "clone"}
 
@@ -450,10 +451,10 @@ def _is_norm(rec: LayerRecord) -> bool:
 
 
 class _Graph:
-    """Producers/consumers over gradient-carrying edges, in the records' (topological) order."""
+    """Producers/consumers over gradient-carrying edges; ``layers`` in topological order (the
+    engine appends parameter reads after the nodes, so the records' own order is not enough)."""
 
     def __init__(self, layers: list[LayerRecord]):
-        self.layers = layers
         self.by_node = {r.node: r for r in layers}
         self.producers: dict[str, list[str]] = {}
         self.consumers: dict[str, list[str]] = {r.node: [] for r in layers}
@@ -462,6 +463,22 @@ class _Graph:
             self.producers[r.node] = prods
             for p in prods:
                 self.consumers[p].append(r.node)
+        self.layers = self._topological(layers)
+
+    def _topological(self, layers: list[LayerRecord]) -> list[LayerRecord]:
+        waiting = {r.node: len(self.producers[r.node]) for r in layers}
+        ready = [r.node for r in reversed(layers) if not waiting[r.node]]  # a stack, first record on top
+        order = []
+        while ready:
+            node = ready.pop()
+            order.append(self.by_node[node])
+            for c in reversed(self.consumers[node]):
+                waiting[c] -= 1
+                if not waiting[c]:
+                    ready.append(c)
+        if len(order) != len(layers):  # a cycle cannot come from an fx graph; keep the given order
+            return list(layers)
+        return order
 
     def is_weight_layer(self, rec: LayerRecord) -> bool:
         if rec.kind == "get_attr" or _is_norm(rec):
@@ -473,18 +490,20 @@ class _Graph:
             return any(self.by_node[i].kind == "get_attr" for i in rec.inputs if i in self.by_node)
         return False
 
-    def source_through_reshapes(self, rec: LayerRecord) -> LayerRecord | None:
-        """The first producer of ``rec`` that is not a flatten/view/dropout-like op."""
-        seen = set()
+    def source_through_reshapes(self, rec: LayerRecord) -> tuple[LayerRecord | None, bool]:
+        """The first producer of ``rec`` that is not a flatten/view/dropout-like op, and whether a
+        flatten/view/reshape was crossed on the way."""
+        seen, reshaped = set(), False
         current = rec
         while True:
             prods = self.producers.get(current.node, [])
             if not prods or current.node in seen:
-                return None
+                return None, reshaped
             seen.add(current.node)
             current = self.by_node[prods[0]]
             if _op(current) not in _PASS_THROUGH:
-                return current
+                return current, reshaped
+            reshaped = reshaped or _op(current) in _RESHAPES
 
 
 def _carries_grad(rec: LayerRecord) -> bool:
@@ -590,10 +609,11 @@ def _check_oversized_linear(ctx: _Context) -> Iterable[Finding]:
             continue
         share = rec.params / total
         fed_by, remedy, severity = "", "add a bottleneck or shrink it", None
-        source = ctx.graph.source_through_reshapes(rec)
-        if source is not None and source.output_shape and len(source.output_shape) >= 3:
+        source, reshaped = ctx.graph.source_through_reshapes(rec)
+        if reshaped and source is not None and source.output_shape and len(source.output_shape) >= 3:
             spatial = source.output_shape[2:]
-            if math.prod(spatial) > 1:
+            in_features = (rec.extra or {}).get("in_features", math.prod(source.output_shape[1:]))
+            if math.prod(spatial) > 1 and in_features == math.prod(source.output_shape[1:]):
                 channels = source.output_shape[1]
                 size = "x".join(str(s) for s in spatial)
                 fed_by = f", fed by a flatten of '{source.name}' ({channels} channels x {size})"
@@ -745,13 +765,8 @@ def _check_init(ctx: _Context) -> Iterable[Finding]:
         except AttributeError:
             return
     if not all(real(p) for m in weights for p in m.parameters(recurse=False)):
-        first = (pairs[0][0] if pairs else recurrent[0])
-        note = replace(
-            FXA105.finding(ctx.locate(first.name, first.node), {"skipped": "no real weights"}),
-            severity=Severity.INFO,
-            message="initialisation not checked: the model has no real weights (meta or fake tensors); audit a model with initialised weights to check it",
-        )
-        yield note
+        ctx.report.capture.notes.append(
+            "FXA105 (initialisation) not checked: the model has no real weights (meta or fake tensors)")
         return
     tol = ctx.config.init_tolerance
     with torch.no_grad():
@@ -914,7 +929,7 @@ def _check_double_softmax(ctx: _Context) -> Iterable[Finding]:
         op = _op(rec)
         if op not in _CE and op not in _NLL:
             continue
-        producer = g.source_through_reshapes(rec)
+        producer, _ = g.source_through_reshapes(rec)
         if producer is None:
             continue
         act = _op(producer)
@@ -941,7 +956,8 @@ _CHECKERS = (
 
 def check_report(report: AuditReport, model: Any = None, config: AuditConfig | None = None) -> list[Finding]:
     """Run every architecture rule on ``report`` (and ``model``, for FXA105/FXA108 and source
-    locations); returns the findings sorted by severity, then code."""
+    locations); returns the findings sorted by severity, then code. Checks that could not run
+    leave a line in ``report.capture.notes``."""
     if config is None:
         config = AuditConfig()
     if not isinstance(config, AuditConfig):
