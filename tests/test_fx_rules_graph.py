@@ -114,20 +114,37 @@ def test_flatten_of_conv_map_into_big_linear_is_an_error_naming_the_producer():
     assert f.location.module == "fc"
 
 
-def test_linear_share_thresholds():
+def test_linear_share_threshold():
     big = rec("fc", "Linear", ["x"], params=2_000_000)
-    small = rec("other", "Linear", ["fc"], params=2_000_000)
-    assert [f.severity for f in check_report(report([big]))] == [Severity.ERROR]  # 100%
-    rest = rec("rest", "Linear", ["other"], params=4_000_000)
-    # 2M / 8M = 25% each -> warnings; the 4M one is 50% -> error
-    found = check_report(report([big, small, rest]))
-    assert [(f.location.module, f.severity) for f in found] == [
-        ("rest", Severity.ERROR), ("fc", Severity.WARNING), ("other", Severity.WARNING)]
+    assert [f.data["share"] for f in check_report(report([big]))] == [1.0]
+    # 2M / 8M = 25% each is fine; the 4M one holds 50% of the model
+    found = check_report(report([big, rec("other", "Linear", ["fc"], params=2_000_000),
+                                 rec("rest", "Linear", ["other"], params=4_000_000)]))
+    assert [(f.location.module, f.severity, f.data["share"]) for f in found] == [("rest", Severity.ERROR, 0.5)]
+    assert check_report(report([big, rec("rest", "Linear", ["fc"], params=4_000_000)]),
+                        config=AuditConfig(linear_max_share=0.7)) == []
     # global pooling (1x1) before flatten is fine
     pooled = [rec("pool", "AdaptiveAvgPool2d", ["x"], shape=(1, 2048, 1, 1)),
               rec("flat", "flatten", ["pool"], kind="function", shape=(1, 2048)),
               rec("fc", "Linear", ["flat"], params=2_049_000)]
     assert codes(check_report(report(pooled, params=25_557_032))) == []
+    # a Linear over the last dim of a (batch, seq, dim) tensor is not fed by a flatten
+    tokens = [rec("norm", "LayerNorm", ["x"], shape=(1, 512, 768), params=1536),
+              rec("up", "Linear", ["norm"], params=1_572_864, shape=(1, 512, 2048), in_features=768)]
+    assert codes(check_report(report(tokens, params=100_000_000))) == []
+
+
+def test_unused_tuple_element_is_not_an_output():
+    # lstm -> getitem(0) -> head is the output; getitem(1) (the unused state) is a dead end
+    layers = [rec("lstm", "LSTM", ["x"], params=100)]
+    prev = "lstm"
+    layers.append(rec("state", "getitem", ["lstm"], kind="function"))
+    for i in range(21):
+        layers.append(rec(f"fc{i}", "Linear", [prev], params=10))
+        layers.append(rec(f"ln{i}", "LayerNorm", [f"fc{i}"], params=2))
+        prev = f"ln{i}"
+    found = check_report(report(layers))
+    assert [(f.code, f.data["depth"], f.data["start"]) for f in found] == [("FXA103", 22, "lstm")]
 
 
 def test_large_kernel_with_exemptions():

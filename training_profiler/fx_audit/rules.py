@@ -41,8 +41,8 @@ FXA101 = Rule(
         "A fully connected layer on a flattened feature map multiplies its parameter count by the "
         "spatial size (VGG-16's classifier.0 holds 102.8M params, 74% of the model). Those weights "
         "cost memory, optimizer state and overfitting capacity while adding little accuracy. "
-        "Severity: error when the layer is fed by a flatten of a spatial feature map or holds at "
-        "least half of all params, warning when it holds a quarter."
+        "Reported for a Linear above 1M params (linear-max-params) that is fed by a flatten of a "
+        "spatial feature map or holds at least half of all params (linear-max-share)."
     ),
     fix=(
         "Pool the feature map first (nn.AdaptiveAvgPool2d(1) + Flatten) or add a narrow bottleneck "
@@ -53,7 +53,7 @@ FXA101 = Rule(
         "https://arxiv.org/abs/1312.4400",
     ),
     bad=(
-        "model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 32 * 32, 10))\n"
+        "model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(64 * 32 * 32, 100))\n"
         "inputs = [(2, 3, 32, 32)]\n",
         "model = nn.Sequential(nn.Linear(256, 4096), nn.ReLU(), nn.Linear(4096, 10))\n"
         "inputs = [(2, 256)]\n",
@@ -165,27 +165,23 @@ FXA105 = Rule(
     references=(f"{_DOCS}/nn.init.html", "https://arxiv.org/abs/1502.01852"),
     bad=(
         "model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))\n"
-        "model.to_empty(device='cpu')\n"
         "torch.manual_seed(0)\n"
         "for layer in (model[0], model[2]):\n"
         "    nn.init.normal_(layer.weight, std=0.01); nn.init.zeros_(layer.bias)\n"
         "inputs = [torch.randn(4, 64)]\n",
         "model = nn.Sequential(nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10))\n"
-        "model.to_empty(device='cpu')\n"
         "torch.manual_seed(0)\n"
         "for layer in (model[0], model[2]):\n"
-        "    nn.init.kaiming_normal_(layer.weight, nonlinearity='relu'); nn.init.zeros_(layer.bias)\n"
+        "    nn.init.normal_(layer.weight, std=0.5); nn.init.zeros_(layer.bias)  # saturates the tanh\n"
         "inputs = [torch.randn(4, 128)]\n",
     ),
     good=(
         "model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))\n"
-        "model.to_empty(device='cpu')\n"
         "torch.manual_seed(0)\n"
         "nn.init.kaiming_normal_(model[0].weight, nonlinearity='relu'); nn.init.zeros_(model[0].bias)\n"
         "nn.init.normal_(model[2].weight, std=0.01); nn.init.zeros_(model[2].bias)\n"
         "inputs = [torch.randn(4, 64)]\n",
         "model = nn.Sequential(nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 10))\n"
-        "model.to_empty(device='cpu')\n"
         "torch.manual_seed(0)\n"
         "nn.init.xavier_normal_(model[0].weight, gain=nn.init.calculate_gain('tanh')); nn.init.zeros_(model[0].bias)\n"
         "nn.init.normal_(model[2].weight, std=0.01); nn.init.zeros_(model[2].bias)\n"
@@ -201,8 +197,8 @@ FXA106 = Rule(
     why=(
         "The predicted training-step peak (parameters, gradients, optimizer state and the "
         "activations saved for backward) decides whether a step fits on the device. Error when it "
-        "exceeds the memory budget (--memory or max-peak-memory), warning when one tensor holds "
-        "a quarter of the peak or more: it is usually an activation that grows with batch x seq^2 "
+        "exceeds the memory budget (--memory or max-peak-memory), warning when one tensor of 64 MiB "
+        "or more holds a quarter of the peak: it is usually an activation that grows with batch x seq^2 "
         "(attention scores) and the first thing to attack."
     ),
     fix=(
@@ -224,18 +220,18 @@ FXA106 = Rule(
         "        scores = (q @ k.transpose(-2, -1)).softmax(dim=-1)\n"
         "        return self.out(scores @ v)\n"
         "model = Attention()\n"
-        "inputs = [(1, 2048, 64)]\n",
+        "inputs = [(1, 4096, 64)]  # one 4096x4096 fp32 score tensor: 64 MiB\n",
     ),
     good=(
         "class Attention(nn.Module):\n"
         "    def __init__(self, d=64):\n"
         "        super().__init__()\n"
         "        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)\n"
-        "    def forward(self, x):\n"
-        "        q, k, v = self.qkv(x).chunk(3, dim=-1)\n"
-        "        return self.out(torch.nn.functional.scaled_dot_product_attention(q, k, v))\n"
+        "    def forward(self, x):  # (batch, seq, d) -> one head of (batch, 1, seq, d)\n"
+        "        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)\n"
+        "        return self.out(torch.nn.functional.scaled_dot_product_attention(q, k, v).squeeze(1))\n"
         "model = Attention()\n"
-        "inputs = [(1, 2048, 64)]\n",
+        "inputs = [(1, 4096, 64)]\n",
     ),
 )
 
@@ -371,14 +367,14 @@ class AuditConfig:
     """Rule thresholds; ``[tool.training-profiler.audit]`` keys are these names with dashes."""
 
     linear_max_params: int = 1_000_000  # FXA101: Linears above this are candidates
-    linear_share_warning: float = 0.25  # FXA101: warning at this share of all params
-    linear_share_error: float = 0.5  # FXA101: error at this share (or when fed by a flatten)
+    linear_max_share: float = 0.5  # FXA101: reported at this share of all params (or when fed by a flatten)
     max_kernel: int = 7  # FXA102
     max_plain_depth: int = 20  # FXA103
     max_unnormalized: int = 8  # FXA104: a chain this long without a norm is reported
     init_tolerance: float = 1.5  # FXA105: std ratio outside [1/t, t] is a mismatch
     memory_budget: int | None = None  # FXA106: bytes; error when the peak exceeds it
     dominant_tensor_share: float = 0.25  # FXA106: warning when one tensor holds this share of the peak
+    dominant_tensor_min_bytes: int = 64 * 2**20  # FXA106: ... and is at least this large
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> "AuditConfig":
@@ -608,7 +604,7 @@ def _check_oversized_linear(ctx: _Context) -> Iterable[Finding]:
         if _op(rec) not in ("linear", "lazylinear") or rec.params <= cfg.linear_max_params:
             continue
         share = rec.params / total
-        fed_by, remedy, severity = "", "add a bottleneck or shrink it", None
+        fed_by, remedy = "", "add a bottleneck or shrink it"
         source, reshaped = ctx.graph.source_through_reshapes(rec)
         if reshaped and source is not None and source.output_shape and len(source.output_shape) >= 3:
             spatial = source.output_shape[2:]
@@ -618,20 +614,13 @@ def _check_oversized_linear(ctx: _Context) -> Iterable[Finding]:
                 size = "x".join(str(s) for s in spatial)
                 fed_by = f", fed by a flatten of '{source.name}' ({channels} channels x {size})"
                 remedy = "pool it first (nn.AdaptiveAvgPool2d(1)) or add a bottleneck"
-                severity = Severity.ERROR
-        if severity is None:
-            if share >= cfg.linear_share_error:
-                severity = Severity.ERROR
-            elif share >= cfg.linear_share_warning:
-                severity = Severity.WARNING
-            else:
-                continue
+        if not fed_by and share < cfg.linear_max_share:
+            continue
         data = {"params": rec.params, "share": round(share, 4), "threshold": cfg.linear_max_params}
         if fed_by:
             data.update(producer=source.name, spatial=list(source.output_shape[2:]), channels=source.output_shape[1])
-        finding = FXA101.finding(ctx.locate(rec.name, rec.node), data, module=rec.name, params=f"{rec.params:,}",
-                                 share=f"{share:.0%}", fed_by=fed_by, remedy=remedy)
-        yield replace(finding, severity=severity)
+        yield FXA101.finding(ctx.locate(rec.name, rec.node), data, module=rec.name, params=f"{rec.params:,}",
+                             share=f"{share:.0%}", fed_by=fed_by, remedy=remedy)
 
 
 def _kernel_of(rec: LayerRecord, model: Any) -> tuple[tuple[int, ...], int, int | None, tuple[int, ...]]:
@@ -670,14 +659,17 @@ def _check_plain_depth(ctx: _Context) -> Iterable[Finding]:
     g = ctx.graph
     depth: dict[str, int] = {}
     nxt: dict[str, str | None] = {}
+    sinks = [r for r in g.layers if not g.consumers[r.node]]
+    # an unused tuple element (`out, _ = self.lstm(x)`) is a dead end, not an output
+    dead = {r.node for r in sinks if _op(r) == "getitem"} if any(_op(r) != "getitem" for r in sinks) else set()
     for rec in reversed(g.layers):
         w = 1 if g.is_weight_layer(rec) else 0
-        best, best_c = 0, None
+        best, best_c = (math.inf if rec.node in dead else 0), None
         for c in g.consumers[rec.node]:
             if best_c is None or depth[c] < best:
                 best, best_c = depth[c], c
         depth[rec.node], nxt[rec.node] = w + best, best_c
-    weight_nodes = [r for r in g.layers if g.is_weight_layer(r)]
+    weight_nodes = [r for r in g.layers if g.is_weight_layer(r) and depth[r.node] != math.inf]
     if not weight_nodes:
         return
     start = max(weight_nodes, key=lambda r: depth[r.node])  # first in order among equals
@@ -844,13 +836,20 @@ def _check_memory(ctx: _Context) -> Iterable[Finding]:
             if quadratic else "use activation checkpointing, a smaller batch or bf16 autocast")
     data = {"peak_bytes": peak, "phase": str(phase), "top_tensor_bytes": candidates[0][1] if candidates else 0}
     where = candidates[0][3] if candidates else None
+    if where and ctx.model is not None:
+        try:
+            ctx.model.get_submodule(where)
+        except AttributeError:
+            where = None  # e.g. the model's class name for ops run by the root module
     if budget is not None and peak > budget:
         data["budget_bytes"] = budget
         yield FXA106.finding(ctx.locate(where), data, problem=f"predicted peak exceeds the budget of {format_bytes(budget)}",
                              peak=format_bytes(peak), phase=phase, top=top, knob=knob)
         return
-    if candidates and candidates[0][1] >= ctx.config.dominant_tensor_share * peak:
-        share = candidates[0][1] / peak
+    activations = [t for t in tensors if t.category in ("activations", "temporaries")]
+    largest = activations[0].bytes if activations else (candidates[0][1] if candidates and not tensors else 0)
+    if largest >= ctx.config.dominant_tensor_min_bytes and largest >= ctx.config.dominant_tensor_share * peak:
+        share = largest / peak
         data["share"] = round(share, 4)
         finding = FXA106.finding(ctx.locate(where), data,
                                  problem=f"one tensor holds {share:.0%} of the memory",
