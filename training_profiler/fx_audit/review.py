@@ -191,15 +191,17 @@ def _build(factory: Callable[[], Any], real_weights: bool):
 
 
 def audit_model(model: Any, inputs: Any, *, config: AuditConfig | None = None, optimizer: str = "adam",
-                amp: str | None = None, factory: Callable | None = None, name: str | None = None) -> AuditReport:
+                amp: str | None = None, factory: Callable | None = None, name: str | None = None,
+                memory: bool = True, memory_budget: int | None = None) -> AuditReport:
     """Audit ``model`` with the engine and run the architecture rules on the result.
 
     ``factory``: where the model was built, used as the source location of findings that no
-    user-defined module class encloses (e.g. a model made of nn.Sequential).
+    user-defined module class encloses (e.g. a model made of nn.Sequential). ``memory_budget``
+    (bytes) also solves for the largest batch that fits (``totals["max_batch_size"]``).
     """
     from . import audit
 
-    report = audit(model, inputs, optimizer=optimizer, amp=amp)
+    report = audit(model, inputs, optimizer=optimizer, amp=amp, memory=memory, memory_budget=memory_budget)
     if name:
         report.model = name
     if factory is not None:
@@ -382,24 +384,18 @@ def _compare_rows(specs: list[str], shapes: list[tuple[int, ...]], optimizer: st
                   memory: int | None) -> list[dict[str, Any]]:
     import torch
 
-    from .memory import max_batch_size
-
     rows = []
     for spec in specs:
         factory = load_factory(spec)
         model = _build(factory, real_weights=False)
         inputs = [torch.empty(s, device="meta") for s in shapes]
-        report = audit_model(model, inputs, optimizer=optimizer, amp=amp, factory=factory, name=spec)
-        row = {"model": spec, "params": report.totals.get("params"), "macs": report.totals.get("macs"),
-               "flops": (report.totals.get("flops_forward") or 0) + (report.totals.get("flops_backward") or 0),
-               "peak_bytes": report.totals.get("peak_bytes"),
-               "errors": sum(1 for f in report.findings if f.severity is Severity.ERROR),
-               "findings": sorted({f.code for f in report.findings})}
-        if memory is not None:
-            def make_inputs(batch: int, shapes=shapes):
-                return [torch.empty((batch, *s[1:]), device="meta") for s in shapes]
-            row["max_batch"] = max_batch_size(model, make_inputs, memory, optimizer=optimizer, amp=amp)
-        rows.append(row)
+        report = audit_model(model, inputs, optimizer=optimizer, amp=amp, factory=factory, name=spec,
+                             memory_budget=memory)
+        t = report.totals
+        rows.append({"model": spec, "params": t.get("params"), "macs": t.get("macs"),
+                     "flops": (t.get("flops_forward") or 0) + (t.get("flops_backward") or 0),
+                     "peak_bytes": t.get("peak_bytes"), "max_batch": t.get("max_batch_size", "-"),
+                     "findings": sorted({f.code for f in report.findings})})
     return rows
 
 
@@ -408,7 +404,7 @@ def _compare_table(rows: list[dict[str, Any]], markdown: bool) -> str:
 
     headers = ["Model", "Params", "MACs", "FLOPs/step", "Peak memory", "Max batch", "Findings"]
     body = [[r["model"], f"{r['params']:,}", human_count(r["macs"]), human_count(r["flops"]), human_bytes(r["peak_bytes"]),
-             str(r.get("max_batch", "-")), ", ".join(r["findings"]) or "-"] for r in rows]
+             str(r["max_batch"]), ", ".join(r["findings"]) or "-"] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
