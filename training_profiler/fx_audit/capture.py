@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
+import logging
 from typing import Any, Callable, Iterator
 
 import torch
@@ -69,9 +71,9 @@ def build_model(factory: Callable[..., nn.Module], *args: Any, fake_mode: FakeTe
     if not isinstance(model, nn.Module):
         raise TypeError(f"factory {getattr(factory, '__name__', factory)!r} returned {type(model).__name__}, "
                         "not an nn.Module: pass a function that builds the model")
-    if fake_mode is not None:
+    if fake_mode is not None:  # ``to_empty`` under the fake mode, without feeding it the meta tensors
         with fake_mode:
-            model = model.to_empty(device="cpu")
+            model = model._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu"))
     return model
 
 
@@ -165,7 +167,12 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.fx.GraphModule
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "use_cache", False):
         kwargs = {**kwargs, "use_cache": False}  # HF decoders: KV cache outputs break export
-    program = torch.export.export(model, args, kwargs, strict=False)
+    logging.disable(logging.CRITICAL)  # a failed export logs whole graphs; the cascade reports the reason
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            program = torch.export.export(model, args, kwargs, strict=False)
+    finally:
+        logging.disable(logging.NOTSET)
     return program.module()
 
 

@@ -21,9 +21,11 @@ This module imports torch: import it only from torch-using code paths.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 from collections import Counter, defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.fx
@@ -165,7 +167,7 @@ class _Auditor:
 
     def _fit_error(self, rec: LayerRecord, args: Any, exc: BaseException) -> ValueError:
         shapes = [list(t.shape) for t in _tensors(args)]
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        first = (str(exc).strip().splitlines() or [""])[0][:240].rstrip(".")
         return ValueError(
             f"example inputs do not fit the model: layer '{rec.name}' ({rec.op}) failed on input shapes "
             f"{shapes}: {type(exc).__name__}: {first}. Pass example inputs with the shapes this layer expects."
@@ -174,7 +176,10 @@ class _Auditor:
     # ---------------------------------------------------------------------- graph runs
     def run_graph(self, gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> Any:
         auditor = self
+        failure: ValueError | None = None
         nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+        # export graphs are aten-level: a parameter belongs to the op that reads it (the Linear's linear)
+        aten_graph = any(isinstance(n.target, torch._ops.OpOverload) for n in nodes)
         index_of: dict[torch.fx.Node, int] = {}
         for node in nodes:
             if node.op == "get_attr" or _is_bookkeeping(node):
@@ -186,10 +191,15 @@ class _Auditor:
             done = 0
 
             def run_node(self, node: torch.fx.Node) -> Any:
+                nonlocal failure
                 if node.op == "get_attr":
                     value = super().run_node(node)
-                    if isinstance(value, torch.Tensor):
-                        auditor._get_attr(node, value, gm)
+                    if isinstance(value, torch.Tensor) and node.users:
+                        consumer = next((index_of[u] for u in node.users if u in index_of), None)
+                        if aten_graph and consumer is not None:
+                            auditor._own_params(auditor.records[consumer], [(value, isinstance(value, nn.Parameter))])
+                        else:
+                            auditor._get_attr(node, value)
                     return value
                 index = index_of.get(node)
                 previous = auditor.mode.current
@@ -197,11 +207,11 @@ class _Auditor:
                     auditor.mode.current = index
                 try:
                     out = super().run_node(node)
-                except ValueError:
-                    raise
                 except Exception as exc:
-                    rec = auditor.records[index] if index is not None else _record_for(node, auditor.modules, gm)
-                    raise auditor._fit_error(rec, self.fetch_args_kwargs_from_env(node), exc) from exc
+                    if failure is None:  # raised after ``run`` returns: fx would append its graph dump
+                        rec = auditor.records[index] if index is not None else _record_for(node, auditor.modules, gm)
+                        failure = auditor._fit_error(rec, self.fetch_args_kwargs_from_env(node), exc)
+                    raise
                 if index is None:
                     auditor.mode.current = previous
                     return out
@@ -217,9 +227,14 @@ class _Auditor:
 
         in_spec = getattr(gm, "_in_spec", None)  # export graphs take their inputs flattened
         flat = tree_flatten_spec((args, kwargs), in_spec) if in_spec is not None else list(args)
-        return Runner(gm).run(*flat)
+        try:
+            return Runner(gm).run(*flat)
+        except Exception as exc:
+            if failure is not None:
+                raise failure from exc
+            raise
 
-    def _get_attr(self, node: torch.fx.Node, value: torch.Tensor, gm: torch.fx.GraphModule) -> None:
+    def _get_attr(self, node: torch.fx.Node, value: torch.Tensor) -> None:
         """A functional parameter or buffer read by the graph: its own record, owning its elements."""
         target = str(node.target)
         owner, _, _ = target.rpartition(".")
@@ -288,8 +303,11 @@ class _Auditor:
 
 
 def _is_bookkeeping(node: torch.fx.Node) -> bool:
-    """Nodes that only read metadata (``x.size(1)``, ``getattr(t, 'shape')``): no record."""
+    """Nodes that only read metadata (``x.size(1)``, ``getattr(t, 'shape')``) or check export's
+    guards: no record."""
     if node.op == "call_method" and node.target in ("size", "dim", "numel", "stride"):
+        return True
+    if node.op == "call_module" and str(node.target) == "_guards_fn":
         return True
     return node.op == "call_function" and node.target is getattr
 
@@ -382,6 +400,18 @@ def _fake_input(value: Any, fake_mode: FakeTensorMode) -> Any:
                                    requires_grad=value.requires_grad)
 
 
+@contextlib.contextmanager
+def _quiet_fake_tensor_logs() -> Iterator[None]:
+    """FakeTensorMode logs a traceback for every failing kernel; we raise one clear error instead."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _source(model: nn.Module) -> dict[str, Any]:
     try:
         cls = type(model)
@@ -420,7 +450,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     with fake_mode:
         captured = capture(auditor.copy, fake_args, fake_kwargs, paths=capture_paths)
     autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp else torch.autocast("cpu", enabled=False)
-    with fake_mode, auditor.mode:
+    with fake_mode, auditor.mode, _quiet_fake_tensor_logs():
         with torch.autograd.graph.saved_tensors_hooks(auditor._pack, lambda t: t), autocast:
             if captured.graph_module is not None:
                 outputs = auditor.run_graph(captured.graph_module, fake_args, fake_kwargs)
