@@ -307,6 +307,7 @@ def _conv_backward(args, outputs):
 
 
 def _rnn_sizes(x, hidden_size: int) -> tuple[int, int]:
+    """(time steps x batch x hidden, element size) of an mkldnn_rnn_layer input (T, B, I)."""
     steps_times_batch = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
     return steps_times_batch * hidden_size, x.element_size()
 
@@ -314,16 +315,18 @@ def _rnn_sizes(x, hidden_size: int) -> tuple[int, int]:
 def _rnn_layer_forward(args, outputs):
     # mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode, hidden_size, ...)
     tbh, size = _rnn_sizes(args[0], args[10])
-    workspace = -(-int(62.5 * tbh * size / 4 + 40960) // 4096) * 4096  # oneDNN page-aligned workspace
-    transient = int(16.6 * tbh * size / 4) + _nbytes(args[1]) + _nbytes(args[2]) + 16384
-    return {3: workspace}, transient
+    batch_hidden = tbh // max(1, args[0].shape[0])
+    workspace = int(15.5 * tbh * size + 12 * batch_hidden * size + 16384)  # saved for backward
+    workspace = -(-workspace // 4096) * 4096  # oneDNN allocates whole pages
+    weights = _nbytes(args[1]) + _nbytes(args[2])
+    return {3: workspace}, int(4.0 * tbh * size + 1.0625 * weights) + 22528
 
 
 def _rnn_layer_backward(args, outputs):
     # mkldnn_rnn_layer_backward(input, w1, w2, w3, w4, hx, cx, output, hy, cy, grad_output, ..., hidden_size=args[15])
     tbh, size = _rnn_sizes(args[0], args[15])
     weights = _nbytes(args[1]) + _nbytes(args[2])
-    return {}, int(3.5 * tbh * size) + 2 * weights + 2 * _nbytes(args[0]) + 16384
+    return {}, int(5.8 * tbh * size + 0.15 * weights + 4.3 * _nbytes(args[0])) + 40960
 
 
 _CPU_CORRECTIONS: dict[str, Callable] = {
