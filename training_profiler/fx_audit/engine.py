@@ -1,0 +1,508 @@
+"""``audit()``: capture the model, run the graph on fake tensors, fill one LayerRecord per node.
+
+How the numbers are measured (nothing is allocated, nothing is a fixed factor):
+
+- The captured graph runs node by node (``torch.fx.Interpreter``) on a fake copy of the model
+  inside ``FakeTensorMode`` on CPU, whatever device the model sits on, so meta, fake and real
+  CPU models give identical results. A dispatch mode (``_CostMode``) sees every aten op and
+  charges its FLOPs (``costs.op_flops``) to the node being executed.
+- Backward FLOPs: after the forward, backward runs on the fake outputs. Each node claims the
+  autograd nodes (``grad_fn``) it created; a pre-hook on each sets the node being charged, so the
+  backward kernels (``convolution_backward``, the two ``mm`` of a Linear, ...) are counted per node.
+- Saved-for-backward bytes come from ``saved_tensors_hooks``: each storage autograd keeps is
+  charged once, to the node that saved it first; parameters are not activations and are skipped.
+- Parameters: a leaf module's parameters (or a ``get_attr`` node's functional parameter) go to the
+  first node that uses them; tied weights and parameters sharing a storage are counted once.
+- Data-dependent Python control flow (``if x.sum() > 0``) cannot run on fake tensors: the value is
+  assumed to be 0 / False and the assumption is noted in ``report.capture.notes``.
+
+This module imports torch: import it only from torch-using code paths.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import Counter, defaultdict
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.fx
+import torch.utils._pytree as pytree
+from torch.fx._pytree import tree_flatten_spec
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .capture import PATHS, capture, fake_copy
+from .costs import op_flops
+from .records import AuditReport, LayerRecord
+
+__all__ = ["audit"]
+
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return StorageWeakRef(t.untyped_storage()).cdata
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    return [v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class _CostMode(TorchDispatchMode):
+    """Charges every aten op to ``self.current`` (a record index) in the current phase."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current: int | None = None
+        self.backward = False
+        self.flops = defaultdict(lambda: [0, 0])  # record -> [forward, backward]
+        self.uncounted: dict[int | None, Counter] = defaultdict(Counter)
+        self.op_calls = 0
+        self.assumptions: list[str] = []
+        self.describe: Callable[[int | None], str] = str
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            # A Python branch on a tensor value: fake tensors have none. Assume 0 and say so.
+            self.assumptions.append(f"assumed a data-dependent value is 0 in {self.describe(self.current)}")
+            dtype = args[0].dtype
+            return False if dtype == torch.bool else (0.0 if dtype.is_floating_point else 0)
+        out = func(*args, **kwargs)
+        if func.namespace == "aten":
+            self.op_calls += 1
+            flops = op_flops(func, args, kwargs, out)
+            if flops is None:
+                self.uncounted[self.current][str(func.overloadpacket.__name__)] += 1
+            elif flops:
+                self.flops[self.current][self.backward] += flops
+        return out
+
+
+class _Auditor:
+    """One audit: owns the fake copy, the records and the bookkeeping of a run."""
+
+    def __init__(self, model: nn.Module, fake_mode: FakeTensorMode, amp: str | None,
+                 progress: Progress | None) -> None:
+        self.fake_mode = fake_mode
+        self.copy, fakes = fake_copy(model, fake_mode)
+        self.param_storages = {_storage_key(t) for t in fakes.values()}
+        self.amp = amp
+        self.progress = progress
+        self.records: list[LayerRecord] = []
+        self.mode = _CostMode()
+        self.mode.describe = self._describe
+        self.grad_fn_owner: dict[Any, int] = {}
+        self.saved_seen: set[int] = set()
+        self.params_seen: set[int] = set()
+        self.modules = dict(self.copy.named_modules())
+
+    # ---------------------------------------------------------------- bookkeeping helpers
+    def _describe(self, index: int | None) -> str:
+        if index is None:
+            return "the model's top level"
+        rec = self.records[index]
+        return f"layer '{rec.name}' ({rec.op})"
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        key = _storage_key(t)
+        if key not in self.param_storages and key not in self.saved_seen and self.mode.current is not None:
+            self.saved_seen.add(key)
+            self.records[self.mode.current].saved_bytes += t.untyped_storage().nbytes()
+        return t
+
+    def _claim(self, outputs: Any, index: int) -> None:
+        """Mark the autograd nodes created since the last claim as this record's backward."""
+
+        def enter(*_: Any, index: int = index) -> None:
+            self.mode.current = index
+
+        stack = [t.grad_fn for t in _tensors(outputs) if t.grad_fn is not None]
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn in self.grad_fn_owner or type(fn).__name__ == "AccumulateGrad":
+                continue
+            self.grad_fn_owner[fn] = index
+            fn.register_prehook(enter)
+            stack.extend(next_fn for next_fn, _ in fn.next_functions)
+
+    def _own_params(self, rec: LayerRecord, tensors: Iterable[tuple[torch.Tensor, bool]]) -> None:
+        """Charge parameters/buffers to ``rec`` unless an earlier record already owns their storage."""
+        for t, is_param in tensors:
+            key = (_storage_key(t), t.storage_offset(), tuple(t.shape))
+            if id(t) in self.params_seen or hash(key) in self.params_seen:
+                continue
+            self.params_seen.update((id(t), hash(key)))
+            n = t.numel()
+            if is_param:
+                rec.params += n
+                if t.requires_grad:
+                    rec.trainable_params += n
+                else:
+                    rec.frozen_params += n
+            else:
+                rec.buffers += n
+
+    def _module_tensors(self, module: nn.Module, recurse: bool) -> list[tuple[torch.Tensor, bool]]:
+        return [(p, True) for p in module.parameters(recurse=recurse)] + [
+            (b, False) for b in module.buffers(recurse=recurse)]
+
+    def _fill_outputs(self, rec: LayerRecord, out: Any) -> None:
+        tensors = _tensors(out)
+        rec.output_shapes = [list(t.shape) for t in tensors]
+        if tensors:
+            rec.output_shape = list(tensors[0].shape)
+            rec.output_dtype = _dtype_name(tensors[0].dtype)
+        rec.output_bytes = sum(t.numel() * t.element_size() for t in tensors)
+
+    def _fit_error(self, rec: LayerRecord, args: Any, exc: BaseException) -> ValueError:
+        shapes = [list(t.shape) for t in _tensors(args)]
+        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        return ValueError(
+            f"example inputs do not fit the model: layer '{rec.name}' ({rec.op}) failed on input shapes "
+            f"{shapes}: {type(exc).__name__}: {first}. Pass example inputs with the shapes this layer expects."
+        )
+
+    # ---------------------------------------------------------------------- graph runs
+    def run_graph(self, gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> Any:
+        auditor = self
+        nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+        index_of: dict[torch.fx.Node, int] = {}
+        for node in nodes:
+            if node.op == "get_attr" or _is_bookkeeping(node):
+                continue
+            index_of[node] = len(self.records)
+            self.records.append(_record_for(node, self.modules, gm))
+
+        class Runner(torch.fx.Interpreter):
+            done = 0
+
+            def run_node(self, node: torch.fx.Node) -> Any:
+                if node.op == "get_attr":
+                    value = super().run_node(node)
+                    if isinstance(value, torch.Tensor):
+                        auditor._get_attr(node, value, gm)
+                    return value
+                index = index_of.get(node)
+                previous = auditor.mode.current
+                if index is not None:
+                    auditor.mode.current = index
+                try:
+                    out = super().run_node(node)
+                except ValueError:
+                    raise
+                except Exception as exc:
+                    rec = auditor.records[index] if index is not None else _record_for(node, auditor.modules, gm)
+                    raise auditor._fit_error(rec, self.fetch_args_kwargs_from_env(node), exc) from exc
+                if index is None:
+                    auditor.mode.current = previous
+                    return out
+                rec = auditor.records[index]
+                auditor._fill_outputs(rec, out)
+                auditor._claim(out, index)
+                if node.op == "call_module":
+                    auditor._own_params(rec, auditor._module_tensors(gm.get_submodule(str(node.target)), True))
+                Runner.done += 1
+                if auditor.progress is not None:
+                    auditor.progress(Runner.done, len(index_of), rec.name)
+                return out
+
+        in_spec = getattr(gm, "_in_spec", None)  # export graphs take their inputs flattened
+        flat = tree_flatten_spec((args, kwargs), in_spec) if in_spec is not None else list(args)
+        return Runner(gm).run(*flat)
+
+    def _get_attr(self, node: torch.fx.Node, value: torch.Tensor, gm: torch.fx.GraphModule) -> None:
+        """A functional parameter or buffer read by the graph: its own record, owning its elements."""
+        target = str(node.target)
+        owner, _, _ = target.rpartition(".")
+        module = self.modules.get(owner) if owner else self.copy
+        rec = LayerRecord(name=target, node=node.name, op="get_attr", kind="get_attr", module=owner,
+                          module_type=type(module).__name__ if module is not None else None)
+        is_param = isinstance(value, nn.Parameter)
+        self._own_params(rec, [(value, is_param)])
+        if rec.params or rec.buffers:
+            self._fill_outputs(rec, value)
+            self.records.append(rec)
+
+    def run_hooks(self, args: tuple, kwargs: dict) -> Any:
+        """No graph: run the fake copy eagerly; ops are charged to the innermost running module."""
+        index_of: dict[str, int] = {}
+        stack: list[int | None] = []
+        handles = []
+
+        def record_for(path: str, module: nn.Module) -> int:
+            if path not in index_of:
+                leaf = not any(True for _ in module.children())
+                index_of[path] = len(self.records)
+                self.records.append(LayerRecord(
+                    name=path or "(root)", node=path.replace(".", "_") or "root", op=type(module).__name__,
+                    kind="module", module=path, module_type=type(module).__name__))
+                self._own_params(self.records[-1], self._module_tensors(module, recurse=leaf))
+            return index_of[path]
+
+        def pre(path: str, module: nn.Module) -> Callable:
+            def hook(mod: nn.Module, inputs: Any) -> None:
+                if self.mode.current is not None:
+                    self._claim(inputs, self.mode.current)
+                stack.append(self.mode.current)
+                self.mode.current = record_for(path, module)
+            return hook
+
+        def post(path: str) -> Callable:
+            def hook(mod: nn.Module, inputs: Any, output: Any) -> None:
+                index = index_of[path]
+                self._fill_outputs(self.records[index], output)
+                self._claim(output, index)
+                self.mode.current = stack.pop()
+            return hook
+
+        for path, module in self.modules.items():
+            handles.append(module.register_forward_pre_hook(pre(path, module)))
+            handles.append(module.register_forward_hook(post(path)))
+        try:
+            return self.copy(*args, **kwargs)
+        except ValueError:
+            raise
+        except Exception as exc:
+            index = self.mode.current if self.mode.current is not None else record_for("", self.copy)
+            raise self._fit_error(self.records[index], args, exc) from exc
+        finally:
+            for h in handles:
+                h.remove()
+
+    def backward(self, outputs: Any) -> None:
+        grads = [t for t in _tensors(outputs) if t.requires_grad and t.is_floating_point()]
+        if not grads:
+            return
+        self.mode.current = None
+        self.mode.backward = True
+        torch.autograd.backward(grads, [torch.ones_like(t) for t in grads])
+
+
+def _is_bookkeeping(node: torch.fx.Node) -> bool:
+    """Nodes that only read metadata (``x.size(1)``, ``getattr(t, 'shape')``): no record."""
+    if node.op == "call_method" and node.target in ("size", "dim", "numel", "stride"):
+        return True
+    return node.op == "call_function" and node.target is getattr
+
+
+def _owner(node: torch.fx.Node) -> tuple[str, str | None]:
+    stack = node.meta.get("nn_module_stack")
+    if not stack:
+        return "", None
+    path, cls = list(stack.values())[-1]
+    name = cls.__name__ if isinstance(cls, type) else str(cls).rsplit(".", 1)[-1].rstrip("'>")
+    return path, name
+
+
+def _record_for(node: torch.fx.Node, modules: dict[str, nn.Module], gm: torch.fx.GraphModule) -> LayerRecord:
+    inputs = [n.name for n in node.all_input_nodes]
+    if node.op == "call_module":
+        path = str(node.target)
+        module = gm.get_submodule(path)
+        return LayerRecord(name=path, node=node.name, op=type(module).__name__, kind="module", inputs=inputs,
+                           module=path, module_type=type(module).__name__, extra=_module_extra(module))
+    path, cls = _owner(node)
+    target = node.target
+    if node.op == "call_method":
+        op = str(target)
+    elif isinstance(target, torch._ops.OpOverload):
+        op = target.overloadpacket.__name__
+    else:
+        op = getattr(target, "__name__", str(target))
+    return LayerRecord(name=node.name, node=node.name, op=op,
+                       kind="method" if node.op == "call_method" else "function",
+                       inputs=inputs, module=path, module_type=cls)
+
+
+def _module_extra(module: nn.Module) -> dict[str, Any]:
+    """A few constructor arguments that the rules and the table show (kernel size, features, ...)."""
+    keys = ("in_features", "out_features", "in_channels", "out_channels", "kernel_size", "stride", "padding",
+            "groups", "num_embeddings", "embedding_dim", "input_size", "hidden_size", "num_layers", "embed_dim",
+            "num_heads", "normalized_shape", "num_features")
+    extra = {}
+    for key in keys:
+        value = getattr(module, key, None)
+        if isinstance(value, (int, float, bool, str)) or (isinstance(value, tuple) and all(
+                isinstance(v, int) for v in value)):
+            extra[key] = list(value) if isinstance(value, tuple) else value
+    if "bias" in module._parameters:
+        extra["bias"] = module._parameters["bias"] is not None
+    return extra
+
+
+# --------------------------------------------------------------------------------- inputs
+def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, dict):
+        args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, torch.Tensor):
+        args, kwargs = (example_inputs,), {}
+    elif isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+            isinstance(v, int) for v in example_inputs):
+        args, kwargs = (torch.Size(example_inputs),), {}  # one shape given as a flat tuple of ints
+    elif isinstance(example_inputs, (tuple, list)):
+        args, kwargs = tuple(example_inputs), {}
+    else:
+        raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or shapes, or a dict of keyword "
+                        f"inputs, not {type(example_inputs).__name__}")
+
+    def spec(value: Any, where: str) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value
+        if isinstance(value, (torch.Size, tuple, list)) and all(isinstance(v, int) and v >= 0 for v in value):
+            return torch.empty(tuple(value), device="meta")  # a bare shape means float32
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        raise TypeError(f"example input {where} is a {type(value).__name__}: pass tensors (any device, meta is "
+                        "cheapest) or shapes as tuples of non-negative ints")
+
+    return (tuple(spec(v, f"#{i}") for i, v in enumerate(args)),
+            {k: spec(v, repr(k)) for k, v in kwargs.items()})
+
+
+def _with_batch(value: Any, batch_size: int | None) -> Any:
+    if batch_size is None or not isinstance(value, torch.Tensor) or value.dim() == 0:
+        return value
+    return value.new_empty((batch_size, *value.shape[1:]), device="meta")
+
+
+def _fake_input(value: Any, fake_mode: FakeTensorMode) -> Any:
+    if not isinstance(value, torch.Tensor):
+        return value
+    with fake_mode:
+        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="cpu",
+                                   requires_grad=value.requires_grad)
+
+
+def _source(model: nn.Module) -> dict[str, Any]:
+    try:
+        cls = type(model)
+        return {"file": inspect.getsourcefile(cls), "line": inspect.getsourcelines(cls)[1], "class": cls.__qualname__}
+    except (TypeError, OSError):
+        return {}
+
+
+# ---------------------------------------------------------------------------------- audit
+def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: str | None = None,
+          batch_size: int | None = None, memory: bool = True, *, memory_budget: int | None = None,
+          capture_paths: tuple[str, ...] = PATHS, progress: Progress | None = None) -> AuditReport:
+    """Audit ``model`` on ``example_inputs`` without allocating: per-layer records and totals.
+
+    ``example_inputs``: a tensor, a tuple of tensors (meta tensors cost nothing) or shapes (float32),
+    or a dict of keyword inputs. ``batch_size`` replaces the leading dimension of every input.
+    ``amp`` (``"bf16"``/``"fp16"``) runs the forward under CPU autocast. ``memory`` simulates a
+    training step with ``optimizer`` (see ``memory.py``); ``memory_budget`` (bytes) also solves
+    for the largest batch size that fits. ``progress(done, total, layer)`` is called per node.
+    The model is never modified, moved or hooked.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
+    if amp not in (None, *_AMP_DTYPES):
+        raise ValueError(f"amp={amp!r} is not supported: use None, 'bf16' or 'fp16'")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    args, kwargs = _normalize_inputs(example_inputs)
+    args = tuple(_with_batch(a, batch_size) for a in args)
+    kwargs = {k: _with_batch(v, batch_size) for k, v in kwargs.items()}
+
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
+    auditor = _Auditor(model, fake_mode, amp, progress)
+    fake_args = tuple(_fake_input(a, fake_mode) for a in args)
+    fake_kwargs = {k: _fake_input(v, fake_mode) for k, v in kwargs.items()}
+    with fake_mode:
+        captured = capture(auditor.copy, fake_args, fake_kwargs, paths=capture_paths)
+    autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp else torch.autocast("cpu", enabled=False)
+    with fake_mode, auditor.mode:
+        with torch.autograd.graph.saved_tensors_hooks(auditor._pack, lambda t: t), autocast:
+            if captured.graph_module is not None:
+                outputs = auditor.run_graph(captured.graph_module, fake_args, fake_kwargs)
+            else:
+                outputs = auditor.run_hooks(fake_args, fake_kwargs)
+        auditor.backward(outputs)
+    captured.info.notes = sorted(set(auditor.mode.assumptions))
+
+    records = auditor.records
+    for index, (fwd, bwd) in auditor.mode.flops.items():
+        if index is not None:
+            records[index].flops_forward += fwd
+            records[index].macs += fwd // 2
+            records[index].flops_backward += bwd
+    uncounted_total: Counter = Counter()
+    for index, counter in auditor.mode.uncounted.items():
+        uncounted_total.update(counter)
+        if index is not None:
+            records[index].uncounted_ops = sorted(counter)
+
+    report = AuditReport(
+        model=type(model).__name__,
+        inputs=[{"shape": list(a.shape), "dtype": _dtype_name(a.dtype)} for a in (*args, *kwargs.values())
+                if isinstance(a, torch.Tensor)],
+        capture=captured.info,
+        layers=records,
+        totals=_totals(model, records, auditor),
+        uncounted={op: n / max(auditor.mode.op_calls, 1) for op, n in uncounted_total.most_common()},
+        source=_source(model),
+    )
+    if memory:
+        _add_memory(report, model, args, kwargs, optimizer, amp, memory_budget)
+    return report
+
+
+def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> dict[str, Any]:
+    params = trainable = buffers = 0
+    seen: set[tuple] = set()
+    for t, is_param in auditor._module_tensors(auditor.copy, recurse=True):
+        key = (_storage_key(t), t.storage_offset(), tuple(t.shape))
+        if key in seen:
+            continue
+        seen.add(key)
+        if is_param:
+            params += t.numel()
+            trainable += t.numel() if t.requires_grad else 0
+        else:
+            buffers += t.numel()
+    return {
+        "params": params,
+        "trainable_params": trainable,
+        "frozen_params": params - trainable,
+        "buffers": buffers,
+        "unused_params": params - sum(r.params for r in records),
+        "macs": sum(r.macs for r in records),
+        "flops_forward": sum(r.flops_forward for r in records),
+        "flops_backward": sum(r.flops_backward for r in records),
+        "saved_bytes": sum(r.saved_bytes for r in records),
+        "peak_bytes": None,
+        "peak_phase": None,
+        "uncounted_op_calls": sum(sum(c.values()) for c in auditor.mode.uncounted.values()),
+        "op_calls": auditor.mode.op_calls,
+    }
+
+
+def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict, optimizer: str,
+                amp: str | None, memory_budget: int | None) -> None:
+    try:
+        from .memory import max_batch_size, simulate_training_step
+    except ImportError:
+        report.capture.notes.append("memory simulation is not available in this installation")
+        return
+    if kwargs:
+        report.capture.notes.append("memory simulation needs positional inputs; skipped for keyword inputs")
+        return
+    memory = simulate_training_step(model, args, optimizer=optimizer, amp=amp)
+    report.memory = memory
+    report.totals["peak_bytes"] = memory.peak_bytes
+    report.totals["peak_phase"] = memory.peak_phase
+    if memory_budget is not None:
+        def make_inputs(batch: int) -> tuple:
+            return tuple(_with_batch(a, batch) for a in args)
+
+        report.totals["max_batch_size"] = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
+                                                         amp=amp)
