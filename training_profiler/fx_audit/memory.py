@@ -150,14 +150,12 @@ class _Phase:
         self.step = 0
 
 
-def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, before_last=None):
+def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, first: int = 0):
     import torch
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    for step in range(steps):
+    for step in range(first, first + steps):
         phase.step = step
-        if step == steps - 1 and before_last is not None:
-            before_last()
         phase.name = "zero_grad"
         opt.zero_grad(set_to_none=True)
         phase.name = "forward"
@@ -484,7 +482,8 @@ def simulate_training_step(
                 record.category = "params" if id(t) in names else "inputs"
                 record.description = names.get(id(t), "example input")
         with tracker, mode:
-            _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps, phase)
+            _prime_optimizer(params, opt, phase)
+            _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1)
         _label_state(trace, fake_model, opt, names)
         report = _build_report(trace, steps - 1)
     report.optimizer = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
@@ -505,6 +504,19 @@ def simulate_training_step(
             "CPU autocast: bf16/fp16 matmuls and reductions on CPU use fp32 scratch buffers that are not modelled"
         )
     return report
+
+
+def _prime_optimizer(params: list, opt, phase: _Phase) -> None:
+    """Step 0: create the optimizer state from zero gradients. The state of Adam/AdamW/SGD depends
+    only on the parameters' shapes, so the forward and backward of a first step are not needed
+    (they would double the simulation time of large models)."""
+    import torch
+
+    phase.step, phase.name = 0, "optimizer"
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def _label_state(trace: _Trace, model, opt, names: dict[int, str]) -> None:
