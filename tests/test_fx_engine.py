@@ -283,3 +283,12 @@ def test_bad_arguments_are_clear_errors():
         audit(nn.Linear(2, 2), (1, 2), amp="int8", memory=False)
     with pytest.raises(TypeError, match="example input #0 is a dict: pass tensors"):
         audit(nn.Linear(2, 2), ({"x": 1},), memory=False)
+
+
+def test_parameters_sharing_one_storage_are_counted_once():
+    model = nn.Sequential(nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False))
+    model[1].weight = nn.Parameter(model[0].weight.data)  # two Parameter objects, one storage
+    report = audit(model, (2, 6), memory=False)
+    assert report.totals["params"] == 36
+    assert [layer.params for layer in report.layers] == [36, 0]
+    assert [layer.macs for layer in report.layers] == [2 * 36, 2 * 36]

@@ -42,7 +42,8 @@ from .records import AuditReport, LayerRecord
 
 __all__ = ["audit"]
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast
+_PURE_DTYPES = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}  # weights and inputs cast
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 
@@ -92,12 +93,11 @@ class _CostMode(TorchDispatchMode):
 class _Auditor:
     """One audit: owns the fake copy, the records and the bookkeeping of a run."""
 
-    def __init__(self, model: nn.Module, fake_mode: FakeTensorMode, amp: str | None,
+    def __init__(self, model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None,
                  progress: Progress | None) -> None:
         self.fake_mode = fake_mode
-        self.copy, fakes = fake_copy(model, fake_mode)
+        self.copy, fakes = fake_copy(model, fake_mode, float_dtype)
         self.param_storages = {_storage_key(t) for t in fakes.values()}
-        self.amp = amp
         self.progress = progress
         self.records: list[LayerRecord] = []
         self.mode = _CostMode()
@@ -359,8 +359,10 @@ def _module_extra(module: nn.Module) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- inputs
 def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, dict):
+    if isinstance(example_inputs, dict) and "shape" not in example_inputs:
         args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, dict):
+        args, kwargs = (example_inputs,), {}
     elif isinstance(example_inputs, torch.Tensor):
         args, kwargs = (example_inputs,), {}
     elif isinstance(example_inputs, (tuple, list)) and example_inputs and all(
@@ -375,12 +377,18 @@ def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     def spec(value: Any, where: str) -> Any:
         if isinstance(value, torch.Tensor):
             return value
+        if isinstance(value, dict) and "shape" in value:  # {"shape": [...], "dtype": "int64"}
+            dtype = getattr(torch, str(value.get("dtype", "float32")), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"example input {where} has dtype {value.get('dtype')!r}: use a torch dtype name "
+                                 "such as 'float32', 'bfloat16' or 'int64'")
+            return torch.empty(tuple(value["shape"]), dtype=dtype, device="meta")
         if isinstance(value, (torch.Size, tuple, list)) and all(isinstance(v, int) and v >= 0 for v in value):
             return torch.empty(tuple(value), device="meta")  # a bare shape means float32
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         raise TypeError(f"example input {where} is a {type(value).__name__}: pass tensors (any device, meta is "
-                        "cheapest) or shapes as tuples of non-negative ints")
+                        "cheapest), shapes as tuples of non-negative ints, or {'shape': [...], 'dtype': 'int64'}")
 
     return (tuple(spec(v, f"#{i}") for i, v in enumerate(args)),
             {k: spec(v, repr(k)) for k, v in kwargs.items()})
@@ -392,11 +400,12 @@ def _with_batch(value: Any, batch_size: int | None) -> Any:
     return value.new_empty((batch_size, *value.shape[1:]), device="meta")
 
 
-def _fake_input(value: Any, fake_mode: FakeTensorMode) -> Any:
+def _fake_input(value: Any, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None) -> Any:
     if not isinstance(value, torch.Tensor):
         return value
+    dtype = float_dtype if float_dtype is not None and value.is_floating_point() else value.dtype
     with fake_mode:
-        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="cpu",
+        return torch.empty_strided(value.shape, value.stride(), dtype=dtype, device="cpu",
                                    requires_grad=value.requires_grad)
 
 
@@ -435,8 +444,8 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
-    if amp not in (None, *_AMP_DTYPES):
-        raise ValueError(f"amp={amp!r} is not supported: use None, 'bf16' or 'fp16'")
+    if amp not in (None, *_AMP_DTYPES, *_PURE_DTYPES):
+        raise ValueError(f"amp={amp!r} is not supported: use None, 'bf16', 'fp16', 'pure-bf16' or 'pure-fp16'")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     args, kwargs = _normalize_inputs(example_inputs)
@@ -444,12 +453,13 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     kwargs = {k: _with_batch(v, batch_size) for k, v in kwargs.items()}
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    auditor = _Auditor(model, fake_mode, amp, progress)
-    fake_args = tuple(_fake_input(a, fake_mode) for a in args)
-    fake_kwargs = {k: _fake_input(v, fake_mode) for k, v in kwargs.items()}
+    pure = _PURE_DTYPES.get(amp)
+    auditor = _Auditor(model, fake_mode, pure, progress)
+    fake_args = tuple(_fake_input(a, fake_mode, pure) for a in args)
+    fake_kwargs = {k: _fake_input(v, fake_mode, pure) for k, v in kwargs.items()}
     with fake_mode:
         captured = capture(auditor.copy, fake_args, fake_kwargs, paths=capture_paths)
-    autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp else torch.autocast("cpu", enabled=False)
+    autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp in _AMP_DTYPES else contextlib.nullcontext()
     with fake_mode, auditor.mode, _quiet_fake_tensor_logs():
         with torch.autograd.graph.saved_tensors_hooks(auditor._pack, lambda t: t), autocast:
             if captured.graph_module is not None:
@@ -523,10 +533,7 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
     except ImportError:
         report.capture.notes.append("memory simulation is not available in this installation")
         return
-    if kwargs:
-        report.capture.notes.append("memory simulation needs positional inputs; skipped for keyword inputs")
-        return
-    memory = simulate_training_step(model, args, optimizer=optimizer, amp=amp)
+    memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
     report.memory = memory
     report.totals["peak_bytes"] = memory.peak_bytes
     report.totals["peak_phase"] = memory.peak_phase
