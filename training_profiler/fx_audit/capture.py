@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
+import logging
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from .records import CaptureInfo
 
@@ -69,34 +72,42 @@ def build_model(factory: Callable[..., nn.Module], *args: Any, fake_mode: FakeTe
     if not isinstance(model, nn.Module):
         raise TypeError(f"factory {getattr(factory, '__name__', factory)!r} returned {type(model).__name__}, "
                         "not an nn.Module: pass a function that builds the model")
-    if fake_mode is not None:
+    if fake_mode is not None:  # ``to_empty`` under the fake mode, without feeding it the meta tensors
         with fake_mode:
-            model = model.to_empty(device="cpu")
+            model = model._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu"))
     return model
 
 
-def _fake_like(t: torch.Tensor, fake_mode: FakeTensorMode) -> torch.Tensor:
+def _fake_like(t: torch.Tensor, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None) -> torch.Tensor:
+    dtype = float_dtype if float_dtype is not None and t.is_floating_point() else t.dtype
     with fake_mode:
-        fake = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
+        fake = torch.empty_strided(t.shape, t.stride(), dtype=dtype, device="cpu")
     if isinstance(t, nn.Parameter):
         return nn.Parameter(fake, requires_grad=t.requires_grad)
     return fake
 
 
-def fake_copy(model: nn.Module, fake_mode: FakeTensorMode) -> tuple[nn.Module, dict[int, torch.Tensor]]:
+def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None = None
+              ) -> tuple[nn.Module, dict[int, torch.Tensor]]:
     """The module tree of ``model`` with every tensor replaced by a fake CPU tensor.
 
-    Returns the copy and ``{id(original tensor): fake tensor}``; tied tensors map to one fake.
+    ``float_dtype`` casts floating tensors (pure bf16/fp16 training). Returns the copy and
+    ``{id(original tensor): fake tensor}``; tied tensors map to one fake.
     """
     memo: dict[int, Any] = {}
     fakes: dict[int, torch.Tensor] = {}
+    by_storage: dict[tuple, torch.Tensor] = {}  # distinct Parameter objects over one storage stay tied
     for module in model.modules():
         tensors = list(module._parameters.values()) + list(module._buffers.values())
         tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
         for t in tensors:
-            if t is not None and id(t) not in fakes:
-                fakes[id(t)] = _fake_like(t, fake_mode)
-                memo[id(t)] = fakes[id(t)]
+            if t is None or id(t) in fakes:
+                continue
+            key = (StorageWeakRef(t.untyped_storage()).cdata, t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+                   t.dtype, isinstance(t, nn.Parameter))
+            if key not in by_storage:
+                by_storage[key] = _fake_like(t, fake_mode, float_dtype)
+            fakes[id(t)] = memo[id(t)] = by_storage[key]
     try:
         return copy.deepcopy(model, memo), fakes
     except Exception as exc:
@@ -165,7 +176,12 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.fx.GraphModule
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "use_cache", False):
         kwargs = {**kwargs, "use_cache": False}  # HF decoders: KV cache outputs break export
-    program = torch.export.export(model, args, kwargs, strict=False)
+    logging.disable(logging.CRITICAL)  # a failed export logs whole graphs; the cascade reports the reason
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            program = torch.export.export(model, args, kwargs, strict=False)
+    finally:
+        logging.disable(logging.NOTSET)
     return program.module()
 
 

@@ -21,9 +21,11 @@ This module imports torch: import it only from torch-using code paths.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 from collections import Counter, defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.fx
@@ -40,7 +42,8 @@ from .records import AuditReport, LayerRecord
 
 __all__ = ["audit"]
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast
+_PURE_DTYPES = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}  # weights and inputs cast
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 
@@ -90,12 +93,11 @@ class _CostMode(TorchDispatchMode):
 class _Auditor:
     """One audit: owns the fake copy, the records and the bookkeeping of a run."""
 
-    def __init__(self, model: nn.Module, fake_mode: FakeTensorMode, amp: str | None,
+    def __init__(self, model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None,
                  progress: Progress | None) -> None:
         self.fake_mode = fake_mode
-        self.copy, fakes = fake_copy(model, fake_mode)
+        self.copy, fakes = fake_copy(model, fake_mode, float_dtype)
         self.param_storages = {_storage_key(t) for t in fakes.values()}
-        self.amp = amp
         self.progress = progress
         self.records: list[LayerRecord] = []
         self.mode = _CostMode()
@@ -165,7 +167,7 @@ class _Auditor:
 
     def _fit_error(self, rec: LayerRecord, args: Any, exc: BaseException) -> ValueError:
         shapes = [list(t.shape) for t in _tensors(args)]
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        first = (str(exc).strip().splitlines() or [""])[0][:240].rstrip(".")
         return ValueError(
             f"example inputs do not fit the model: layer '{rec.name}' ({rec.op}) failed on input shapes "
             f"{shapes}: {type(exc).__name__}: {first}. Pass example inputs with the shapes this layer expects."
@@ -174,7 +176,10 @@ class _Auditor:
     # ---------------------------------------------------------------------- graph runs
     def run_graph(self, gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> Any:
         auditor = self
+        failure: ValueError | None = None
         nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+        # export graphs are aten-level: a parameter belongs to the op that reads it (the Linear's linear)
+        aten_graph = any(isinstance(n.target, torch._ops.OpOverload) for n in nodes)
         index_of: dict[torch.fx.Node, int] = {}
         for node in nodes:
             if node.op == "get_attr" or _is_bookkeeping(node):
@@ -186,10 +191,15 @@ class _Auditor:
             done = 0
 
             def run_node(self, node: torch.fx.Node) -> Any:
+                nonlocal failure
                 if node.op == "get_attr":
                     value = super().run_node(node)
-                    if isinstance(value, torch.Tensor):
-                        auditor._get_attr(node, value, gm)
+                    if isinstance(value, torch.Tensor) and node.users:
+                        consumer = next((index_of[u] for u in node.users if u in index_of), None)
+                        if aten_graph and consumer is not None:
+                            auditor._own_params(auditor.records[consumer], [(value, isinstance(value, nn.Parameter))])
+                        else:
+                            auditor._get_attr(node, value)
                     return value
                 index = index_of.get(node)
                 previous = auditor.mode.current
@@ -197,11 +207,11 @@ class _Auditor:
                     auditor.mode.current = index
                 try:
                     out = super().run_node(node)
-                except ValueError:
-                    raise
                 except Exception as exc:
-                    rec = auditor.records[index] if index is not None else _record_for(node, auditor.modules, gm)
-                    raise auditor._fit_error(rec, self.fetch_args_kwargs_from_env(node), exc) from exc
+                    if failure is None:  # raised after ``run`` returns: fx would append its graph dump
+                        rec = auditor.records[index] if index is not None else _record_for(node, auditor.modules, gm)
+                        failure = auditor._fit_error(rec, self.fetch_args_kwargs_from_env(node), exc)
+                    raise
                 if index is None:
                     auditor.mode.current = previous
                     return out
@@ -217,9 +227,14 @@ class _Auditor:
 
         in_spec = getattr(gm, "_in_spec", None)  # export graphs take their inputs flattened
         flat = tree_flatten_spec((args, kwargs), in_spec) if in_spec is not None else list(args)
-        return Runner(gm).run(*flat)
+        try:
+            return Runner(gm).run(*flat)
+        except Exception as exc:
+            if failure is not None:
+                raise failure from exc
+            raise
 
-    def _get_attr(self, node: torch.fx.Node, value: torch.Tensor, gm: torch.fx.GraphModule) -> None:
+    def _get_attr(self, node: torch.fx.Node, value: torch.Tensor) -> None:
         """A functional parameter or buffer read by the graph: its own record, owning its elements."""
         target = str(node.target)
         owner, _, _ = target.rpartition(".")
@@ -288,8 +303,11 @@ class _Auditor:
 
 
 def _is_bookkeeping(node: torch.fx.Node) -> bool:
-    """Nodes that only read metadata (``x.size(1)``, ``getattr(t, 'shape')``): no record."""
+    """Nodes that only read metadata (``x.size(1)``, ``getattr(t, 'shape')``) or check export's
+    guards: no record."""
     if node.op == "call_method" and node.target in ("size", "dim", "numel", "stride"):
+        return True
+    if node.op == "call_module" and str(node.target) == "_guards_fn":
         return True
     return node.op == "call_function" and node.target is getattr
 
@@ -341,8 +359,10 @@ def _module_extra(module: nn.Module) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- inputs
 def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, dict):
+    if isinstance(example_inputs, dict) and "shape" not in example_inputs:
         args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, dict):
+        args, kwargs = (example_inputs,), {}
     elif isinstance(example_inputs, torch.Tensor):
         args, kwargs = (example_inputs,), {}
     elif isinstance(example_inputs, (tuple, list)) and example_inputs and all(
@@ -357,12 +377,18 @@ def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     def spec(value: Any, where: str) -> Any:
         if isinstance(value, torch.Tensor):
             return value
+        if isinstance(value, dict) and "shape" in value:  # {"shape": [...], "dtype": "int64"}
+            dtype = getattr(torch, str(value.get("dtype", "float32")), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"example input {where} has dtype {value.get('dtype')!r}: use a torch dtype name "
+                                 "such as 'float32', 'bfloat16' or 'int64'")
+            return torch.empty(tuple(value["shape"]), dtype=dtype, device="meta")
         if isinstance(value, (torch.Size, tuple, list)) and all(isinstance(v, int) and v >= 0 for v in value):
             return torch.empty(tuple(value), device="meta")  # a bare shape means float32
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         raise TypeError(f"example input {where} is a {type(value).__name__}: pass tensors (any device, meta is "
-                        "cheapest) or shapes as tuples of non-negative ints")
+                        "cheapest), shapes as tuples of non-negative ints, or {'shape': [...], 'dtype': 'int64'}")
 
     return (tuple(spec(v, f"#{i}") for i, v in enumerate(args)),
             {k: spec(v, repr(k)) for k, v in kwargs.items()})
@@ -374,12 +400,25 @@ def _with_batch(value: Any, batch_size: int | None) -> Any:
     return value.new_empty((batch_size, *value.shape[1:]), device="meta")
 
 
-def _fake_input(value: Any, fake_mode: FakeTensorMode) -> Any:
+def _fake_input(value: Any, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None) -> Any:
     if not isinstance(value, torch.Tensor):
         return value
+    dtype = float_dtype if float_dtype is not None and value.is_floating_point() else value.dtype
     with fake_mode:
-        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="cpu",
+        return torch.empty_strided(value.shape, value.stride(), dtype=dtype, device="cpu",
                                    requires_grad=value.requires_grad)
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_logs() -> Iterator[None]:
+    """FakeTensorMode logs a traceback for every failing kernel; we raise one clear error instead."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _source(model: nn.Module) -> dict[str, Any]:
@@ -405,8 +444,8 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
-    if amp not in (None, *_AMP_DTYPES):
-        raise ValueError(f"amp={amp!r} is not supported: use None, 'bf16' or 'fp16'")
+    if amp not in (None, *_AMP_DTYPES, *_PURE_DTYPES):
+        raise ValueError(f"amp={amp!r} is not supported: use None, 'bf16', 'fp16', 'pure-bf16' or 'pure-fp16'")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     args, kwargs = _normalize_inputs(example_inputs)
@@ -414,13 +453,14 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     kwargs = {k: _with_batch(v, batch_size) for k, v in kwargs.items()}
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    auditor = _Auditor(model, fake_mode, amp, progress)
-    fake_args = tuple(_fake_input(a, fake_mode) for a in args)
-    fake_kwargs = {k: _fake_input(v, fake_mode) for k, v in kwargs.items()}
+    pure = _PURE_DTYPES.get(amp)
+    auditor = _Auditor(model, fake_mode, pure, progress)
+    fake_args = tuple(_fake_input(a, fake_mode, pure) for a in args)
+    fake_kwargs = {k: _fake_input(v, fake_mode, pure) for k, v in kwargs.items()}
     with fake_mode:
         captured = capture(auditor.copy, fake_args, fake_kwargs, paths=capture_paths)
-    autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp else torch.autocast("cpu", enabled=False)
-    with fake_mode, auditor.mode:
+    autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp in _AMP_DTYPES else contextlib.nullcontext()
+    with fake_mode, auditor.mode, _quiet_fake_tensor_logs():
         with torch.autograd.graph.saved_tensors_hooks(auditor._pack, lambda t: t), autocast:
             if captured.graph_module is not None:
                 outputs = auditor.run_graph(captured.graph_module, fake_args, fake_kwargs)
@@ -493,10 +533,7 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
     except ImportError:
         report.capture.notes.append("memory simulation is not available in this installation")
         return
-    if kwargs:
-        report.capture.notes.append("memory simulation needs positional inputs; skipped for keyword inputs")
-        return
-    memory = simulate_training_step(model, args, optimizer=optimizer, amp=amp)
+    memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
     report.memory = memory
     report.totals["peak_bytes"] = memory.peak_bytes
     report.totals["peak_phase"] = memory.peak_phase

@@ -150,14 +150,12 @@ class _Phase:
         self.step = 0
 
 
-def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, before_last=None):
+def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, first: int = 0):
     import torch
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    for step in range(steps):
+    for step in range(first, first + steps):
         phase.step = step
-        if step == steps - 1 and before_last is not None:
-            before_last()
         phase.name = "zero_grad"
         opt.zero_grad(set_to_none=True)
         phase.name = "forward"
@@ -307,6 +305,7 @@ def _conv_backward(args, outputs):
 
 
 def _rnn_sizes(x, hidden_size: int) -> tuple[int, int]:
+    """(time steps x batch x hidden, element size) of an mkldnn_rnn_layer input (T, B, I)."""
     steps_times_batch = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
     return steps_times_batch * hidden_size, x.element_size()
 
@@ -314,16 +313,18 @@ def _rnn_sizes(x, hidden_size: int) -> tuple[int, int]:
 def _rnn_layer_forward(args, outputs):
     # mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode, hidden_size, ...)
     tbh, size = _rnn_sizes(args[0], args[10])
-    workspace = -(-int(62.5 * tbh * size / 4 + 40960) // 4096) * 4096  # oneDNN page-aligned workspace
-    transient = int(16.6 * tbh * size / 4) + _nbytes(args[1]) + _nbytes(args[2]) + 16384
-    return {3: workspace}, transient
+    batch_hidden = tbh // max(1, args[0].shape[0])
+    workspace = int(15.5 * tbh * size + 12 * batch_hidden * size + 16384)  # saved for backward
+    workspace = -(-workspace // 4096) * 4096  # oneDNN allocates whole pages
+    weights = _nbytes(args[1]) + _nbytes(args[2])
+    return {3: workspace}, int(4.0 * tbh * size + 1.0625 * weights) + 22528
 
 
 def _rnn_layer_backward(args, outputs):
     # mkldnn_rnn_layer_backward(input, w1, w2, w3, w4, hx, cx, output, hy, cy, grad_output, ..., hidden_size=args[15])
     tbh, size = _rnn_sizes(args[0], args[15])
     weights = _nbytes(args[1]) + _nbytes(args[2])
-    return {}, int(3.5 * tbh * size) + 2 * weights + 2 * _nbytes(args[0]) + 16384
+    return {}, int(5.8 * tbh * size + 0.15 * weights + 4.3 * _nbytes(args[0])) + 40960
 
 
 _CPU_CORRECTIONS: dict[str, Callable] = {
@@ -481,7 +482,8 @@ def simulate_training_step(
                 record.category = "params" if id(t) in names else "inputs"
                 record.description = names.get(id(t), "example input")
         with tracker, mode:
-            _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps, phase)
+            _prime_optimizer(params, opt, phase)
+            _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1)
         _label_state(trace, fake_model, opt, names)
         report = _build_report(trace, steps - 1)
     report.optimizer = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
@@ -502,6 +504,19 @@ def simulate_training_step(
             "CPU autocast: bf16/fp16 matmuls and reductions on CPU use fp32 scratch buffers that are not modelled"
         )
     return report
+
+
+def _prime_optimizer(params: list, opt, phase: _Phase) -> None:
+    """Step 0: create the optimizer state from zero gradients. The state of Adam/AdamW/SGD depends
+    only on the parameters' shapes, so the forward and backward of a first step are not needed
+    (they would double the simulation time of large models)."""
+    import torch
+
+    phase.step, phase.name = 0, "optimizer"
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
 
 
 def _label_state(trace: _Trace, model, opt, names: dict[int, str]) -> None:
