@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "audit", help="per-layer params, FLOPs, shapes and training-step memory of a model, without allocating it",
         description="Build the model on the meta device (no memory), capture its graph, count params and "
                     "forward/backward FLOPs per layer and simulate one training step's peak memory.")
-    audit.add_argument("model", metavar="MODULE:FACTORY",
+    audit.add_argument("model", metavar="MODULE:FACTORY", nargs="?",
                        help="a function or nn.Module class that builds the model: pkg.module:factory or path/file.py:factory")
     audit.add_argument("--input", action="append", default=[], metavar="SHAPE",
                        help="shape of one positional input, e.g. 8,3,224,224 (repeat for several inputs; "
@@ -39,7 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--memory", default=None, metavar="BUDGET",
                        help="memory budget, e.g. 24GiB: report the largest batch that fits; exit 1 if the step does not")
     audit.add_argument("--no-memory", action="store_true", help="skip the training-step memory simulation (faster)")
-    audit.add_argument("--format", choices=("table", "json"), default="table")
+    audit.add_argument("--format", choices=("table", "json", "markdown", "sarif"), default="table")
+    audit.add_argument("--config", default=None, metavar="PYPROJECT",
+                       help="audit every [tool.training-profiler.audit.models.NAME] of this pyproject.toml; exit 1 "
+                            "when a budget is exceeded (replaces MODULE:FACTORY)")
     audit.add_argument("--depth", type=int, default=None, metavar="N",
                        help="table: one row per module path cut to N components (e.g. 2: layers.0, layers.1, ...)")
     audit.add_argument("--all", action="store_true", help="table: also list zero-cost nodes (views, elementwise ops)")
@@ -106,6 +109,12 @@ def _example_inputs(args: argparse.Namespace, factory: Callable[..., Any]) -> tu
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.config:
+        from .review import run_audit_config
+
+        return run_audit_config(args)
+    if not args.model:
+        raise UsageError("give the model as MODULE:FACTORY, or --config pyproject.toml")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -142,12 +151,24 @@ def run(args: argparse.Namespace) -> int:
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     report.model = args.model
-    if args.format == "json":
+    from .review import architecture_findings
+    from .rules import AuditConfig
+
+    report.findings += architecture_findings(report, model, AuditConfig(memory_budget=budget), factory)
+    if args.format in ("markdown", "sarif"):
+        from ..formats.audit import render_audit
+
+        sys.stdout.write(render_audit(report, args.format))
+    elif args.format == "json":
         sys.stdout.write(report.to_json() + "\n")
     else:
         width = Console().width if sys.stdout.isatty() else 120
         sys.stdout.write(render_table(report, depth=args.depth, all_nodes=args.all, width=max(width, 100),
                                       color=sys.stdout.isatty()))
+        if report.findings:
+            from ..formats import findings_to_text
+
+            sys.stdout.write("\n" + findings_to_text(report.findings))
     if budget is not None and report.totals.get("peak_bytes") is not None and report.totals["peak_bytes"] > budget:
         return 1
     return 0

@@ -39,8 +39,8 @@ from .records import AuditReport
 from .rules import AuditConfig, format_bytes, parse_bytes
 
 __all__ = [
-    "Budget", "ModelSpec", "ReportDiff", "audit_model", "check_budget", "diff_reports", "load_config",
-    "load_factory", "parse_shape", "register", "run_config",
+    "Budget", "ModelSpec", "ReportDiff", "architecture_findings", "audit_model", "audit_museum", "check_budget", "diff_reports",
+    "load_config", "load_factory", "register", "run_config",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -67,16 +67,15 @@ class ModelSpec:
     budget: Budget = field(default_factory=Budget)
 
 
-def parse_shape(text: Any) -> tuple[int, ...]:
+def _shape(value: Any, where: str) -> tuple[int, ...]:
     """``"8,3,224,224"`` or ``[8, 3, 224, 224]`` -> (8, 3, 224, 224)."""
-    try:
-        parts = text.replace("x", ",").split(",") if isinstance(text, str) else list(text)
-        shape = tuple(int(p) for p in parts if str(p).strip())
-    except (TypeError, ValueError):
-        shape = ()
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"cannot read input shape {text!r}: write it as comma-separated sizes, e.g. 8,3,224,224")
-    return shape
+    from .cli import parse_shape
+
+    if isinstance(value, str):
+        return parse_shape(value)
+    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return tuple(value)
+    raise ValueError(f"{where}: cannot read input shape {value!r}: write it as \"8,3,224,224\" or [8, 3, 224, 224]")
 
 
 _SPEC_KEYS = {"factory", "inputs", "dtype", "optimizer", "amp", "real-weights", "max-params", "max-peak-memory",
@@ -101,7 +100,7 @@ def _model_spec(name: str, table: dict[str, Any]) -> ModelSpec:
         max_flops=float(table["max-flops"]) if "max-flops" in table else None,
         fail_on=tuple(Severity.parse(s) for s in ([fail_on] if isinstance(fail_on, str) else fail_on)),
     )
-    return ModelSpec(name=name, factory=str(table["factory"]), inputs=tuple(parse_shape(i) for i in inputs),
+    return ModelSpec(name=name, factory=str(table["factory"]), inputs=tuple(_shape(i, f"models.{name}.inputs") for i in inputs),
                      dtype=str(table.get("dtype", "float32")), optimizer=str(table.get("optimizer", "adam")),
                      amp=table.get("amp"), real_weights=bool(table.get("real-weights", False)), budget=budget)
 
@@ -153,35 +152,18 @@ def check_budget(report: AuditReport, budget: Budget) -> list[str]:
 
 
 def load_factory(spec: str, base_dir: str | os.PathLike | None = None) -> Callable[[], Any]:
-    """``"pkg.module:function"`` or ``"path/to/file.py:function"`` -> the callable.
+    """``"pkg.module:function"`` or ``"path/to/file.py:function"``, resolved from ``base_dir``
+    (the config file's folder, put on ``sys.path``) so a repository's own models import from a
+    pre-commit hook."""
+    from .cli import load_factory as load
 
-    ``base_dir`` (the config file's folder) is put on ``sys.path`` so a repository's own models
-    import from a pre-commit hook, whose working directory is the repository root.
-    """
+    base = Path(base_dir or os.getcwd()).resolve()
+    if str(base) not in sys.path:
+        sys.path.insert(0, str(base))
     module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"cannot read factory {spec!r}: write it as module:function, e.g. mypkg.models:resnet18")
-    base = str(Path(base_dir or os.getcwd()).resolve())
-    if base not in sys.path:
-        sys.path.insert(0, base)
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            path = path if path.is_absolute() else Path(base) / path
-            mod_spec = importlib.util.spec_from_file_location(path.stem, path)
-            if mod_spec is None or not path.exists():
-                raise ModuleNotFoundError(f"no file {path}")
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        raise ValueError(f"cannot import {module_name!r} for factory {spec!r} ({exc}): run from the folder that holds it "
-                         "or install your package") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise ValueError(f"{module_name!r} has no callable {attr!r}: name a function or class that returns the model")
-    return factory
+    if module_name.endswith(".py") and not Path(module_name).is_absolute():
+        spec = f"{base / module_name}:{attr}"
+    return load(spec)
 
 
 def _build(factory: Callable[[], Any], real_weights: bool):
@@ -204,18 +186,24 @@ def audit_model(model: Any, inputs: Any, *, config: AuditConfig | None = None, o
     report = audit(model, inputs, optimizer=optimizer, amp=amp, memory=memory, memory_budget=memory_budget)
     if name:
         report.model = name
-    if factory is not None:
-        source = report.source.get("file") or ""
-        if not source or f"{os.sep}torch{os.sep}" in source:
-            try:
-                report.source = {"file": inspect.getsourcefile(factory), "line": inspect.getsourcelines(factory)[1]}
-            except (OSError, TypeError):
-                pass
+    report.findings = [f for f in report.findings if not f.code.startswith("FXA1")]
+    report.findings += architecture_findings(report, model, config, factory)
+    return report
+
+
+def architecture_findings(report: AuditReport, model: Any, config: AuditConfig | None = None,
+                          factory: Callable | None = None) -> list[Finding]:
+    """The FXA1xx findings of ``report``; ``factory`` becomes the report's source location when
+    the model's own class is a library class (an nn.Sequential built by a function)."""
     from .rules import check_report
 
-    engine_findings = [f for f in report.findings if not f.code.startswith("FXA1")]
-    report.findings = engine_findings + check_report(report, model, config)
-    return report
+    source = report.source.get("file") or ""
+    if factory is not None and (not source or f"{os.sep}torch{os.sep}" in source):
+        try:
+            report.source = {"file": inspect.getsourcefile(factory), "line": inspect.getsourcelines(factory)[1]}
+        except (OSError, TypeError):
+            pass
+    return check_report(report, model, config)
 
 
 def _example_inputs(spec: ModelSpec):
@@ -499,7 +487,7 @@ def run_diff(args: argparse.Namespace) -> int:
 
 def run_compare(args: argparse.Namespace) -> int:
     try:
-        shapes = [parse_shape(s) for s in args.input]
+        shapes = [_shape(s, "--input") for s in args.input]
         memory = parse_bytes(args.memory) if args.memory else None
         rows = _compare_rows(args.factories, shapes, args.optimizer, args.amp, memory)
     except (ValueError, TypeError) as exc:

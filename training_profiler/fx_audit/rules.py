@@ -541,7 +541,9 @@ class _Locator:
 
     def __init__(self, model: Any, report: AuditReport):
         self.model = model
-        self.fallback = (report.source.get("file"), report.source.get("line"))
+        file = report.source.get("file")
+        library = file and f"{os.sep}site-packages{os.sep}torch{os.sep}" in file
+        self.fallback = (None, None) if library else (file, report.source.get("line"))
         self.cache: dict[str, tuple[str | None, int | None]] = {}
 
     def __call__(self, module: str | None, node: str | None = None) -> Location:
