@@ -31,4 +31,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _section("1. Linter: AMP pitfalls in examples/failure_museum/amp/ (training-profiler lint)")
     findings = lint_paths([str(museum / "amp")])
     sys.stdout.write(findings_to_text(findings))
+
+    from .fx_audit.review import demo_museum
+
+    _section("3. Auditor: architecture failures in examples/failure_museum/models/ (on meta, nothing allocated)")
+    demo_museum(museum / "models")
     return 0

@@ -418,6 +418,7 @@ def museum_models(folder: str | os.PathLike) -> list[tuple[str, Callable[[], Any
     for path in sorted(Path(folder).glob("*.py")):
         module_spec = importlib.util.spec_from_file_location(f"failure_museum_{path.stem}", path)
         module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_spec.name] = module  # inspect finds class sources through sys.modules
         module_spec.loader.exec_module(module)
         summary = (module.__doc__ or "").strip().splitlines()[0].removeprefix("Failure museum: ")
         out.append((path.stem, module.build, [tuple(s) for s in module.INPUTS], summary))
