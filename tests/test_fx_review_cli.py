@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 pytest.importorskip("torch")
@@ -103,6 +104,8 @@ def test_audit_json_then_diff_end_to_end(project, capsys):
 def test_audit_sarif_and_markdown_views(project, capsys):
     assert main(["audit", "models:flattened", "--input", "2,3,32,32", "--format", "sarif", "--no-memory"]) == 0
     doc = json.loads(capsys.readouterr().out)
+    schema = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
+    jsonschema.Draft4Validator(schema).validate(doc)
     (result,) = doc["runs"][0]["results"]
     assert result["ruleId"] == "FXA101"
     assert result["locations"][0]["physicalLocation"] == {"artifactLocation": {"uri": "models.py"}, "region": {"startLine": 13}}

@@ -88,12 +88,13 @@ def test_sarif_view_locates_findings_at_the_model_source():
 
 
 def test_sarif_view_validates_against_the_official_schema():
-    schema = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())
+    schema = json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())  # official, draft-04
+    jsonschema.Draft4Validator.check_schema(schema)
     doc = json.loads(audit_to_sarif(make_report(findings=[BIG_FC, STEM])))
-    jsonschema.Draft7Validator(schema).validate(doc)
+    jsonschema.Draft4Validator(schema).validate(doc)
     doc["runs"][0]["results"][0]["level"] = "fatal"
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft7Validator(schema).validate(doc)
+        jsonschema.Draft4Validator(schema).validate(doc)
 
 
 def test_human_numbers():
