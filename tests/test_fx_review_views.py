@@ -180,3 +180,17 @@ def test_load_config_and_its_errors(tmp_path):
     cfg.write_text('[tool.training-profiler.audit.models.x]\nfactory = "a:b"\ninputs = [[1, -2]]\n')
     with pytest.raises(ValueError, match=r"models.x.inputs: cannot read input shape \[1, -2\]"):
         load_config(cfg)
+
+
+def test_rules_review_and_views_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import training_profiler.fx_audit.rules, training_profiler.fx_audit.review, training_profiler.formats.audit\n"
+            "from training_profiler.cli import main\n"
+            "sys.exit(main(['rules']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    codes = [line.split()[0] for line in out.stdout.splitlines()]
+    assert [c for c in codes if c.startswith("FXA")] == [f"FXA10{i}" for i in range(1, 10)]
