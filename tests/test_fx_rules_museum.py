@@ -42,9 +42,11 @@ def test_museum_findings_point_at_the_source_line(museum):
     assert located(museum["plain_mlp_100"]) == [
         ("FXA103", "error", "0", "plain_mlp_100.py", 13), ("FXA104", "warning", "0", "plain_mlp_100.py", 13)]
     assert located(museum["conv_into_huge_linear"]) == [
-        ("FXA101", "error", "classifier", "conv_into_huge_linear.py", 25)]
+        ("FXA101", "error", "classifier", "conv_into_huge_linear.py", 19)]  # self.classifier = ...
     assert located(museum["bias_before_bn"]) == [
         ("FXA107", "warning", "0", "bias_before_bn.py", 12), ("FXA107", "warning", "3", "bias_before_bn.py", 12)]
+    assert located(museum["quadratic_attention"]) == [  # the peak is in the root module: its class line
+        ("FXA106", "warning", None, "quadratic_attention.py", 16)]
 
 
 def test_museum_findings_carry_the_numbers(museum):
