@@ -340,3 +340,16 @@ def test_zoo_macs_agree_with_flop_counter_mode_plus_missing_formulas(name):
     assert report.totals["flops_forward"] == counter.get_total_flops() > 0
     assert report.totals["macs"] * 2 == report.totals["flops_forward"]
     assert report.uncounted == {}
+
+
+def test_hugging_face_decoder_goes_through_export_with_tied_head():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=100, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    model = build_model(transformers.GPT2LMHeadModel, config)
+    report = audit(model, meta(2, 16, dtype=torch.long), memory=False)
+    assert report.capture.path == "export"  # HF forwards are not symbolically traceable
+    assert report.totals["params"] == sum(p.numel() for p in model.parameters())  # wte == lm_head, once
+    head = next(layer for layer in report.layers if layer.module == "lm_head")
+    assert (head.op, head.params, head.macs, head.output_shape) == ("linear", 0, 2 * 16 * 32 * 100, [2, 16, 100])
+    assert report.uncounted == {}

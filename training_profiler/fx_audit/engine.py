@@ -469,9 +469,9 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     with fake_mode, auditor.mode, _quiet_fake_tensor_logs():
         with torch.autograd.graph.saved_tensors_hooks(auditor._pack, lambda t: t), autocast:
             if captured.graph_module is not None:
-                outputs = auditor.run_graph(captured.graph_module, fake_args, fake_kwargs)
+                outputs = auditor.run_graph(captured.graph_module, fake_args, captured.kwargs)
             else:
-                outputs = auditor.run_hooks(fake_args, fake_kwargs)
+                outputs = auditor.run_hooks(fake_args, captured.kwargs)
         auditor.backward(outputs)
     captured.info.notes = sorted(set(auditor.mode.assumptions))
 
@@ -486,6 +486,9 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
         uncounted_total.update(counter)
         if index is not None:
             records[index].uncounted_ops = sorted(counter)
+    if captured.graph_module is not None:  # graph order; parameter reads were appended as they ran
+        position = {node.name: i for i, node in enumerate(captured.graph_module.graph.nodes)}
+        records.sort(key=lambda rec: position[rec.node])
 
     report = AuditReport(
         model=type(model).__name__,
