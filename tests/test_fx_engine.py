@@ -256,16 +256,26 @@ def _comparable(report):
 def test_meta_fake_and_cpu_models_give_identical_reports():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    factory = ZOO["mobilenet_v3"].factory
-    on_cpu = _comparable(audit(factory(), torch.randn(1, 3, 96, 96), memory=False))
-    on_meta = _comparable(audit(build_model(factory), meta(1, 3, 96, 96), memory=False))
+    class Mixed(nn.Module):  # ops whose CPU kernels differ from the generic ones: conv, SDPA, LSTM
+        def __init__(self):
+            super().__init__()
+            self.vit = ZOO["vit_b16"].factory(image_size=32, depth=1, num_classes=16)
+            self.lstm = nn.LSTM(16, 8, batch_first=True)
+
+        def forward(self, x):
+            return self.lstm(self.vit(x).unsqueeze(1))[0]
+
+    on_cpu = _comparable(audit(Mixed(), torch.randn(2, 3, 32, 32), memory=False))
+    on_meta = _comparable(audit(build_model(Mixed), meta(2, 3, 32, 32), memory=False))
     fake_mode = FakeTensorMode()
-    fake_model = build_model(factory, fake_mode=fake_mode)
+    fake_model = build_model(Mixed, fake_mode=fake_mode)
     with fake_mode:
-        fake_input = torch.empty(1, 3, 96, 96)
+        fake_input = torch.empty(2, 3, 32, 32)
     on_fake = _comparable(audit(fake_model, fake_input, memory=False))
     assert on_cpu == on_meta == on_fake
-    assert on_cpu["totals"]["params"] == 5_483_032
+    ops = {layer["op"] for layer in on_cpu["layers"]}
+    assert {"Conv2d", "scaled_dot_product_attention", "LSTM"} <= ops
+    assert on_cpu["totals"]["macs"] > 0 and on_cpu["totals"]["flops_backward"] > 0
 
 
 def test_inputs_that_do_not_fit_name_the_layer_and_shapes():
@@ -292,3 +302,54 @@ def test_parameters_sharing_one_storage_are_counted_once():
     assert report.totals["params"] == 36
     assert [layer.params for layer in report.layers] == [36, 0]
     assert [layer.macs for layer in report.layers] == [2 * 36, 2 * 36]
+
+
+_SMALL_ZOO = {  # the zoo's architectures, shrunk so that a forward on fake tensors takes well under a second
+    "resnet18": ({}, (2, 3, 32, 32)), "resnet50": ({}, (2, 3, 32, 32)), "vgg16": ({}, (2, 3, 32, 32)),
+    "mobilenet_v3": ({}, (2, 3, 32, 32)), "vit_b16": ({"image_size": 64, "depth": 2}, (1, 3, 64, 64)),
+    "gpt2_small": ({"depth": 2}, (2, 64)), "bert_base": ({"depth": 2}, (2, 64)), "llama": ({"depth": 2}, (2, 64)),
+    "mlp": ({}, (4, 784)), "lstm": ({}, (2, 16, 128)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SMALL_ZOO))
+def test_zoo_macs_agree_with_flop_counter_mode_plus_missing_formulas(name):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # FlopCounterMode passes shapes, not tensors, to its formulas
+    def sdpa(q, k, v, *args, **kwargs):  # q @ k^T and p @ v, 2 FLOPs per MAC
+        b, h, s, d = q
+        return 2 * 2 * b * h * s * k[2] * d
+
+    def rnn_layer(x, w_ih, w_hh, *args, **kwargs):  # every token (seq x batch) through both weight matrices
+        return 2 * x[0] * x[1] * (w_ih[0] * w_ih[1] + w_hh[0] * w_hh[1])
+
+    aten = torch.ops.aten
+    missing = {aten._scaled_dot_product_flash_attention_for_cpu: sdpa, aten.mkldnn_rnn_layer: rnn_layer}
+    kwargs, shape = _SMALL_ZOO[name]
+    factory = ZOO[name].factory
+    dtype = torch.long if name in ("gpt2_small", "bert_base", "llama") else torch.float32
+    fake_mode = FakeTensorMode()
+    model = build_model(factory, fake_mode=fake_mode, **kwargs)
+    with fake_mode:
+        x = torch.zeros(shape, dtype=dtype)
+        with FlopCounterMode(display=False, custom_mapping=missing) as counter:
+            model(x)
+    report = audit(build_model(factory, **kwargs), meta(*shape, dtype=dtype), memory=False)
+    assert report.totals["flops_forward"] == counter.get_total_flops() > 0
+    assert report.totals["macs"] * 2 == report.totals["flops_forward"]
+    assert report.uncounted == {}
+
+
+def test_hugging_face_decoder_goes_through_export_with_tied_head():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=100, n_positions=64,
+                                     bos_token_id=0, eos_token_id=0)
+    model = build_model(transformers.GPT2LMHeadModel, config)
+    report = audit(model, meta(2, 16, dtype=torch.long), memory=False)
+    assert report.capture.path == "export"  # HF forwards are not symbolically traceable
+    assert report.totals["params"] == sum(p.numel() for p in model.parameters())  # wte == lm_head, once
+    head = next(layer for layer in report.layers if layer.module == "lm_head")
+    assert (head.op, head.params, head.macs, head.output_shape) == ("linear", 0, 2 * 16 * 32 * 100, [2, 16, 100])
+    assert report.uncounted == {}

@@ -32,6 +32,10 @@ def run_demo(args: argparse.Namespace) -> int:
     findings = lint_paths([str(museum / "amp")])
     sys.stdout.write(findings_to_text(findings))
 
+    _section("2. Graph audit: ResNet-18 from the model zoo, nothing allocated (training-profiler audit)")
+    from .fx_audit.cli import demo_audit
+    demo_audit()
+
     from .fx_audit.review import demo_museum
 
     _section("3. Auditor: architecture failures in examples/failure_museum/models/ (on meta, nothing allocated)")

@@ -118,10 +118,10 @@ def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dt
 class Captured:
     """The result of the cascade: a GraphModule over the fake copy (``None`` for ``hooks``)."""
 
-    def __init__(self, graph_module: torch.fx.GraphModule | None, info: CaptureInfo, kwarg_names: tuple = ()) -> None:
+    def __init__(self, graph_module: torch.fx.GraphModule | None, info: CaptureInfo, kwargs: dict | None = None) -> None:
         self.graph_module = graph_module
         self.info = info
-        self.kwarg_names = kwarg_names
+        self.kwargs = kwargs or {}  # the keyword inputs to run it with (export may add use_cache=False)
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -172,7 +172,7 @@ def _leaf_trace(model: nn.Module) -> tuple[torch.fx.GraphModule, list[str]]:
             leaves.add(failed)
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.fx.GraphModule:
+def _export(model: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.fx.GraphModule, dict]:
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "use_cache", False):
         kwargs = {**kwargs, "use_cache": False}  # HF decoders: KV cache outputs break export
@@ -182,7 +182,7 @@ def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.fx.GraphModule
             program = torch.export.export(model, args, kwargs, strict=False)
     finally:
         logging.disable(logging.NOTSET)
-    return program.module()
+    return program.module(), kwargs
 
 
 def capture(model: nn.Module, args: tuple, kwargs: dict | None = None, *, paths: tuple[str, ...] = PATHS) -> Captured:
@@ -201,16 +201,16 @@ def capture(model: nn.Module, args: tuple, kwargs: dict | None = None, *, paths:
                 if kwargs:
                     raise TypeError("keyword inputs are not supported by symbolic_trace")
                 gm, _ = _trace(model, set())
-                return Captured(gm, CaptureInfo(path, attempts))
+                return Captured(gm, CaptureInfo(path, attempts), kwargs)
             if path == "leaf_tracer":
                 if kwargs:
                     raise TypeError("keyword inputs are not supported by symbolic_trace")
                 gm, leaves = _leaf_trace(model)
-                return Captured(gm, CaptureInfo(path, attempts, leaf_modules=leaves))
+                return Captured(gm, CaptureInfo(path, attempts, leaf_modules=leaves), kwargs)
             if path == "export":
-                gm = _export(model, args, kwargs)
-                return Captured(gm, CaptureInfo(path, attempts), kwarg_names=tuple(kwargs))
-            return Captured(None, CaptureInfo("hooks", attempts))
+                gm, run_kwargs = _export(model, args, kwargs)
+                return Captured(gm, CaptureInfo(path, attempts), run_kwargs)
+            return Captured(None, CaptureInfo("hooks", attempts), kwargs)
         except Exception as exc:
             attempts.append({"path": path, "error": _short(exc)})
     raise RuntimeError("no capture path succeeded: " + "; ".join(f"{a['path']}: {a['error']}" for a in attempts))

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from ..cli import UsageError
 
-__all__ = ["load_factory", "parse_shape", "register", "run"]
+__all__ = ["demo_audit", "load_factory", "parse_shape", "register", "run"]
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
@@ -172,3 +172,21 @@ def run(args: argparse.Namespace) -> int:
     if budget is not None and report.totals.get("peak_bytes") is not None and report.totals["peak_bytes"] > budget:
         return 1
     return 0
+
+
+def demo_audit() -> None:
+    """The demo's audit section: ResNet-18 from the zoo at batch 8, one row per top-level module."""
+    try:
+        import torch
+    except ImportError:
+        print("(skipped: the audit needs torch; pip install 'training-profiler[audit]')")
+        return
+    from .capture import build_model
+    from .engine import audit
+    from .table import render_table
+    from .zoo import resnet18_like
+
+    print("$ training-profiler audit training_profiler.fx_audit.zoo:resnet18_like --input 8,3,224,224 --depth 1\n")
+    report = audit(build_model(resnet18_like), torch.empty(8, 3, 224, 224, device="meta"))
+    report.model = "resnet18_like"
+    sys.stdout.write(render_table(report, depth=1))

@@ -44,6 +44,7 @@ __all__ = ["audit"]
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast
 _PURE_DTYPES = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}  # weights and inputs cast
+_BOOKKEEPING = frozenset({"detach", "copy_", "new_empty_strided", "empty_strided", "empty", "alias", "lift_fresh"})
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 
@@ -81,7 +82,10 @@ class _CostMode(TorchDispatchMode):
             return False if dtype == torch.bool else (0.0 if dtype.is_floating_point else 0)
         out = func(*args, **kwargs)
         if func.namespace == "aten":
-            self.op_calls += 1
+            # views and allocation bookkeeping do not count as ops of the graph (AccumulateGrad's
+            # first call in a process copies a gradient, later ones alias it)
+            if not (func.is_view or func.overloadpacket.__name__ in _BOOKKEEPING):
+                self.op_calls += 1
             flops = op_flops(func, args, kwargs, out)
             if flops is None:
                 self.uncounted[self.current][str(func.overloadpacket.__name__)] += 1
@@ -329,6 +333,8 @@ def _record_for(node: torch.fx.Node, modules: dict[str, nn.Module], gm: torch.fx
         return LayerRecord(name=path, node=node.name, op=type(module).__name__, kind="module", inputs=inputs,
                            module=path, module_type=type(module).__name__, extra=_module_extra(module))
     path, cls = _owner(node)
+    if not path:
+        cls = type(modules[""]).__name__  # top-level code of the model itself
     target = node.target
     if node.op == "call_method":
         op = str(target)
@@ -463,9 +469,9 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     with fake_mode, auditor.mode, _quiet_fake_tensor_logs():
         with torch.autograd.graph.saved_tensors_hooks(auditor._pack, lambda t: t), autocast:
             if captured.graph_module is not None:
-                outputs = auditor.run_graph(captured.graph_module, fake_args, fake_kwargs)
+                outputs = auditor.run_graph(captured.graph_module, fake_args, captured.kwargs)
             else:
-                outputs = auditor.run_hooks(fake_args, fake_kwargs)
+                outputs = auditor.run_hooks(fake_args, captured.kwargs)
         auditor.backward(outputs)
     captured.info.notes = sorted(set(auditor.mode.assumptions))
 
@@ -480,6 +486,9 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
         uncounted_total.update(counter)
         if index is not None:
             records[index].uncounted_ops = sorted(counter)
+    if captured.graph_module is not None:  # graph order; parameter reads were appended as they ran
+        position = {node.name: i for i, node in enumerate(captured.graph_module.graph.nodes)}
+        records.sort(key=lambda rec: position[rec.node])
 
     report = AuditReport(
         model=type(model).__name__,

@@ -943,7 +943,8 @@ def _check_double_softmax(ctx: _Context) -> Iterable[Finding]:
         else:
             continue
         loss_name = "CrossEntropyLoss" if op in _CE else "NLLLoss"
-        finding = FXA109.finding(ctx.locate(rec.name if rec.kind == "module" else (producer.name if producer.kind == "module" else None), rec.node),
+        where = rec.name if rec.kind == "module" else rec.module  # a functional loss: its owning module
+        finding = FXA109.finding(ctx.locate(where or None, rec.node),
                                  {"loss": op, "activation": act, "producer": producer.name},
                                  loss=loss_name, node=rec.name, act=act, producer=producer.name, remedy=remedy)
         yield replace(finding, severity=severity)
