@@ -99,6 +99,7 @@ def test_audit_json_then_diff_end_to_end(project, capsys):
     assert "budget newly exceeded: max-params: 2,506 > 1,000" in capsys.readouterr().out
     report = json.loads((project / "small.json").read_text())
     assert report["model"] == "models:small" and report["totals"]["params"] == 634
+    jsonschema.validate(report, json.loads((ROOT / "docs" / "audit-report.schema.json").read_text()))
 
 
 def test_audit_sarif_and_markdown_views(project, capsys):
