@@ -353,3 +353,19 @@ def test_hugging_face_decoder_goes_through_export_with_tied_head():
     head = next(layer for layer in report.layers if layer.module == "lm_head")
     assert (head.op, head.params, head.macs, head.output_shape) == ("linear", 0, 2 * 16 * 32 * 100, [2, 16, 100])
     assert report.uncounted == {}
+
+
+def test_repeated_blocks_costed_once_match_the_full_run():
+    def comparable(report):
+        out = _comparable(report)
+        out["capture"]["notes"] = []
+        return out
+
+    model = build_model(ZOO["llama"].factory, depth=4, dim=64, heads=4, kv_heads=2, hidden=128, vocab_size=100)
+    ids = meta(2, 16, dtype=torch.long)
+    fast = audit(model, ids, memory=False)
+    full = audit(model, ids, memory=False, dedup_blocks=False)
+    assert fast.capture.notes == ["costed 2 repeated blocks (layers.2 to layers.3) once each, as the block before "
+                                  "them: same modules, graph and input shapes"]
+    assert comparable(fast) == comparable(full)
+    assert full.totals["params"] == fast.totals["params"] == sum(p.numel() for p in model.parameters())

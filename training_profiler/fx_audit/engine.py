@@ -13,6 +13,10 @@ How the numbers are measured (nothing is allocated, nothing is a fixed factor):
   charged once, to the node that saved it first; parameters are not activations and are skipped.
 - Parameters: a leaf module's parameters (or a ``get_attr`` node's functional parameter) go to the
   first node that uses them; tied weights and parameters sharing a storage are counted once.
+- Repeated blocks (``layers.2``, ``layers.3``, ... of a ModuleList/Sequential with the same
+  parameter shapes, graph segment and input shapes as ``layers.1``) are costed once and copied:
+  LLaMA-7B runs 3 of its 32 blocks. ``audit(..., dedup_blocks=False)`` runs them all (a test checks
+  that both agree record for record).
 - Data-dependent Python control flow (``if x.sum() > 0``) cannot run on fake tensors: the value is
   assumed to be 0 / False and the assumption is noted in ``report.capture.notes``.
 
@@ -70,6 +74,7 @@ class _CostMode(TorchDispatchMode):
         self.flops = defaultdict(lambda: [0, 0])  # record -> [forward, backward]
         self.uncounted: dict[int | None, Counter] = defaultdict(Counter)
         self.op_calls = 0
+        self.calls: Counter = Counter()  # record -> op calls
         self.assumptions: list[str] = []
         self.describe: Callable[[int | None], str] = str
 
@@ -86,6 +91,7 @@ class _CostMode(TorchDispatchMode):
             # first call in a process copies a gradient, later ones alias it)
             if not (func.is_view or func.overloadpacket.__name__ in _BOOKKEEPING):
                 self.op_calls += 1
+                self.calls[self.current] += 1
             flops = op_flops(func, args, kwargs, out)
             if flops is None:
                 self.uncounted[self.current][str(func.overloadpacket.__name__)] += 1
@@ -108,8 +114,11 @@ class _Auditor:
         self.mode.describe = self._describe
         self.grad_fn_owner: dict[Any, int] = {}
         self.saved_seen: set[int] = set()
-        self.params_seen: set[int] = set()
+        self.params_seen: set[tuple] = set()  # (storage, offset, shape) of owned parameters/buffers
         self.modules = dict(self.copy.named_modules())
+        self.dedup_blocks = True
+        self.mirrored: list[tuple[int, int]] = []  # (record of a repeated block, record it copies)
+        self.notes: list[str] = []
 
     # ---------------------------------------------------------------- bookkeeping helpers
     def _describe(self, index: int | None) -> str:
@@ -144,9 +153,9 @@ class _Auditor:
         """Charge parameters/buffers to ``rec`` unless an earlier record already owns their storage."""
         for t, is_param in tensors:
             key = (_storage_key(t), t.storage_offset(), tuple(t.shape))
-            if id(t) in self.params_seen or hash(key) in self.params_seen:
+            if key in self.params_seen:
                 continue
-            self.params_seen.update((id(t), hash(key)))
+            self.params_seen.add(key)
             n = t.numel()
             if is_param:
                 rec.params += n
@@ -190,6 +199,9 @@ class _Auditor:
                 continue
             index_of[node] = len(self.records)
             self.records.append(_record_for(node, self.modules, gm))
+        mirror, blocks, first_blocks = _repeated_blocks(nodes, self.modules) if self.dedup_blocks else ({}, [], {})
+        values: dict[torch.fx.Node, Any] = {}  # outputs of the last nodes of blocks 0 and 1
+        keep = set(first_blocks) | set(first_blocks.values())
 
         class Runner(torch.fx.Interpreter):
             done = 0
@@ -206,6 +218,14 @@ class _Auditor:
                             auditor._get_attr(node, value)
                     return value
                 index = index_of.get(node)
+                if node in mirror:  # a repeated block: account its parameters, reuse block 1's output
+                    ref = mirror[node]
+                    if index is not None:
+                        auditor.mirrored.append((index, index_of[ref]))
+                        if node.op == "call_module":
+                            auditor._own_params(auditor.records[index],
+                                                auditor._module_tensors(gm.get_submodule(str(node.target)), True))
+                    return values.get(ref)
                 previous = auditor.mode.current
                 if index is not None:
                     auditor.mode.current = index
@@ -219,6 +239,11 @@ class _Auditor:
                 if index is None:
                     auditor.mode.current = previous
                     return out
+                if node in keep:
+                    values[node] = out
+                    block0 = first_blocks.get(node)
+                    if block0 is not None and _tensor_meta(out) != _tensor_meta(values[block0]):
+                        mirror.clear()  # block 1 changes the shape: later blocks see other inputs, run them all
                 rec = auditor.records[index]
                 auditor._fill_outputs(rec, out)
                 auditor._claim(out, index)
@@ -232,11 +257,15 @@ class _Auditor:
         in_spec = getattr(gm, "_in_spec", None)  # export graphs take their inputs flattened
         flat = tree_flatten_spec((args, kwargs), in_spec) if in_spec is not None else list(args)
         try:
-            return Runner(gm).run(*flat)
+            out = Runner(gm).run(*flat)
         except Exception as exc:
             if failure is not None:
                 raise failure from exc
             raise
+        if self.mirrored:
+            self.notes.append(f"costed {len(blocks)} repeated blocks ({blocks[0]} to {blocks[-1]}) once each, as "
+                              "the block before them: same modules, graph and input shapes")
+        return out
 
     def _get_attr(self, node: torch.fx.Node, value: torch.Tensor) -> None:
         """A functional parameter or buffer read by the graph: its own record, owning its elements."""
@@ -304,6 +333,85 @@ class _Auditor:
         self.mode.current = None
         self.mode.backward = True
         torch.autograd.backward(grads, [torch.ones_like(t) for t in grads])
+
+
+def _tensor_meta(value: Any) -> list[tuple]:
+    return [(tuple(t.shape), t.dtype, t.requires_grad) for t in _tensors(value)]
+
+
+def _node_path(node: torch.fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    if node.op == "get_attr":
+        return str(node.target).rpartition(".")[0]
+    return _owner(node)[0]
+
+
+def _param_signature(module: nn.Module) -> list[tuple]:
+    return [(name, tuple(t.shape), t.dtype, t.requires_grad)
+            for name, t in (*module.named_parameters(), *module.named_buffers())]
+
+
+def _block_signature(segment: list[torch.fx.Node], prefix: str, previous: torch.fx.Node) -> list[str]:
+    """The segment's graph with its own path prefix and node names abstracted away."""
+    position = {n: i for i, n in enumerate(segment)}
+
+    def arg(a: torch.fx.Node) -> str:
+        if a in position:
+            return f"%{position[a]}"
+        if a is previous:
+            return "%previous_block_output"
+        return f"%{a.name}"  # shared input (rotary tables, masks): must be the very same node
+
+    signature = []
+    for n in segment:
+        target = str(n.target)
+        if n.op in ("call_module", "get_attr"):
+            target = target[len(prefix):] if target.startswith(prefix) else "?" + target
+        args = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: arg(a))
+        signature.append(f"{n.op}|{target}|{args}|{_node_path(n)[len(prefix):]}")
+    return signature
+
+
+def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) -> tuple[dict, list[str], dict]:
+    """Blocks 2, 3, ... of a ModuleList/Sequential that repeat block 1 exactly.
+
+    Returns ``{node of a repeated block: node of block 1}``, the repeated block paths and
+    ``{last node of block 1: last node of block 0}`` for the caller's shape check. A block
+    qualifies when its modules have the same parameter shapes, its graph segment is the same
+    (same ops and targets, fed by the previous block's output and the same shared nodes) and only
+    its last node is used outside it. Block 0 and block 1 always run; the caller also checks that
+    block 1 maps its input shape to itself, so the whole chain sees the same shapes.
+    """
+    order = {n: i for i, n in enumerate(nodes)}
+    paths = {n: _node_path(n) for n in nodes}
+    mirror: dict[torch.fx.Node, torch.fx.Node] = {}
+    repeated: list[str] = []
+    first_blocks: dict[torch.fx.Node, torch.fx.Node] = {}  # last node of block 1 -> last node of block 0
+    for cpath, container in modules.items():
+        children = list(container.named_children()) if isinstance(container, (nn.ModuleList, nn.Sequential)) else []
+        if len(children) < 3 or len({type(m) for _, m in children}) != 1:
+            continue
+        prefixes = [f"{cpath}.{name}" if cpath else name for name, _ in children]
+        segments = [[n for n in nodes if paths[n] == p or paths[n].startswith(p + ".")] for p in prefixes]
+        if any(not seg for seg in segments) or any(
+                order[segments[k][-1]] >= order[segments[k + 1][0]] for k in range(len(segments) - 1)):
+            continue  # blocks must be non-empty, contiguous and in order
+        contiguous = all(order[seg[-1]] - order[seg[0]] + 1 == len(seg) for seg in segments)
+        if not contiguous:
+            continue
+        ref_sig = _block_signature(segments[1], prefixes[1] + ".", segments[0][-1])
+        for k in range(2, len(segments)):
+            seg = segments[k]
+            inside = set(seg)
+            if (_param_signature(children[k][1]) != _param_signature(children[1][1])
+                    or _block_signature(seg, prefixes[k] + ".", segments[k - 1][-1]) != ref_sig
+                    or any(u not in inside for n in seg[:-1] for u in n.users)):
+                break  # stop at the first block that differs: later ones would see other inputs
+            mirror.update(zip(seg, segments[1]))
+            repeated.append(prefixes[k])
+            first_blocks[segments[1][-1]] = segments[0][-1]
+    return mirror, repeated, first_blocks
 
 
 def _is_bookkeeping(node: torch.fx.Node) -> bool:
@@ -438,7 +546,8 @@ def _source(model: nn.Module) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- audit
 def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: str | None = None,
           batch_size: int | None = None, memory: bool = True, *, memory_budget: int | None = None,
-          capture_paths: tuple[str, ...] = PATHS, progress: Progress | None = None) -> AuditReport:
+          capture_paths: tuple[str, ...] = PATHS, dedup_blocks: bool = True,
+          progress: Progress | None = None) -> AuditReport:
     """Audit ``model`` on ``example_inputs`` without allocating: per-layer records and totals.
 
     ``example_inputs``: a tensor, a tuple of tensors (meta tensors cost nothing) or shapes (float32),
@@ -446,6 +555,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     ``amp`` (``"bf16"``/``"fp16"``) runs the forward under CPU autocast. ``memory`` simulates a
     training step with ``optimizer`` (see ``memory.py``); ``memory_budget`` (bytes) also solves
     for the largest batch size that fits. ``progress(done, total, layer)`` is called per node.
+    ``dedup_blocks`` costs identical repeated blocks (``layers.2`` ... of a ModuleList) once.
     The model is never modified, moved or hooked.
     """
     if not isinstance(model, nn.Module):
@@ -461,6 +571,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
     pure = _PURE_DTYPES.get(amp)
     auditor = _Auditor(model, fake_mode, pure, progress)
+    auditor.dedup_blocks = dedup_blocks
     fake_args = tuple(_fake_input(a, fake_mode, pure) for a in args)
     fake_kwargs = {k: _fake_input(v, fake_mode, pure) for k, v in kwargs.items()}
     with fake_mode:
@@ -473,9 +584,18 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
             else:
                 outputs = auditor.run_hooks(fake_args, captured.kwargs)
         auditor.backward(outputs)
-    captured.info.notes = sorted(set(auditor.mode.assumptions))
+    captured.info.notes = sorted(set(auditor.mode.assumptions)) + auditor.notes
 
     records = auditor.records
+    mode = auditor.mode
+    for index, ref in auditor.mirrored:  # repeated blocks: the same costs as the block they repeat
+        mode.flops[index] = list(mode.flops[ref]) if ref in mode.flops else [0, 0]
+        if ref in mode.uncounted:
+            mode.uncounted[index] = Counter(mode.uncounted[ref])
+        mode.op_calls += mode.calls[ref]
+        rec, src = records[index], records[ref]
+        rec.output_shape, rec.output_shapes, rec.output_dtype = src.output_shape, list(src.output_shapes), src.output_dtype
+        rec.output_bytes, rec.saved_bytes = src.output_bytes, src.saved_bytes
     for index, (fwd, bwd) in auditor.mode.flops.items():
         if index is not None:
             records[index].flops_forward += fwd
@@ -541,6 +661,9 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
         from .memory import max_batch_size, simulate_training_step
     except ImportError:
         report.capture.notes.append("memory simulation is not available in this installation")
+        return
+    if not any(p.requires_grad for p in model.parameters()):
+        report.capture.notes.append("no trainable parameters: no training step to simulate")
         return
     memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
     report.memory = memory

@@ -73,8 +73,7 @@ def render_table(report: AuditReport, *, depth: int | None = None, all_nodes: bo
     layers = _group(report.layers, depth) if depth else [layer for layer in report.layers
                                                          if all_nodes or _shown(layer)]
     hidden = len(report.layers) - len(layers) if not depth else 0
-    table = Table(title=f"{report.model}: {len(report.layers)} nodes, captured by {report.capture.path}",
-                  title_justify="left", show_lines=False, header_style="bold")
+    table = Table(title=report.model, title_justify="left", show_lines=False, header_style="bold")
     table.add_column("Layer", overflow="fold")
     table.add_column("Type")
     table.add_column("Output shape")
@@ -105,6 +104,7 @@ def render_table(report: AuditReport, *, depth: int | None = None, all_nodes: bo
 def summary_lines(report: AuditReport) -> list[str]:
     t: dict[str, Any] = report.totals
     lines = [
+        f"Graph: {len(report.layers)} records, captured by {report.capture.path}",
         f"Params: {t['params']:,} ({t['trainable_params']:,} trainable, {t['frozen_params']:,} frozen), "
         f"buffers: {t['buffers']:,}" + (f", unused: {t['unused_params']:,}" if t.get("unused_params") else ""),
         f"MACs: {human_count(t['macs'])}   FLOPs forward: {human_count(t['flops_forward'])}   "
