@@ -229,7 +229,7 @@ def test_dict_tuple_and_model_output_are_reduced_by_the_default_loss():
 
 
 def test_clear_errors_for_bad_input():
-    with pytest.raises(ValueError, match=r"example inputs \[\[2, 7\]\].*input shapes"):
+    with pytest.raises(ValueError, match=r"example inputs \[\[2, 7\]\] failed in layer .0.*input shapes"):
         simulate_training_step(_mlp(), (2, 7))
     with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
         simulate_training_step(_mlp(), (2, 256), optimizer="lion")
@@ -270,3 +270,28 @@ def test_parse_bytes(text, expected):
 def test_parse_bytes_rejects_bad_sizes(bad):
     with pytest.raises(ValueError, match="memory size"):
         parse_bytes(bad)
+
+
+def test_peak_phase_module_and_top_tensors_are_attributed():
+    # SGD, wide hidden layer: the peak is in the backward of the ReLU, where the saved ReLU output,
+    # the grad flowing out of layer 2 and the ReLU's grad input (512x2048 fp32 each) are all alive
+    model = nn.Sequential(nn.Linear(64, 2048), nn.ReLU(), nn.Linear(2048, 64))
+    report = simulate_training_step(model, (512, 64), optimizer="sgd")
+    assert (report.peak_phase, report.peak_module) == ("backward", "1")
+    big = 512 * 2048 * 4
+    assert [(t.description, t.bytes, t.category) for t in report.top_tensors[:3]] == [
+        ("relu output (forward at 1)", big, "activations"),
+        ("mm output (backward at 2)", big, "temporaries"),
+        ("threshold_backward output (backward at 1)", big, "temporaries"),
+    ]
+    assert report.breakdown["grads"] == (64 * 2048 + 64) * 4  # layer 2's grads exist, layer 0's not yet
+    assert report.peak_bytes == sum(report.breakdown.values())
+    phases = [point["phase"] for point in report.timeline]
+    assert phases.index("forward") < phases.index("backward") < phases.index("optimizer")
+
+
+def test_measurement_needs_a_real_cpu_model():
+    with torch.device("meta"):
+        model = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"tensors are on \['meta'\].*simulate_training_step"):
+        measure_training_step(model, (2, 3))

@@ -19,7 +19,9 @@ without torch).
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -129,15 +131,17 @@ def default_loss(output: Any):
     return tensor.mean()
 
 
-def _call_model(model, args: tuple, kwargs: dict):
+def _call_model(model, args: tuple, kwargs: dict, current_layer: Callable[[], str | None]):
     try:
         return model(*args, **kwargs)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         shapes = [list(a.shape) for a in args if hasattr(a, "shape")] + [
             f"{k}={list(v.shape)}" for k, v in kwargs.items() if hasattr(v, "shape")
         ]
+        layer = current_layer()
+        where = f" in layer {layer!r}" if layer else ""
         raise ValueError(
-            f"running {type(model).__name__} on example inputs {shapes} failed ({str(exc).splitlines()[0]}): "
+            f"running {type(model).__name__} on example inputs {shapes} failed{where} ({str(exc).splitlines()[0]}): "
             "check that the input shapes and dtypes match what the model expects"
         ) from exc
 
@@ -150,7 +154,8 @@ class _Phase:
         self.step = 0
 
 
-def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, first: int = 0):
+def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, first: int = 0,
+               current_layer: Callable[[], str | None] = lambda: None):
     import torch
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -160,7 +165,7 @@ def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase
         opt.zero_grad(set_to_none=True)
         phase.name = "forward"
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            output = _call_model(model, args, kwargs)
+            output = _call_model(model, args, kwargs, current_layer)
             phase.name = "loss"
             loss = (loss_fn or default_loss)(output)
             del output
@@ -458,7 +463,7 @@ def simulate_training_step(
     trace = _Trace(corrections=_CPU_CORRECTIONS if device == "cpu" else {})
     phase = _Phase()
 
-    with FakeTensorMode(allow_non_fake_inputs=False):
+    with FakeTensorMode(allow_non_fake_inputs=False), _quiet_fake_tensor_errors():
         fake_model = _fake_copy(model, device, pure_dtype)
         fake_model.train()
         args, kwargs = _split_inputs(example_inputs)
@@ -483,7 +488,8 @@ def simulate_training_step(
                 record.description = names.get(id(t), "example input")
         with tracker, mode:
             _prime_optimizer(params, opt, phase)
-            _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1)
+            _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1,
+                       current_layer=lambda: _module_name(tracker, type(model).__name__))
         _label_state(trace, fake_model, opt, names)
         report = _build_report(trace, steps - 1)
     report.optimizer = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
@@ -504,6 +510,19 @@ def simulate_training_step(
             "CPU autocast: bf16/fp16 matmuls and reductions on CPU use fp32 scratch buffers that are not modelled"
         )
     return report
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_errors():
+    """FakeTensorMode logs a traceback before re-raising a kernel's shape error; the user gets our
+    ValueError instead."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _prime_optimizer(params: list, opt, phase: _Phase) -> None:
@@ -597,11 +616,17 @@ def measure_training_step(
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from torch._subclasses.fake_tensor import FakeTensor
+
     _check_options(optimizer, amp, steps)
+    tensors = [*model.parameters(), *model.buffers()]
+    where = {"fake" if isinstance(t, FakeTensor) else t.device.type for t in tensors}
+    if where - {"cpu"}:
+        raise ValueError(
+            f"measure_training_step runs a real step on the CPU allocator, but the model's tensors are on "
+            f"{sorted(where - {'cpu'})}: pass a model with real CPU tensors (or use simulate_training_step)"
+        )
     real = copy.deepcopy(model)
-    device = _simulation_device(real)
-    if device != "cpu":
-        raise ValueError(f"measure_training_step measures the CPU allocator: the model is on {device!r}, pass a CPU model")
     pure_dtype = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}.get(amp)
     if pure_dtype is not None:
         real.to(pure_dtype)
@@ -610,9 +635,12 @@ def measure_training_step(
 
     def real_input(item):
         if isinstance(item, torch.Tensor):
+            if item.device.type != "cpu" or isinstance(item, FakeTensor):
+                raise ValueError(f"measure_training_step needs real CPU example inputs, got one on {item.device}")
             item = item.detach().clone()
             return item.to(pure_dtype) if pure_dtype is not None and item.is_floating_point() else item
-        return _spec_to_tensor(item, "cpu", pure_dtype).normal_() if not isinstance(item, dict) else _spec_to_tensor(item, "cpu", pure_dtype).zero_()
+        tensor = _spec_to_tensor(item, "cpu", pure_dtype)  # shape specs: random floats, zero ids
+        return tensor.normal_() if tensor.is_floating_point() else tensor.zero_()
 
     args = tuple(real_input(a) for a in args)
     kwargs = {k: real_input(v) for k, v in kwargs.items()}
