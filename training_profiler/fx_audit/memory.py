@@ -332,7 +332,42 @@ def _rnn_layer_backward(args, outputs):
     return {}, int(5.8 * tbh * size + 0.15 * weights + 4.3 * _nbytes(args[0])) + 40960
 
 
+def _low_precision(t) -> bool:
+    import torch
+
+    return t.dtype in (torch.bfloat16, torch.float16)
+
+
+def _bf16_gemm_scratch(a) -> int:
+    """oneDNN's bf16 GEMM packs its operands into scratch buffers (fp16 GEMMs on CPU do not); a
+    transposed left operand is first made contiguous."""
+    import torch
+
+    if a.dtype != torch.bfloat16:
+        return 0
+    return 132736 + 256 * min(a.shape[-1], 512) + (0 if a.is_contiguous() else _nbytes(a))
+
+
+def _mm(args, outputs):  # mm(a, b), bmm(a, b)
+    return {}, _bf16_gemm_scratch(args[0])
+
+
+def _addmm(args, outputs):  # addmm(bias, a, b)
+    return {}, _bf16_gemm_scratch(args[1])
+
+
+def _low_precision_reduction(args, outputs):
+    # a full CPU sum/mean of bf16/fp16 (the default loss) accumulates over an fp32 copy of the input
+    full = len(args) == 1 or not args[1] or not isinstance(args[1], (list, tuple))
+    return {}, args[0].numel() * 4 if full and _low_precision(args[0]) else 0
+
+
 _CPU_CORRECTIONS: dict[str, Callable] = {
+    "mm": _mm,
+    "bmm": _mm,
+    "addmm": _addmm,
+    "mean": _low_precision_reduction,
+    "sum": _low_precision_reduction,
     "convolution": _conv_forward,
     "convolution_backward": _conv_backward,
     "mkldnn_rnn_layer": _rnn_layer_forward,
@@ -414,7 +449,8 @@ def _make_tracker_mode(trace: _Trace, phase: _Phase, tracker, root_name: str):
                     if record is not None and real_bytes > record.nbytes:
                         record.extra_bytes = real_bytes - record.nbytes
                         trace.live_bytes += record.extra_bytes
-                trace.corrected_ops.add(op)
+                if transient or real_outputs:
+                    trace.corrected_ops.add(op)
             if phase.step > trace.peak_step:  # the peak reported is that of the last step
                 trace.peak_bytes, trace.peak_step = 0, phase.step
             if trace.live_bytes + transient > trace.peak_bytes:
@@ -504,10 +540,6 @@ def simulate_training_step(
         report.confidence = "low"
         report.notes.append(
             f"{', '.join(approximate)}: oneDNN workspace sizes are fitted, not exact; treat the peak as an estimate"
-        )
-    if autocast_amp is not None and device == "cpu":
-        report.notes.append(
-            "CPU autocast: bf16/fp16 matmuls and reductions on CPU use fp32 scratch buffers that are not modelled"
         )
     return report
 
