@@ -108,7 +108,8 @@ def print_table(rows: list[dict]) -> None:
         print(
             f"| {r['model']} | {r['inputs']} | {r['params']:,} | {'yes' if r['params'] == r['params_ref'] else 'NO'} "
             f"| {r['macs']:,} | {r['macs_ref']:,} | {_err(r['macs'], r['macs_ref']):+.2f}% "
-            f"| {r['peak'] / 2**20:,.1f} MiB | {r['peak_ref'] / 2**20:,.1f} MiB | {_err(r['peak'], r['peak_ref']):+.2f}% "
+            f"| {r['peak'] / 2**20:,.1f} MiB | {r['peak_ref'] / 2**20:,.1f} MiB "
+            f"| {_err(r['peak'], r['peak_ref']):+.2f}% "
             f"| {r['where']} | {r['confidence']} | {r['times']} |"
         )
     macs_ok = sum(abs(_err(r["macs"], r["macs_ref"])) <= 1.0 for r in rows)
@@ -180,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             model, inputs = ZOO[name].factory(), BENCH_INPUTS[name]()
         row = bench_row(name, model, inputs)
-        print(f"{name}: peak {_err(row['peak'], row['peak_ref']):+.2f}%, MACs {_err(row['macs'], row['macs_ref']):+.2f}% "
+        print(f"{name}: peak {_err(row['peak'], row['peak_ref']):+.2f}%, "
+              f"MACs {_err(row['macs'], row['macs_ref']):+.2f}% "
               f"({row['times']} s)", file=sys.stderr, flush=True)
         rows.append(row)
         del model, inputs

@@ -263,7 +263,10 @@ def test_lstm_workspace_is_corrected_and_flagged():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("24GiB", 24 * 2**30), ("512MiB", 512 * 2**20), ("16GB", 16 * 10**9), ("1.5G", int(1.5 * 2**30)), ("1000", 1000), (2048, 2048)],
+    [
+        ("24GiB", 24 * 2**30), ("512MiB", 512 * 2**20), ("16GB", 16 * 10**9), ("1.5G", int(1.5 * 2**30)),
+        ("1000", 1000), (2048, 2048),
+    ],
 )
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected

@@ -77,13 +77,19 @@ def parse_bytes(text: str | int | float) -> int:
 
 def _check_options(optimizer: Any, amp: str | None, steps: int) -> None:
     if isinstance(optimizer, str) and optimizer.lower() not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)} or a callable params -> Optimizer")
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)} or a callable params -> Optimizer"
+        )
     if not isinstance(optimizer, str) and not callable(optimizer):
-        raise TypeError(f"optimizer must be a name ({', '.join(OPTIMIZERS)}) or a callable params -> Optimizer, got {optimizer!r}")
+        raise TypeError(
+            f"optimizer must be a name ({', '.join(OPTIMIZERS)}) or a callable params -> Optimizer, got {optimizer!r}"
+        )
     if amp not in AMP_MODES:
         raise ValueError(f"unknown amp mode {amp!r}: use one of {', '.join(repr(m) for m in AMP_MODES)}")
     if not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an int >= 2 so that optimizer state exists in the measured step, got {steps!r}")
+        raise ValueError(
+            f"steps must be an int >= 2 so that optimizer state exists in the measured step, got {steps!r}"
+        )
 
 
 def _make_optimizer(optimizer: Any, params: list, lr: float, device_type: str):
@@ -193,7 +199,9 @@ def _spec_to_tensor(spec: Any, device, dtype_override=None):
         dtype = spec.get("dtype", torch.float32)
         dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
         if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"input spec {spec!r} has an unknown dtype: use a torch dtype name like 'float32' or 'int64'")
+            raise ValueError(
+                f"input spec {spec!r} has an unknown dtype: use a torch dtype name like 'float32' or 'int64'"
+            )
     elif isinstance(spec, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in spec):
         shape, stride, dtype = tuple(spec), None, torch.float32
     else:
@@ -288,10 +296,12 @@ class _Storage:
 
 
 # Fake kernels give the right output shapes but not the CPU backends' hidden allocations: oneDNN
-# reorders convolution operands into blocked layouts, and the RNN kernels keep a workspace the fake
-# kernel reports as empty. Each entry: aten op name -> function(args, outputs) returning
+# reorders convolution operands into blocked layouts and packs bf16 GEMM operands, the RNN kernels
+# keep a workspace that the fake kernel reports as empty, and low-precision full reductions go
+# through an fp32 copy. Each entry: aten op name -> function(args, outputs) returning
 # ({output index: real bytes of that output}, transient bytes alive only during the op). The
-# formulas were fitted to torch.profiler measurements of the real CPU kernels (torch 2.13).
+# formulas were fitted to torch.profiler measurements of the real CPU kernels (torch 2.13, fp32
+# unless stated); they apply only when the simulated device is the CPU.
 _LOW_CONFIDENCE_OPS = {"mkldnn_rnn_layer", "mkldnn_rnn_layer_backward"}
 
 
@@ -456,7 +466,9 @@ def _make_tracker_mode(trace: _Trace, phase: _Phase, tracker, root_name: str):
             if trace.live_bytes + transient > trace.peak_bytes:
                 trace.peak_bytes, trace.peak_event = trace.live_bytes + transient, trace.events
                 trace.peak_phase, trace.peak_module, trace.transient_at_peak = phase.name, module, transient
-            trace.timeline.append({"step": phase.step, "phase": phase.name, "module": module, "live_bytes": trace.live_bytes})
+            trace.timeline.append(
+                {"step": phase.step, "phase": phase.name, "module": module, "live_bytes": trace.live_bytes}
+            )
             return out
 
     return _TrackStorages(), track
@@ -485,6 +497,20 @@ def simulate_training_step(
     "bf16"/"fp16" (autocast on the parameters' device type; meta counts as cpu) or
     "pure-bf16"/"pure-fp16" (weights, buffers and floating inputs cast). The default loss is the
     mean of the first floating output (``.logits`` for HF outputs); pass ``loss_fn`` otherwise.
+
+    The simulated device is that of the parameters (a model on ``meta`` is simulated as CPU), and
+    autocast uses that device type's op lists: for a CPU or meta model these are CPU autocast's
+    lists, which lower the same matmul/conv/linear family as CUDA's but keep some ops (e.g. some
+    reductions and norms) in other precisions than CUDA would. Optimizers use torch's own default
+    for real tensors on that device (for-loop on CPU, foreach on CUDA). The CUDA caching
+    allocator's block rounding and cuBLAS/cuDNN workspaces are not modelled.
+
+    The returned ``MemoryReport`` holds the peak of the last step, the phase ("forward", "loss",
+    "backward", "optimizer") and the module running at the peak (in backward: the module whose
+    backward runs), the breakdown at the peak (params include buffers; activations include the
+    inputs and everything the forward/loss allocated that is still alive; temporaries are the
+    rest, plus corrected kernel workspaces), the ten largest tensors alive at the peak and a
+    subsampled timeline of live bytes.
     """
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -507,7 +533,9 @@ def simulate_training_step(
         kwargs = {k: _spec_to_tensor(v, device, pure_dtype) for k, v in kwargs.items()}
         params = [p for p in fake_model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError(f"{type(model).__name__} has no trainable parameters: nothing to train, no step to simulate")
+            raise ValueError(
+                f"{type(model).__name__} has no trainable parameters: nothing to train, no step to simulate"
+            )
         opt = _make_optimizer(optimizer, params, lr, device)
         tracker = ModuleTracker()
         mode, track = _make_tracker_mode(trace, phase, tracker, type(model).__name__)
@@ -715,7 +743,9 @@ def max_batch_size(
     through batches 1 and 2 gives a first guess, then bisection over fake runs settles it."""
     budget = parse_bytes(budget_bytes)
     if not callable(make_inputs):
-        raise TypeError(f"make_inputs must be a callable batch_size -> example inputs, got {type(make_inputs).__name__}")
+        raise TypeError(
+            f"make_inputs must be a callable batch_size -> example inputs, got {type(make_inputs).__name__}"
+        )
     peaks: dict[int, int] = {}
 
     def peak(batch: int) -> int:
