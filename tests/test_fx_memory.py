@@ -301,3 +301,33 @@ def test_measurement_needs_a_real_cpu_model():
         model = nn.Linear(3, 3)
     with pytest.raises(ValueError, match=r"tensors are on \['meta'\].*simulate_training_step"):
         measure_training_step(model, (2, 3))
+
+
+def test_repeated_blocks_are_extrapolated_exactly():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(32)
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return x + self.fc(self.norm(x)).relu()
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(Block() for _ in range(8))
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return self.head(x)
+
+    model = Stack()
+    fast = simulate_training_step(model, (16, 32))
+    full = simulate_training_step(model, (16, 32), repeated_blocks=False)
+    assert "8 identical blocks in 'layers'" in fast.notes[-1]
+    assert fast.peak_bytes == full.peak_bytes
+    assert fast.breakdown == full.breakdown
+    assert fast.breakdown["params"] == (8 * (32 * 32 + 32 + 2 * 32) + 32 * 4 + 4) * 4

@@ -19,6 +19,7 @@ without torch).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import logging
@@ -487,6 +488,7 @@ def simulate_training_step(
     steps: int = 2,
     loss_fn: Callable | None = None,
     lr: float = 1e-3,
+    repeated_blocks: bool = True,
 ) -> MemoryReport:
     """Predict the peak memory of one steady-state training step without allocating it.
 
@@ -511,14 +513,85 @@ def simulate_training_step(
     inputs and everything the forward/loss allocated that is still alive; temporaries are the
     rest, plus corrected kernel workspaces), the ten largest tensors alive at the peak and a
     subsampled timeline of live bytes.
+
+    Speed: with ``repeated_blocks`` (default), a model whose largest ModuleList/Sequential holds
+    at least 6 identical blocks (same types, parameter shapes and dtypes) is simulated with 2 and
+    3 of those blocks, and the peak and breakdown are extrapolated linearly to all of them (a
+    transformer's memory grows by the same bytes per block). The report says so in ``notes``;
+    its timeline and top tensors are those of the 3-block run. If the two runs disagree on the
+    phase of the peak, or the truncated model does not run, the full model is simulated.
     """
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.module_tracker import ModuleTracker
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_options(optimizer, amp, steps)
+    options = dict(optimizer=optimizer, amp=amp, steps=steps, loss_fn=loss_fn, lr=lr)
+    blocks = _repeated_blocks(model) if repeated_blocks else None
+    if blocks is not None:
+        path, count = blocks
+        try:
+            small = _simulate(model, example_inputs, keep=(path, 2), **options)
+            large = _simulate(model, example_inputs, keep=(path, 3), **options)
+        except ValueError:
+            small = large = None  # e.g. the forward indexes blocks by a fixed count: simulate in full
+        if small is not None and small.peak_phase == large.peak_phase:
+            return _extrapolate(small, large, path, count)
+    return _simulate(model, example_inputs, **options)
+
+
+_MIN_REPEATS = 6
+
+
+def _repeated_blocks(model) -> tuple[str, int] | None:
+    """(path, length) of the ModuleList/Sequential with the most parameters among those holding
+    at least ``_MIN_REPEATS`` identical blocks, or None."""
+    import torch
+
+    def signature(module):
+        return (
+            [type(m) for m in module.modules()],
+            [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in module.named_parameters()],
+            [(n, tuple(b.shape), b.dtype) for n, b in module.named_buffers()],
+        )
+
+    best, best_params = None, 0
+    for path, container in model.named_modules():
+        if not path or not isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
+            continue
+        blocks = list(container._modules.values())
+        if len(blocks) < _MIN_REPEATS or any(b is None for b in blocks):
+            continue
+        first = signature(blocks[0])
+        if any(signature(b) != first for b in blocks[1:]):
+            continue
+        params = sum(p.numel() for p in container.parameters())
+        if params > best_params:
+            best, best_params = (path, len(blocks)), params
+    return best
+
+
+def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int) -> MemoryReport:
+    """The 3-block report with peak and breakdown grown linearly to ``count`` blocks."""
+    extra = count - 3
+    large.peak_bytes += extra * (large.peak_bytes - small.peak_bytes)
+    large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
+    prefix = f"{path}.2"
+    if large.peak_module and (large.peak_module == prefix or large.peak_module.startswith(prefix + ".")):
+        large.peak_module = f"{path}.{count - 1}" + large.peak_module[len(prefix):]
+    large.notes.append(
+        f"{count} identical blocks in '{path}': simulated with 2 and 3 of them and extrapolated linearly "
+        "(timeline and top tensors are those of the 3-block run)"
+    )
+    return large
+
+
+def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep: tuple[str, int] | None = None):
+    """One simulation; ``keep=(path, k)`` keeps only the first k blocks of that container."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.module_tracker import ModuleTracker
+
     device = _simulation_device(model)
     pure_dtype = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}.get(amp)
     autocast_amp = amp if amp in ("bf16", "fp16") else None
@@ -528,6 +601,9 @@ def simulate_training_step(
     with FakeTensorMode(allow_non_fake_inputs=False), _quiet_fake_tensor_errors():
         fake_model = _fake_copy(model, device, pure_dtype)
         fake_model.train()
+        if keep is not None:
+            container = fake_model.get_submodule(keep[0])
+            container._modules = collections.OrderedDict(list(container._modules.items())[: keep[1]])
         args, kwargs = _split_inputs(example_inputs)
         args = tuple(_spec_to_tensor(a, device, pure_dtype) for a in args)
         kwargs = {k: _spec_to_tensor(v, device, pure_dtype) for k, v in kwargs.items()}
