@@ -82,6 +82,14 @@ def test_audit_config_fails_when_a_budget_is_exceeded(project, capsys):
     assert "FXA101 Linear '4' holds 1,638,500 params (100% of the model), fed by a flatten of '2' (16 channels x 32x32)" in out
 
 
+def test_audit_config_sarif_gathers_every_model(project, capsys):
+    assert main(["audit", "--config", "pyproject.toml", "--format", "sarif"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.Draft4Validator(json.loads((ROOT / "tests" / "data" / "sarif-schema-2.1.0.json").read_text())).validate(doc)
+    assert [(r["ruleId"], r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]) for r in doc["runs"][0]["results"]] == [
+        ("FXA101", "models.py")]
+
+
 def test_audit_config_errors_are_usage_errors(project, capsys):
     (project / "pyproject.toml").write_text('[tool.training-profiler.audit.models.x]\nfactory = "models:nope"\ninputs = ["1,3,8,8"]\n')
     assert main(["audit", "--config", "pyproject.toml"]) == 2

@@ -239,7 +239,7 @@ def run_config(path: str | os.PathLike, fmt: str = "text") -> int:
         violations = check_budget(report, spec.budget)
         failed = failed or bool(violations)
         reports[spec.name] = report
-        if fmt == "json":
+        if fmt in ("json", "sarif"):
             continue
         t = report.totals
         if fmt == "markdown":
@@ -256,6 +256,12 @@ def run_config(path: str | os.PathLike, fmt: str = "text") -> int:
         print("  budget: " + ("; ".join(f"EXCEEDED {v}" for v in violations) if violations else "ok"))
     if fmt == "json":
         sys.stdout.write(json.dumps({n: r.to_dict() for n, r in reports.items()}, indent=2) + "\n")
+    elif fmt == "sarif":
+        from ..formats.sarif import findings_to_sarif
+        from .rules import all_rules
+
+        findings = [f for r in reports.values() for f in r.findings]
+        sys.stdout.write(findings_to_sarif(findings, rules=all_rules(), tool_name="training-profiler audit"))
     return 1 if failed else 0
 
 
@@ -501,6 +507,6 @@ def run_audit_config(args: argparse.Namespace) -> int:
     """``training-profiler audit --config pyproject.toml``: audit every declared model."""
     fmt = getattr(args, "format", "text")
     try:
-        return run_config(args.config, fmt if fmt in ("json", "markdown") else "text")
+        return run_config(args.config, fmt if fmt in ("json", "markdown", "sarif") else "text")
     except (ValueError, TypeError) as exc:
         raise _usage(exc) from None
