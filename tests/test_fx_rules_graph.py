@@ -6,7 +6,8 @@ import pytest
 
 from training_profiler.findings import Severity
 from training_profiler.fx_audit.records import AuditReport, CaptureInfo, LayerRecord, MemoryReport, TensorInfo
-from training_profiler.fx_audit.rules import AuditConfig, all_rules, check_report, parse_bytes
+from training_profiler.fx_audit.memory import parse_bytes
+from training_profiler.fx_audit.rules import AuditConfig, all_rules, check_report
 
 
 def rec(node, op, inputs=(), params=0, kind="module", shape=(4, 8), name=None, **extra):

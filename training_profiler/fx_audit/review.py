@@ -36,7 +36,10 @@ from typing import Any, Callable
 
 from ..findings import Finding, Severity
 from .records import AuditReport
-from .rules import AuditConfig, format_bytes, parse_bytes
+from ..formats.audit import audit_to_markdown, human_bytes, human_count
+from ..formats.markdown import _cell
+from .memory import parse_bytes
+from .rules import AuditConfig
 
 __all__ = [
     "Budget", "ModelSpec", "ReportDiff", "architecture_findings", "audit_model", "audit_museum", "check_budget", "diff_reports",
@@ -136,7 +139,7 @@ def check_budget(report: AuditReport, budget: Budget) -> list[str]:
         out.append(f"max-params: {params:,} > {budget.max_params:,}")
     peak = t.get("peak_bytes")
     if budget.max_peak_memory is not None and peak is not None and peak > budget.max_peak_memory:
-        out.append(f"max-peak-memory: {format_bytes(peak)} > {format_bytes(budget.max_peak_memory)}")
+        out.append(f"max-peak-memory: {human_bytes(peak)} > {human_bytes(budget.max_peak_memory)}")
     flops = (t.get("flops_forward") or 0) + (t.get("flops_backward") or 0)
     if budget.max_flops is not None and flops > budget.max_flops:
         out.append(f"max-flops: {flops:.4g} > {budget.max_flops:.4g}")
@@ -223,7 +226,6 @@ def _example_inputs(spec: ModelSpec):
 def run_config(path: str | os.PathLike, fmt: str = "text") -> int:
     """Audit every model of ``[tool.training-profiler.audit.models]``; 1 when a budget is exceeded."""
     from ..formats import findings_to_text
-    from ..formats.audit import audit_to_markdown, human_bytes, human_count
 
     config, specs = load_config(path)
     if not specs:
@@ -298,8 +300,6 @@ class ReportDiff:
         return "\n".join(out) + "\n"
 
     def to_markdown(self) -> str:
-        from .. formats.markdown import _cell
-
         out = [f"### training-profiler audit diff: `{self.head.model}`", "", "| | base | head | change |", "|---|---:|---:|---:|"]
         for key, label, a, b in self.metrics:
             out.append(f"| {label} | {_fmt(key, a)} | {_fmt(key, b)} | {_change(key, a, b) or '0'} |")
@@ -312,8 +312,6 @@ class ReportDiff:
 
 
 def _fmt(key: str, value: Any) -> str:
-    from ..formats.audit import human_bytes, human_count
-
     if value is None:
         return "-"
     return human_bytes(value) if key == "peak_bytes" else (f"{value:,}" if "params" in key else human_count(value))
@@ -394,8 +392,6 @@ def _compare_rows(specs: list[str], shapes: list[tuple[int, ...]], optimizer: st
 
 
 def _compare_table(rows: list[dict[str, Any]], markdown: bool) -> str:
-    from ..formats.audit import human_bytes, human_count
-
     headers = ["Model", "Params", "MACs", "FLOPs/step", "Peak memory", "Max batch", "Findings"]
     body = [[r["model"], f"{r['params']:,}", human_count(r["macs"]), human_count(r["flops"]), human_bytes(r["peak_bytes"]),
              str(r["max_batch"]), ", ".join(r["findings"]) or "-"] for r in rows]

@@ -26,6 +26,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable
 
 from ..findings import Finding, Location, Rule, Severity
+from ..formats.audit import human_bytes
+from .memory import parse_bytes  # torch-free at import
 from .records import AuditReport, LayerRecord
 
 __all__ = ["AuditConfig", "all_rules", "rule", "check_report"]
@@ -396,28 +398,6 @@ class AuditConfig:
                 raise TypeError(f"audit setting {key!r} must be a number, got {value!r}")
             kwargs[name] = value
         return cls(**kwargs)
-
-
-_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_bytes(text: str | int) -> int:
-    """``"24GiB"`` -> 25769803776; plain integers are bytes."""
-    if isinstance(text, int):
-        return text
-    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in _UNITS:
-        raise ValueError(f"cannot read memory size {text!r}: write it like 24GiB, 512MiB or 8GB")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n} B"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -831,7 +811,7 @@ def _check_memory(ctx: _Context) -> Iterable[Finding]:
     else:  # no simulation details: the largest layer outputs
         candidates = [(f"output of {r.name}", r.output_bytes, r.output_shape or [], r.name)
                       for r in sorted(ctx.graph.layers, key=lambda r: -r.output_bytes)[:3]]
-    top = ", ".join(f"{d} {list(s)} {format_bytes(b)}" for d, b, s, _ in candidates[:3]) or "unknown"
+    top = ", ".join(f"{d} {list(s)} {human_bytes(b)}" for d, b, s, _ in candidates[:3]) or "unknown"
     budget = ctx.config.memory_budget
     quadratic = [c for c in candidates[:3] if len(c[2]) >= 2 and c[2][-1] == c[2][-2] and c[2][-1] >= 256]
     knob = ("attention scores grow with seq^2: use F.scaled_dot_product_attention or checkpoint the attention"
@@ -845,8 +825,8 @@ def _check_memory(ctx: _Context) -> Iterable[Finding]:
             where = None  # e.g. the model's class name for ops run by the root module
     if budget is not None and peak > budget:
         data["budget_bytes"] = budget
-        yield FXA106.finding(ctx.locate(where), data, problem=f"predicted peak exceeds the budget of {format_bytes(budget)}",
-                             peak=format_bytes(peak), phase=phase, top=top, knob=knob)
+        yield FXA106.finding(ctx.locate(where), data, problem=f"predicted peak exceeds the budget of {human_bytes(budget)}",
+                             peak=human_bytes(peak), phase=phase, top=top, knob=knob)
         return
     activations = [t for t in tensors if t.category in ("activations", "temporaries")]
     largest = activations[0].bytes if activations else (candidates[0][1] if candidates and not tensors else 0)
@@ -855,7 +835,7 @@ def _check_memory(ctx: _Context) -> Iterable[Finding]:
         data["share"] = round(share, 4)
         finding = FXA106.finding(ctx.locate(where), data,
                                  problem=f"one tensor holds {share:.0%} of the memory",
-                                 peak=format_bytes(peak), phase=phase, top=top, knob=knob)
+                                 peak=human_bytes(peak), phase=phase, top=top, knob=knob)
         yield replace(finding, severity=Severity.WARNING)
 
 
