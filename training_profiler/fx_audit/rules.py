@@ -699,7 +699,7 @@ def _check_missing_norm(ctx: _Context) -> Iterable[Finding]:
                          length=length, start=first, end=last, limit=ctx.config.max_unnormalized)
 
 
-_RELU_FAMILY = {"relu", "relu6", "leakyrelu", "leaky_relu", "rrelu", "prelu"}
+_RELU_FAMILY = {"relu", "relu6", "leakyrelu", "rrelu", "prelu"}
 _XAVIER = {"tanh": 5.0 / 3.0, "sigmoid": 1.0}
 
 
@@ -720,7 +720,7 @@ def _check_init(ctx: _Context) -> Iterable[Finding]:
         if len(consumers) != 1:
             continue
         act = g.by_node[consumers[0]]
-        act_op = _op(act).replace("_", "") if _op(act) != "leaky_relu" else "leakyrelu"
+        act_op = _op(act).replace("_", "")  # "leaky_relu" and "LeakyReLU" -> "leakyrelu"
         if act_op in _RELU_FAMILY or act_op in _XAVIER:
             pairs.append((rec, act_op, act))
     if not pairs and not recurrent:
@@ -732,13 +732,13 @@ def _check_init(ctx: _Context) -> Iterable[Finding]:
 
         return not t.is_meta and not isinstance(t, FakeTensor)
 
-    weights = []
-    for rec, *_ in pairs + [(r,) for r in recurrent]:
+    modules = []
+    for rec in [p[0] for p in pairs] + recurrent:
         try:
-            weights.append(ctx.model.get_submodule(rec.name))
+            modules.append(ctx.model.get_submodule(rec.name))
         except AttributeError:
             return
-    if not all(real(p) for m in weights for p in m.parameters(recurse=False)):
+    if not all(real(p) for m in modules for p in m.parameters(recurse=False)):
         ctx.report.capture.notes.append(
             "FXA105 (initialisation) not checked: the model has no real weights (meta or fake tensors)")
         return
