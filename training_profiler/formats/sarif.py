@@ -25,7 +25,8 @@ def _rule_descriptor(rule: Rule) -> dict:
     return desc
 
 
-def findings_to_sarif(findings: Iterable[Finding], rules: Iterable[Rule] = (), tool_name: str = "training-profiler") -> str:
+def findings_to_sarif(findings: Iterable[Finding], rules: Iterable[Rule] = (), tool_name: str = "training-profiler",
+                      run_properties: dict | None = None) -> str:
     from .. import __version__
 
     ordered = sorted(findings, key=Finding.sort_key)
@@ -76,4 +77,6 @@ def findings_to_sarif(findings: Iterable[Finding], rules: Iterable[Rule] = (), t
             }
         ],
     }
+    if run_properties:
+        doc["runs"][0]["properties"] = run_properties
     return json.dumps(doc, indent=2) + "\n"

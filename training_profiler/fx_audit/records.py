@@ -45,6 +45,7 @@ class LayerRecord:
     saved_bytes: int = 0  # bytes this node saves for backward
     uncounted_ops: list[str] = field(default_factory=list)  # ops inside with no cost formula
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. kernel_size, in/out features
+    module: str | None = None  # qualified path of the module that owns this node ("" = the model itself)
 
     @property
     def has_params(self) -> bool:
@@ -58,6 +59,7 @@ class CaptureInfo:
     path: str  # "symbolic_trace" | "leaf_tracer" | "export" | "hooks"
     attempts: list[dict[str, str]] = field(default_factory=list)  # [{"path": ..., "error": ...}]
     leaf_modules: list[str] = field(default_factory=list)  # modules kept opaque by the leaf tracer
+    notes: list[str] = field(default_factory=list)  # assumptions made while running, e.g. data-dependent values
 
 
 @dataclass

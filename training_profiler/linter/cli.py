@@ -131,8 +131,8 @@ def _fix_file(path, found, selection, read_source, fix_source, lint_file):
 
 
 def run_rules(args: argparse.Namespace) -> int:
-    from .rules import all_rules
+    from ..formats.rules_doc import every_rule
 
-    for rule in all_rules():
+    for rule in every_rule():
         print(f"{rule.code}  {rule.severity.value:<7}  {rule.message}")
     return 0

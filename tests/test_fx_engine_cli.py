@@ -1,0 +1,61 @@
+"""`training-profiler audit`: the command line end to end, in-process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from training_profiler.cli import main  # noqa: E402
+
+MLP_MACS = 4 * (784 * 1024 + 2 * 1024 * 1024 + 1024 * 10)  # zoo mlp: 784 -> 1024 -> 1024 -> 1024 -> 10, batch 4
+
+
+def test_json_output_has_the_hand_computed_totals(capsys):
+    assert main(["audit", "training_profiler.fx_audit.zoo:mlp", "--input", "4,784", "--no-memory",
+                 "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["macs"] == MLP_MACS == 11_640_832
+    assert report["totals"]["params"] == 2_913_290
+    assert report["inputs"] == [{"shape": [4, 784], "dtype": "float32"}]
+    assert [layer["name"] for layer in report["layers"]] == [str(i) for i in range(7)]
+
+
+def test_table_output_from_a_model_file(tmp_path, capsys):
+    model_file = tmp_path / "tiny.py"
+    model_file.write_text(
+        "from torch import nn\n"
+        "def build():\n"
+        "    return nn.Sequential(nn.Embedding(50, 8), nn.Linear(8, 3))\n"
+    )
+    assert main(["audit", f"{model_file}:build", "--input", "2,5", "--dtype", "int64", "--no-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "Graph: 2 records, captured by symbolic_trace" in out
+    assert "Embedding" in out and "Linear" in out and "2x5x3" in out
+    assert "Params: 427 (427 trainable, 0 frozen)" in out  # 50*8 + 8*3 + 3
+    assert "MACs: 240" in out  # 2*5 tokens x 8 x 3
+
+
+def test_memory_budget_reports_the_largest_batch(capsys):
+    code = main(["audit", "training_profiler.fx_audit.zoo:mlp", "--input", "4,784", "--optimizer", "sgd",
+                 "--memory", "64MiB", "--format", "json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["totals"]["peak_bytes"] <= 64 * 2**20
+    assert report["memory"]["optimizer"] == "sgd"
+    assert report["totals"]["max_batch_size"] >= 4
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["no_colon_here"], "must look like pkg.module:factory"),
+    (["training_profiler.fx_audit.zoo:nothing"], "has no callable 'nothing'"),
+    (["training_profiler.fx_audit.zoo:mlp", "--input", "4,abc"], "--input '4,abc' is not a shape"),
+    (["training_profiler.fx_audit.zoo:mlp", "--input", "4,100", "--no-memory"],
+     "layer '0' (Linear) failed on input shapes [[4, 100]]"),
+    (["training_profiler.fx_audit.zoo:mlp", "--input", "4,784", "--memory", "lots"], "cannot read memory size 'lots'"),
+])
+def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys):
+    assert main(["audit", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("training-profiler audit: error: ") and message in err[0]
