@@ -15,6 +15,8 @@ from ..engine import AMP000, LintRule
 
 _RULE_MODULES = (
     "training_profiler.linter.rules.ops",
+    "training_profiler.linter.rules.autocast",
+    "training_profiler.linter.rules.casts",
 )
 
 
