@@ -5,16 +5,9 @@ from __future__ import annotations
 
 import ast
 
-import libcst as cst
-from libcst.metadata import ParentNodeProvider, PositionProvider, ScopeProvider
-
 from ...findings import Rule, Severity
-from ..engine import AutocastState, Binding, Context, LintRule, names_in, target_key
-from ..fixes import PositionalFix
-from .casts import cast_target_dtype
-
-AMP_DOCS = "https://pytorch.org/docs/stable/amp.html"
-AMP_EXAMPLES = "https://pytorch.org/docs/stable/notes/amp_examples.html"
+from ..engine import AutocastState, Binding, Context, LintRule, target_key
+from .casts import cast_target_dtype, module_data
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
@@ -46,12 +39,35 @@ def _produced_in_autocast(ctx: Context, node: ast.AST) -> AutocastState | None:
     binding = _local_binding(ctx, node)
     if binding is None or binding.autocast is None or not binding.autocast.active:
         return None
-    if isinstance(binding.value, ast.Call) and cast_target_dtype(ctx, binding.value) in _FULL:
+    value = binding.value
+    if isinstance(value, ast.Call) and cast_target_dtype(ctx, value) in _FULL:
+        return None
+    if not _may_be_tensor(value):
         return None
     return binding.autocast
 
 
 _FULL = ("float32", "float64")
+# calls and attributes whose result is a Python number, shape or dtype, not a tensor
+_NOT_TENSOR_METHODS = frozenset("item tolist size dim ndimension numel nelement stride data_ptr element_size".split())
+_NOT_TENSOR_ATTRS = frozenset("shape dtype device ndim is_cuda requires_grad layout".split())
+_NOT_TENSOR_BUILTINS = frozenset("len int float bool str isinstance".split())
+
+
+def _may_be_tensor(value: ast.AST | None) -> bool:
+    """False for values that are clearly not tensors (``x.size(0)``, ``x.item()``, ``len(x)``,
+    ``x.shape``, constants); None (tuple unpacking, loop targets) may be a tensor."""
+    if isinstance(value, (ast.Constant, ast.Compare, ast.JoinedStr)):
+        return False
+    if isinstance(value, ast.Attribute):
+        return value.attr not in _NOT_TENSOR_ATTRS
+    if isinstance(value, ast.Call):
+        func = value.func
+        if isinstance(func, ast.Attribute):
+            return func.attr not in _NOT_TENSOR_METHODS
+        if isinstance(func, ast.Name):
+            return func.id not in _NOT_TENSOR_BUILTINS
+    return True
 
 
 def _is_full_precision_cast(ctx: Context, node: ast.AST | None) -> bool:
@@ -183,12 +199,10 @@ def _loss_name(ctx: Context, call: ast.Call) -> str | None:
     """The loss a call computes: ``F.cross_entropy(...)``, ``criterion(...)`` where
     ``criterion = nn.MSELoss()``, or ``nn.L1Loss()(...)``; None for anything else."""
     func = call.func
-    attr = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
-    if attr in _FUNCTIONAL_LOSSES:
-        name = ctx.qualname(func)
-        if name in (f"torch.nn.functional.{attr}", f"torch.{attr}"):
-            return f"F.{attr}"
-        return None
+    name = ctx.qualname(func)
+    if name is not None:  # an imported function: F.cross_entropy, `from ... import mse_loss as mse`
+        module, _, attr = name.rpartition(".")
+        return f"F.{attr}" if attr in _FUNCTIONAL_LOSSES and module in ("torch.nn.functional", "torch") else None
     if isinstance(func, ast.Call):  # nn.L1Loss()(out, y)
         name = ctx.call_name(func)
         return name.rsplit(".", 1)[1] if _is_loss_class(name) else None
@@ -445,14 +459,6 @@ def _rewritable_use(ctx: Context, node: ast.AST, name: str) -> bool:
     return False
 
 
-def _module_data(ctx: Context, rule: LintRule) -> dict:
-    """Scratch space of ``rule`` for the whole file (the module scope's)."""
-    scope = ctx.scope
-    while scope.parent is not None:
-        scope = scope.parent
-    return scope.data.setdefault(type(rule).__name__, {})
-
-
 class DeprecatedAmpApi(LintRule):
     rules = (AMP103,)
     tokens = ("cuda.amp", "cpu.amp", "cuda import amp", "cpu import amp")
@@ -503,7 +509,7 @@ class DeprecatedAmpApi(LintRule):
             return
         device = module.split(".")[1]
         fixable = all(_DEPRECATED.get(f"{module}.{a.name}", (None, None))[1] for a in node.names)
-        _module_data(ctx, self).setdefault("imports", []).append((node, module, device, names, fixable))
+        module_data(ctx, self).setdefault("imports", []).append((node, module, device, names, fixable))
 
     def visit_Name(self, node: ast.Name, ctx: Context) -> None:
         """Uses of names imported from torch.cuda.amp: the import is fixable only if every use is."""
@@ -515,12 +521,12 @@ class DeprecatedAmpApi(LintRule):
             return
         name = target.rsplit(".", 1)[1]
         if not isinstance(node.ctx, ast.Load) or not _rewritable_use(ctx, node, name):
-            _module_data(ctx, self).setdefault("unfixable", set()).add(id(binding.node))
+            module_data(ctx, self).setdefault("unfixable", set()).add(id(binding.node))
 
     def leave_scope(self, node: ast.AST, ctx: Context) -> None:
         if not isinstance(node, ast.Module):
             return
-        data = _module_data(ctx, self)
+        data = module_data(ctx, self)
         unfixable = data.get("unfixable", set())
         for imp, module, device, names, fixable in data.get("imports", ()):
             listed = ", ".join(names)
@@ -528,130 +534,139 @@ class DeprecatedAmpApi(LintRule):
             ctx.report(AMP103, imp, fixable=fixable and id(imp) not in unfixable, old=f"from {module} import {listed}", new=new)
 
     def fix_transformer(self, positions):
-        return _DeprecatedApiFix(positions)
+        return _deprecated_api_fix(positions)
 
 
-def _with_comma(arg: cst.Arg) -> cst.Arg:
-    return arg.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+def _deprecated_api_fix(positions):
+    # libcst is imported only when fixing: importing it costs ~0.25 s on every flake8 run
+    import libcst as cst
+    from libcst.metadata import ParentNodeProvider, PositionProvider, ScopeProvider
 
+    from ..fixes import PositionalFix
 
-_TIGHT_EQUAL = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
+    tight_equal = cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace(""))
 
+    def with_comma(arg: cst.Arg, gap: cst.BaseParenthesizableWhitespace | None = None) -> cst.Arg:
+        return arg.with_changes(comma=cst.Comma(whitespace_after=gap or cst.SimpleWhitespace(" ")))
 
-def _keyword(name: str, value: cst.BaseExpression) -> cst.Arg:
-    return cst.Arg(value=value, keyword=cst.Name(name), equal=_TIGHT_EQUAL)
+    def new_arguments(name: str, device: str, args: list[cst.Arg], first_gap=None) -> list[cst.Arg]:
+        """The argument list of the torch.amp equivalent of a deprecated call. ``first_gap``: the
+        whitespace after ``(``, kept for the new first argument when the arguments start on
+        their own line."""
+        quoted = cst.SimpleString(f'"{device}"')
+        if name in ("custom_fwd", "custom_bwd"):  # a keyword after the (optional) positional function
+            positional = [a for a in args if a.keyword is None]
+            keywords = [a for a in args if a.keyword is not None]
+            new = cst.Arg(value=quoted, keyword=cst.Name("device_type"), equal=tight_equal)
+            if keywords:
+                new = with_comma(new)
+            if positional and positional[-1].comma is cst.MaybeSentinel.DEFAULT:
+                positional[-1] = with_comma(positional[-1])
+            return [*positional, new, *keywords]
+        if name == "autocast":  # positional (enabled, dtype, cache_enabled) become keywords
+            args = [
+                a.with_changes(keyword=cst.Name(_AUTOCAST_POSITIONAL[i]), equal=tight_equal) if a.keyword is None else a
+                for i, a in enumerate(args)
+            ]
+        first = cst.Arg(value=quoted)
+        if not args:
+            return [first]
+        return [with_comma(first, first_gap if isinstance(first_gap, cst.ParenthesizedWhitespace) else None), *args]
 
-
-def _new_arguments(name: str, device: str, args: list[cst.Arg]) -> list[cst.Arg]:
-    """The argument list of the torch.amp equivalent of a deprecated call."""
-    quoted = cst.SimpleString(f'"{device}"')
-    if name in ("custom_fwd", "custom_bwd"):  # a keyword after the (optional) positional function
-        positional = [a for a in args if a.keyword is None]
-        keywords = [a for a in args if a.keyword is not None]
-        new = _keyword("device_type", quoted)
-        if keywords:
-            new = _with_comma(new)
-        if positional and positional[-1].comma is cst.MaybeSentinel.DEFAULT:
-            positional[-1] = _with_comma(positional[-1])
-        return [*positional, new, *keywords]
-    if name == "autocast":  # positional (enabled, dtype, cache_enabled) become keywords
-        args = [
-            a.with_changes(keyword=cst.Name(_AUTOCAST_POSITIONAL[i]), equal=_TIGHT_EQUAL) if a.keyword is None else a
-            for i, a in enumerate(args)
-        ]
-    first = cst.Arg(value=quoted)
-    return [_with_comma(first), *args] if args else [first]
-
-
-def _drop_device(func: cst.Attribute) -> cst.Attribute:
-    """``torch.cuda.amp.X`` -> ``torch.amp.X``."""
-    amp = func.value
-    return func.with_changes(value=amp.with_changes(value=amp.value.value))  # type: ignore[attr-defined]
-
-
-class _DeprecatedApiFix(PositionalFix):
-    """``torch.cuda.amp.X`` -> ``torch.amp.X`` with the device argument added, at reported calls
-    and decorators; ``from torch.cuda.amp import X`` -> ``from torch.amp import X`` plus the
-    device argument at every use (only when libcst's scope analysis confirms each use is a call
-    or decorator it can rewrite)."""
-
-    METADATA_DEPENDENCIES = (PositionProvider, ScopeProvider, ParentNodeProvider)
-
-    def __init__(self, positions):
-        super().__init__(positions)
-        self.uses: dict[int, tuple[str, str]] = {}  # id(Name node) -> (imported name, device)
-        self.imports: set[int] = set()
-
-    def visit_Module(self, node: cst.Module) -> None:
-        scopes = set(self.metadata[ScopeProvider].values())
-        for scope in scopes:
-            if scope is None:
-                continue
-            for assignment in scope.assignments:
-                imp = getattr(assignment, "node", None)
-                if isinstance(imp, cst.ImportFrom) and id(imp) not in self.imports and self.targeted(imp):
-                    self._plan_import(imp, scope)
-
-    def _plan_import(self, imp: cst.ImportFrom, scope) -> None:
-        device = "cuda" if "cuda" in cst.Module([]).code_for_node(imp.module) else "cpu"  # type: ignore[arg-type]
-        uses: dict[int, tuple[str, str]] = {}
-        for alias in imp.names:  # type: ignore[union-attr]
-            name = alias.name.value  # type: ignore[union-attr]
-            local = alias.asname.name.value if alias.asname else name  # type: ignore[union-attr]
-            for assignment in scope.assignments[local]:
-                if getattr(assignment, "node", None) is not imp:
-                    return  # the name is rebound in this scope: not provably the import
-                for access in assignment.references:
-                    if len(access.referents) != 1 or not self._rewritable(access.node, name):
-                        return
-                    uses[id(access.node)] = (name, device)
-        self.imports.add(id(imp))
-        self.uses.update(uses)
-
-    def _rewritable(self, node: cst.CSTNode, name: str) -> bool:
-        parent = self.get_metadata(ParentNodeProvider, node, None)
-        if isinstance(parent, cst.Call) and parent.func is node:
-            return not any(a.star for a in parent.args)
-        return isinstance(parent, cst.Decorator) and name in ("custom_fwd", "custom_bwd")
-
-    def leave_ImportFrom(self, original: cst.ImportFrom, updated: cst.ImportFrom) -> cst.ImportFrom:
-        if id(original) not in self.imports:
-            return updated
-        self.applied += 1
-        return updated.with_changes(module=cst.Attribute(value=cst.Name("torch"), attr=cst.Name("amp")))
-
-    def _deprecated_attr(self, func: cst.BaseExpression) -> tuple[str, str] | None:
-        """(name, device) when ``func`` is a reported ``torch.cuda.amp.X`` attribute."""
-        if not isinstance(func, cst.Attribute) or not self.targeted(func):
-            return None
+    def drop_device(func: cst.Attribute) -> cst.Attribute:
+        """``torch.cuda.amp.X`` -> ``torch.amp.X``."""
         amp = func.value
-        if not (isinstance(amp, cst.Attribute) and amp.attr.value == "amp" and isinstance(amp.value, cst.Attribute)):
-            return None
-        device = amp.value.attr.value
-        return (func.attr.value, device) if device in ("cuda", "cpu") else None
+        return func.with_changes(value=amp.with_changes(value=amp.value.value))  # type: ignore[attr-defined]
 
-    def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
-        if isinstance(original.func, cst.Name) and id(original.func) in self.uses:
-            name, device = self.uses[id(original.func)]
-            return updated.with_changes(args=_new_arguments(name, device, list(updated.args)))
-        found = self._deprecated_attr(original.func)
-        if found is None:
-            return updated
-        self.applied += 1
-        name, device = found
-        return updated.with_changes(func=_drop_device(updated.func), args=_new_arguments(name, device, list(updated.args)))  # type: ignore[arg-type]
+    class _DeprecatedApiFix(PositionalFix):
+        """``torch.cuda.amp.X`` -> ``torch.amp.X`` with the device argument added, at reported calls
+        and decorators; ``from torch.cuda.amp import X`` -> ``from torch.amp import X`` plus the
+        device argument at every use (only when libcst's scope analysis confirms each use is a call
+        or decorator it can rewrite)."""
 
-    def leave_Decorator(self, original: cst.Decorator, updated: cst.Decorator) -> cst.Decorator:
-        deco = original.decorator
-        if isinstance(deco, cst.Name) and id(deco) in self.uses:
-            name, device = self.uses[id(deco)]
-            return updated.with_changes(decorator=cst.Call(func=updated.decorator, args=_new_arguments(name, device, [])))
-        found = self._deprecated_attr(deco)
-        if found is None:
-            return updated
-        self.applied += 1
-        name, device = found
-        return updated.with_changes(decorator=cst.Call(func=_drop_device(updated.decorator), args=_new_arguments(name, device, [])))  # type: ignore[arg-type]
+        METADATA_DEPENDENCIES = (PositionProvider, ScopeProvider, ParentNodeProvider)
+
+        def __init__(self, positions):
+            super().__init__(positions)
+            self.uses: dict[int, tuple[str, str]] = {}  # id(Name node) -> (imported name, device)
+            self.imports: set[int] = set()
+
+        def visit_Module(self, node: cst.Module) -> None:
+            scopes = set(self.metadata[ScopeProvider].values())
+            for scope in scopes:
+                if scope is None:
+                    continue
+                for assignment in scope.assignments:
+                    imp = getattr(assignment, "node", None)
+                    if isinstance(imp, cst.ImportFrom) and id(imp) not in self.imports and self.targeted(imp):
+                        self._plan_import(imp, scope)
+
+        def _plan_import(self, imp: cst.ImportFrom, scope) -> None:
+            device = "cuda" if "cuda" in cst.Module([]).code_for_node(imp.module) else "cpu"  # type: ignore[arg-type]
+            uses: dict[int, tuple[str, str]] = {}
+            for alias in imp.names:  # type: ignore[union-attr]
+                name = alias.name.value  # type: ignore[union-attr]
+                local = alias.asname.name.value if alias.asname else name  # type: ignore[union-attr]
+                for assignment in scope.assignments[local]:
+                    if getattr(assignment, "node", None) is not imp:
+                        return  # the name is rebound in this scope: not provably the import
+                    for access in assignment.references:
+                        if len(access.referents) != 1 or not self._rewritable(access.node, name):
+                            return
+                        uses[id(access.node)] = (name, device)
+            self.imports.add(id(imp))
+            self.uses.update(uses)
+
+        def _rewritable(self, node: cst.CSTNode, name: str) -> bool:
+            parent = self.get_metadata(ParentNodeProvider, node, None)
+            if isinstance(parent, cst.Call) and parent.func is node:
+                positional = [a for a in parent.args if a.keyword is None]
+                if any(a.star for a in parent.args) or any(a.keyword and a.keyword.value == "device_type" for a in parent.args):
+                    return False
+                return len(positional) <= {"autocast": 3, "GradScaler": 6}.get(name, 1)
+            return isinstance(parent, cst.Decorator) and name in ("custom_fwd", "custom_bwd")
+
+        def leave_ImportFrom(self, original: cst.ImportFrom, updated: cst.ImportFrom) -> cst.ImportFrom:
+            if id(original) not in self.imports:
+                return updated
+            self.applied += 1
+            return updated.with_changes(module=cst.Attribute(value=cst.Name("torch"), attr=cst.Name("amp")))
+
+        def _deprecated_attr(self, func: cst.BaseExpression) -> tuple[str, str] | None:
+            """(name, device) when ``func`` is a reported ``torch.cuda.amp.X`` attribute."""
+            if not isinstance(func, cst.Attribute) or not self.targeted(func):
+                return None
+            amp = func.value
+            if not (isinstance(amp, cst.Attribute) and amp.attr.value == "amp" and isinstance(amp.value, cst.Attribute)):
+                return None
+            device = amp.value.attr.value
+            return (func.attr.value, device) if device in ("cuda", "cpu") else None
+
+        def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.Call:
+            if isinstance(original.func, cst.Name) and id(original.func) in self.uses:
+                name, device = self.uses[id(original.func)]
+                return updated.with_changes(args=new_arguments(name, device, list(updated.args), updated.whitespace_before_args))
+            found = self._deprecated_attr(original.func)
+            if found is None:
+                return updated
+            self.applied += 1
+            name, device = found
+            args = new_arguments(name, device, list(updated.args), updated.whitespace_before_args)
+            return updated.with_changes(func=drop_device(updated.func), args=args)  # type: ignore[arg-type]
+
+        def leave_Decorator(self, original: cst.Decorator, updated: cst.Decorator) -> cst.Decorator:
+            deco = original.decorator
+            if isinstance(deco, cst.Name) and id(deco) in self.uses:
+                name, device = self.uses[id(deco)]
+                return updated.with_changes(decorator=cst.Call(func=updated.decorator, args=new_arguments(name, device, [])))
+            found = self._deprecated_attr(deco)
+            if found is None:
+                return updated
+            self.applied += 1
+            name, device = found
+            return updated.with_changes(decorator=cst.Call(func=drop_device(updated.decorator), args=new_arguments(name, device, [])))  # type: ignore[arg-type]
+
+    return _DeprecatedApiFix(positions)
 
 
 # ---------------------------------------------------------------------------------------------

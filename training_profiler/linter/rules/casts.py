@@ -8,8 +8,6 @@ import ast
 from ...findings import Rule, Severity
 from ..engine import AUTOCAST_NAMES, GRADSCALER_NAMES, Context, LintRule, autocast_call, dtype_name, target_key
 
-AMP_DOCS = "https://pytorch.org/docs/stable/amp.html"
-
 # ---------------------------------------------------------------------------------------------
 # Recognising casts
 
@@ -67,7 +65,7 @@ def _describe_cast(call: ast.Call, dtype: str) -> str:
     return f".{attr}()" if attr in _METHOD_DTYPES else f".{attr}(torch.{dtype})"
 
 
-def _module_data(ctx: Context, rule: LintRule) -> dict:
+def module_data(ctx: Context, rule: LintRule) -> dict:
     """Scratch space of ``rule`` for the whole file (the module scope's; at module level it is
     also ``ctx.scope_data(rule)``, so the two must use different keys)."""
     scope = ctx.scope
@@ -266,13 +264,13 @@ class ManualCasts(LintRule):
         elif attr in ("autocast", "GradScaler"):
             used = _amp_call(ctx, node)
             if used:
-                _module_data(ctx, self).setdefault("amp", set()).add(used)
+                module_data(ctx, self).setdefault("amp", set()).add(used)
 
     def _cast(self, node: ast.Call, ctx: Context) -> None:
         dtype = cast_target_dtype(ctx, node)
         if dtype not in _LOW:
             return
-        _module_data(ctx, self).setdefault("all_casts", []).append((node, dtype))
+        module_data(ctx, self).setdefault("all_casts", []).append((node, dtype))
         key = _cast_subject(ctx, node)
         if key is None:
             return
@@ -296,13 +294,13 @@ class ManualCasts(LintRule):
 
     def _report_pure(self, ctx: Context, key: str, optimizer: str) -> None:
         cast, dtype = ctx.scope_data(self)["casts"].pop(key)
-        _module_data(ctx, self).setdefault("claimed", set()).add(id(cast))
+        module_data(ctx, self).setdefault("claimed", set()).add(id(cast))
         ctx.report(AMP202, cast, model=key, dtype=dtype, optimizer=optimizer)
 
     def leave_scope(self, node: ast.AST, ctx: Context) -> None:
         if not isinstance(node, ast.Module):
             return
-        data = _module_data(ctx, self)
+        data = module_data(ctx, self)
         amp = set(data.get("amp", ()))
         if "autocast" in ctx.facts:
             amp.add("autocast")
@@ -383,7 +381,7 @@ class GradScalerWithBf16(LintRule):
         used = _amp_call(ctx, node)
         if used is None:
             return
-        data = _module_data(ctx, self)
+        data = module_data(ctx, self)
         if used == "autocast":
             state = autocast_call(ctx, node, None)
             if state is not None and state.active:
@@ -397,7 +395,7 @@ class GradScalerWithBf16(LintRule):
     def leave_scope(self, node: ast.AST, ctx: Context) -> None:
         if not isinstance(node, ast.Module):
             return
-        data = _module_data(ctx, self)
+        data = module_data(ctx, self)
         if data.get("autocast") == {"bf16"}:
             for scaler in data.get("scalers", ()):
                 ctx.report(AMP203, scaler)
