@@ -746,8 +746,8 @@ AMP104 = Rule(
     ),
 )
 
-# attributes that read metadata, not values: using them on a low-precision tensor is harmless
-_METADATA = frozenset("shape dtype device size dim ndim ndimension numel requires_grad is_cuda layout".split())
+# attributes that read metadata or leave the tensor's precision irrelevant: harmless on fp16/bf16
+_HARMLESS_USES = frozenset("shape dtype device size dim ndim ndimension numel requires_grad is_cuda layout backward item tolist".split())
 
 
 class AutocastOutputInDisabledRegion(LintRule):
@@ -770,7 +770,7 @@ class AutocastOutputInDisabledRegion(LintRule):
         if produced is None:
             return
         parent = ctx.parent(node)
-        if isinstance(parent, ast.Attribute) and parent.attr in _METADATA:
+        if isinstance(parent, ast.Attribute) and parent.attr in _HARMLESS_USES:
             return
         if isinstance(parent, ast.Attribute) and _is_full_precision_cast(ctx, ctx.parent(parent)):
             return
