@@ -442,6 +442,20 @@ def _in_compat_fallback(ctx: Context, node: ast.AST) -> bool:
     return False
 
 
+def _only_compared(ctx: Context, node: ast.AST) -> bool:
+    """``isinstance(s, torch.cuda.amp.GradScaler)``, ``func is torch.cuda.amp.autocast``: the
+    class is only compared against (nothing is constructed, no FutureWarning); not reported."""
+    child, cur = node, ctx.parent(node)
+    while cur is not None and not isinstance(cur, ast.stmt):
+        if isinstance(cur, ast.Compare):
+            return True
+        if isinstance(cur, ast.Call):
+            func = cur.func
+            return func is not child and isinstance(func, ast.Name) and func.id in ("isinstance", "issubclass")
+        child, cur = cur, ctx.parent(cur)
+    return False
+
+
 def _rewritable_use(ctx: Context, node: ast.AST, name: str) -> bool:
     """Whether the use ``node`` of deprecated ``name`` can be rewritten exactly: a call with
     plain arguments, or (custom_fwd / custom_bwd) a bare decorator."""
@@ -487,7 +501,7 @@ class DeprecatedAmpApi(LintRule):
         if node.attr not in _DEPRECATED_ATTRS:
             return
         qual = ctx.qualname(node)
-        if qual not in _DEPRECATED or _in_compat_fallback(ctx, node):
+        if qual not in _DEPRECATED or _only_compared(ctx, node) or _in_compat_fallback(ctx, node):
             return
         device, name = _DEPRECATED[qual]
         # rewritten by dropping the `.cuda` / `.cpu` segment: needs the literal `torch.cuda.amp.X`
