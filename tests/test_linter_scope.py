@@ -508,3 +508,28 @@ def test_rule_modules_import_neither_torch_nor_libcst():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_disabled_region_ignores_loop_targets_and_keyword_only_losses_are_seen():
+    source = """\
+        import torch
+        import torch.nn.functional as F
+
+        def clip(model, x, y):
+            with torch.autocast("cuda"):
+                out = model(x)
+                for p in model.parameters():
+                    with torch.autocast("cuda", enabled=False):
+                        p.grad.norm()
+            return F.mse_loss(input=out, target=y)
+        """
+    assert found(source) == [("AMP101", 10)]
+
+
+def test_hasattr_on_a_non_torch_object_is_not_a_compatibility_check():
+    source = """\
+        import torch
+        if hasattr(model, "module"):
+            scaler = torch.cuda.amp.GradScaler()
+        """
+    assert found(source) == [("AMP103", 3)]

@@ -39,6 +39,8 @@ def _produced_in_autocast(ctx: Context, node: ast.AST) -> AutocastState | None:
     binding = _local_binding(ctx, node)
     if binding is None or binding.autocast is None or not binding.autocast.active:
         return None
+    if isinstance(binding.node, (ast.For, ast.AsyncFor, ast.With, ast.AsyncWith)):
+        return None  # a loop target or `as` name: not computed by an autocast op
     value = binding.value
     if isinstance(value, ast.Call) and cast_target_dtype(ctx, value) in _FULL:
         return None
@@ -219,7 +221,7 @@ class LossOutsideAutocast(LintRule):
     tokens = ("autocast",)
 
     def visit_Call(self, node: ast.Call, ctx: Context) -> None:
-        if "autocast" not in ctx.facts or not node.args or not _outside_autocast(ctx.autocast):
+        if "autocast" not in ctx.facts or not (node.args or node.keywords) or not _outside_autocast(ctx.autocast):
             return
         name = _loss_name(ctx, node)
         if name is None:
@@ -419,11 +421,12 @@ def _catches_compat_error(handler: ast.ExceptHandler) -> bool:
     return False
 
 
-def _is_version_check(test: ast.AST) -> bool:
+def _is_version_check(ctx: Context, test: ast.AST) -> bool:
     """``hasattr(torch.amp, ...)``, ``torch.__version__ >= ...``, ``if TORCH_VERSION ...``."""
     for sub in ast.walk(test):  # an `if` test: a small expression
         if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in ("hasattr", "getattr"):
-            return True
+            if sub.args and (ctx.qualname(sub.args[0]) or "").startswith("torch"):
+                return True
         word = sub.attr if isinstance(sub, ast.Attribute) else sub.id if isinstance(sub, ast.Name) else ""
         if "version" in word.lower():
             return True
@@ -436,7 +439,7 @@ def _in_compat_fallback(ctx: Context, node: ast.AST) -> bool:
     while cur is not None:
         if isinstance(cur, ast.ExceptHandler) and _catches_compat_error(cur):
             return True
-        if isinstance(cur, ast.If) and child is not cur.test and _is_version_check(cur.test):
+        if isinstance(cur, ast.If) and child is not cur.test and _is_version_check(ctx, cur.test):
             return True
         child, cur = cur, ctx.parent(cur)
     return False
@@ -544,7 +547,7 @@ class DeprecatedAmpApi(LintRule):
         unfixable = data.get("unfixable", set())
         for imp, module, device, names, fixable in data.get("imports", ()):
             listed = ", ".join(names)
-            new = f'torch.amp (`from torch.amp import {listed}`, passing "{device}" at each use)'
+            new = f'`from torch.amp import {listed}` and pass "{device}" at each use'
             ctx.report(AMP103, imp, fixable=fixable and id(imp) not in unfixable, old=f"from {module} import {listed}", new=new)
 
     def fix_transformer(self, positions):
