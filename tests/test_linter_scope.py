@@ -104,6 +104,23 @@ def test_loss_outside_autocast_local_import_inline_module_and_upcast():
     assert found(source) == [("AMP101", 9)]
 
 
+def test_loss_module_moved_to_a_device_is_still_a_loss():
+    source = """\
+        import torch
+        from torch import nn
+
+        class Trainer:
+            def __init__(self):
+                self.criterion = nn.SmoothL1Loss(beta=0.5).to("cuda")
+
+            def step(self, model, x, y):
+                with torch.autocast("cuda"):
+                    pred = model(x)
+                return self.criterion(pred, y)
+        """
+    assert found(source) == [("AMP101", 11)]
+
+
 def test_loss_outside_autocast_is_not_guessed_across_functions_or_user_functions():
     source = """\
         import torch

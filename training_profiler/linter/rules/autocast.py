@@ -208,7 +208,9 @@ def _loss_name(ctx: Context, call: ast.Call) -> str | None:
     if isinstance(func, ast.Call):  # nn.L1Loss()(out, y)
         name = ctx.call_name(func)
         return name.rsplit(".", 1)[1] if _is_loss_class(name) else None
-    value = ctx.value_of(func)  # criterion = nn.MSELoss()
+    value = ctx.value_of(func)  # criterion = nn.MSELoss(), possibly moved: nn.MSELoss().cuda()
+    while isinstance(value, ast.Call) and isinstance(value.func, ast.Attribute) and value.func.attr in ("cuda", "to", "cpu"):
+        value = value.func.value
     if isinstance(value, ast.Call):
         name = ctx.call_name(value)
         if _is_loss_class(name):
