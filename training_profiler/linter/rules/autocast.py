@@ -322,7 +322,7 @@ AMP103 = Rule(
     code="AMP103",
     name="deprecated-amp-api",
     severity=Severity.WARNING,
-    message="{old} is deprecated: use {new}",
+    message="deprecated device-specific AMP API {old}: use {new}",
     why=(
         "torch.cuda.amp.* and torch.cpu.amp.* are deprecated aliases that emit FutureWarning and "
         "will be removed; the device-generic torch.amp API takes the device as an argument. "
@@ -330,10 +330,10 @@ AMP103 = Rule(
         "while torch.amp.autocast('cuda', False) would pass False as the dtype."
     ),
     fix=(
-        'torch.cuda.amp.autocast(...) -> torch.amp.autocast("cuda", ...), '
-        'torch.cuda.amp.GradScaler(...) -> torch.amp.GradScaler("cuda", ...), '
-        '@torch.cuda.amp.custom_fwd -> @torch.amp.custom_fwd(device_type="cuda"); '
-        "the autofix converts positional autocast arguments to keywords."
+        '`torch.cuda.amp.autocast(...)` -> `torch.amp.autocast("cuda", ...)`, '
+        '`torch.cuda.amp.GradScaler(...)` -> `torch.amp.GradScaler("cuda", ...)`, '
+        '`@torch.cuda.amp.custom_fwd` -> `@torch.amp.custom_fwd(device_type="cuda")` (torch.cpu.amp: "cpu"). '
+        "The autofix does this, turning positional autocast arguments into keywords."
     ),
     references=(
         "https://pytorch.org/docs/stable/amp.html#torch.autocast",
