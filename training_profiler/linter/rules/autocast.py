@@ -447,12 +447,13 @@ def _in_compat_fallback(ctx: Context, node: ast.AST) -> bool:
     return False
 
 
-def _only_compared(ctx: Context, node: ast.AST) -> bool:
-    """``isinstance(s, torch.cuda.amp.GradScaler)``, ``func is torch.cuda.amp.autocast``: the
-    class is only compared against (nothing is constructed, no FutureWarning); not reported."""
+def _not_a_use(ctx: Context, node: ast.AST) -> bool:
+    """``isinstance(s, torch.cuda.amp.GradScaler)``, ``func is torch.cuda.amp.autocast``,
+    ``{torch.cuda.amp.autocast, ...}``: the class is only compared against or listed (nothing is
+    constructed, no FutureWarning); not reported."""
     child, cur = node, ctx.parent(node)
     while cur is not None and not isinstance(cur, ast.stmt):
-        if isinstance(cur, ast.Compare):
+        if isinstance(cur, (ast.Compare, ast.List, ast.Tuple, ast.Set, ast.Dict)):
             return True
         if isinstance(cur, ast.Call):
             func = cur.func
@@ -506,7 +507,7 @@ class DeprecatedAmpApi(LintRule):
         if node.attr not in _DEPRECATED_ATTRS:
             return
         qual = ctx.qualname(node)
-        if qual not in _DEPRECATED or _only_compared(ctx, node) or _in_compat_fallback(ctx, node):
+        if qual not in _DEPRECATED or _not_a_use(ctx, node) or _in_compat_fallback(ctx, node):
             return
         device, name = _DEPRECATED[qual]
         # rewritten by dropping the `.cuda` / `.cpu` segment: needs the literal `torch.cuda.amp.X`
