@@ -14,9 +14,11 @@ from ...findings import Rule
 from ..engine import AMP000, LintRule
 
 _RULE_MODULES = (
-    "training_profiler.linter.rules.ops",
-    "training_profiler.linter.rules.gradscaler",
-    "training_profiler.linter.rules.constants",
+    "training_profiler.linter.rules.autocast",  # AMP101-AMP104
+    "training_profiler.linter.rules.casts",  # AMP201-AMP203
+    "training_profiler.linter.rules.ops",  # AMP301-AMP305
+    "training_profiler.linter.rules.constants",  # AMP401-AMP403
+    "training_profiler.linter.rules.gradscaler",  # AMP501-AMP506
 )
 
 
