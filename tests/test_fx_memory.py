@@ -45,19 +45,21 @@ class _TinyLSTM(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "make_model, inputs, optimizer",
+    "make_model, inputs, optimizer, amp",
     [
-        (_mlp, (64, 256), "adam"),
-        (_mlp, (64, 256), "sgd-momentum"),
-        (_cnn, (8, 3, 32, 32), "adamw"),
-        (_TinyLSTM, (4, 20, 16), "adam"),
+        (_mlp, (64, 256), "adam", None),
+        (_mlp, (64, 256), "sgd-momentum", "bf16"),
+        (_mlp, (64, 256), "sgd", "pure-bf16"),
+        (_mlp, (64, 256), "sgd", "pure-fp16"),
+        (_cnn, (8, 3, 32, 32), "adamw", None),
+        (_TinyLSTM, (4, 20, 16), "adam", None),
     ],
-    ids=["mlp-adam", "mlp-sgd-momentum", "cnn-adamw", "lstm-adam"],
+    ids=["mlp-adam", "mlp-sgd-momentum-bf16", "mlp-sgd-pure-bf16", "mlp-sgd-pure-fp16", "cnn-adamw", "lstm-adam"],
 )
-def test_prediction_matches_real_cpu_step_within_5_percent(make_model, inputs, optimizer):
+def test_prediction_matches_real_cpu_step_within_5_percent(make_model, inputs, optimizer, amp):
     model = make_model()
-    predicted = simulate_training_step(model, inputs, optimizer=optimizer).peak_bytes
-    measured = measure_training_step(model, torch.randn(inputs), optimizer=optimizer)
+    predicted = simulate_training_step(model, inputs, optimizer=optimizer, amp=amp).peak_bytes
+    measured = measure_training_step(model, torch.randn(inputs), optimizer=optimizer, amp=amp)
     assert abs(predicted - measured) / measured <= 0.05, (predicted, measured)
 
 
@@ -149,8 +151,9 @@ def test_meta_fake_and_cpu_models_give_the_same_prediction():
 
 
 def test_autocast_halves_activations_and_adds_cached_weight_casts():
-    # activation-heavy: wide batch through small layers -> bf16/fp16 lowers the peak
-    wide = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 64))
+    # activation-heavy: wide batch through small layers -> bf16/fp16 lowers the peak (not by half:
+    # the fp32 input, fp32 loss reduction and the CPU bf16 GEMM scratch stay)
+    wide = nn.Sequential(*[layer for _ in range(8) for layer in (nn.Linear(64, 64), nn.GELU())])
     fp32 = simulate_training_step(wide, (4096, 64), optimizer="sgd").peak_bytes
     for amp in ("bf16", "fp16"):
         assert simulate_training_step(wide, (4096, 64), optimizer="sgd", amp=amp).peak_bytes < 0.75 * fp32
@@ -229,7 +232,7 @@ def test_dict_tuple_and_model_output_are_reduced_by_the_default_loss():
 
 
 def test_clear_errors_for_bad_input():
-    with pytest.raises(ValueError, match=r"example inputs \[\[2, 7\]\].*input shapes"):
+    with pytest.raises(ValueError, match=r"example inputs \[\[2, 7\]\] failed in layer .0.*input shapes"):
         simulate_training_step(_mlp(), (2, 7))
     with pytest.raises(ValueError, match="unknown optimizer 'lion'"):
         simulate_training_step(_mlp(), (2, 256), optimizer="lion")
@@ -260,7 +263,10 @@ def test_lstm_workspace_is_corrected_and_flagged():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("24GiB", 24 * 2**30), ("512MiB", 512 * 2**20), ("16GB", 16 * 10**9), ("1.5G", int(1.5 * 2**30)), ("1000", 1000), (2048, 2048)],
+    [
+        ("24GiB", 24 * 2**30), ("512MiB", 512 * 2**20), ("16GB", 16 * 10**9), ("1.5G", int(1.5 * 2**30)),
+        ("1000", 1000), (2048, 2048),
+    ],
 )
 def test_parse_bytes(text, expected):
     assert parse_bytes(text) == expected
@@ -270,3 +276,58 @@ def test_parse_bytes(text, expected):
 def test_parse_bytes_rejects_bad_sizes(bad):
     with pytest.raises(ValueError, match="memory size"):
         parse_bytes(bad)
+
+
+def test_peak_phase_module_and_top_tensors_are_attributed():
+    # SGD, wide hidden layer: the peak is in the backward of the ReLU, where the saved ReLU output,
+    # the grad flowing out of layer 2 and the ReLU's grad input (512x2048 fp32 each) are all alive
+    model = nn.Sequential(nn.Linear(64, 2048), nn.ReLU(), nn.Linear(2048, 64))
+    report = simulate_training_step(model, (512, 64), optimizer="sgd")
+    assert (report.peak_phase, report.peak_module) == ("backward", "1")
+    big = 512 * 2048 * 4
+    assert [(t.description, t.bytes, t.category) for t in report.top_tensors[:3]] == [
+        ("relu output (forward at 1)", big, "activations"),
+        ("mm output (backward at 2)", big, "temporaries"),
+        ("threshold_backward output (backward at 1)", big, "temporaries"),
+    ]
+    assert report.breakdown["grads"] == (64 * 2048 + 64) * 4  # layer 2's grads exist, layer 0's not yet
+    assert report.peak_bytes == sum(report.breakdown.values())
+    phases = [point["phase"] for point in report.timeline]
+    assert phases.index("forward") < phases.index("backward") < phases.index("optimizer")
+
+
+def test_measurement_needs_a_real_cpu_model():
+    with torch.device("meta"):
+        model = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"tensors are on \['meta'\].*simulate_training_step"):
+        measure_training_step(model, (2, 3))
+
+
+def test_repeated_blocks_are_extrapolated_exactly():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = nn.LayerNorm(32)
+            self.fc = nn.Linear(32, 32)
+
+        def forward(self, x):
+            return x + self.fc(self.norm(x)).relu()
+
+    class Stack(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(Block() for _ in range(8))
+            self.head = nn.Linear(32, 4)
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return self.head(x)
+
+    model = Stack()
+    fast = simulate_training_step(model, (16, 32))
+    full = simulate_training_step(model, (16, 32), repeated_blocks=False)
+    assert "8 identical blocks in 'layers'" in fast.notes[-1]
+    assert fast.peak_bytes == full.peak_bytes
+    assert fast.breakdown == full.breakdown
+    assert fast.breakdown["params"] == (8 * (32 * 32 + 32 + 2 * 32) + 32 * 4 + 4) * 4

@@ -19,7 +19,10 @@ without torch).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import copy
+import logging
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from .records import MemoryReport, TensorInfo
 __all__ = [
     "AMP_MODES",
     "OPTIMIZERS",
+    "default_loss",
     "max_batch_size",
     "measure_training_step",
     "parse_bytes",
@@ -75,13 +79,19 @@ def parse_bytes(text: str | int | float) -> int:
 
 def _check_options(optimizer: Any, amp: str | None, steps: int) -> None:
     if isinstance(optimizer, str) and optimizer.lower() not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)} or a callable params -> Optimizer")
+        raise ValueError(
+            f"unknown optimizer {optimizer!r}: use one of {', '.join(OPTIMIZERS)} or a callable params -> Optimizer"
+        )
     if not isinstance(optimizer, str) and not callable(optimizer):
-        raise TypeError(f"optimizer must be a name ({', '.join(OPTIMIZERS)}) or a callable params -> Optimizer, got {optimizer!r}")
+        raise TypeError(
+            f"optimizer must be a name ({', '.join(OPTIMIZERS)}) or a callable params -> Optimizer, got {optimizer!r}"
+        )
     if amp not in AMP_MODES:
         raise ValueError(f"unknown amp mode {amp!r}: use one of {', '.join(repr(m) for m in AMP_MODES)}")
     if not isinstance(steps, int) or steps < 2:
-        raise ValueError(f"steps must be an int >= 2 so that optimizer state exists in the measured step, got {steps!r}")
+        raise ValueError(
+            f"steps must be an int >= 2 so that optimizer state exists in the measured step, got {steps!r}"
+        )
 
 
 def _make_optimizer(optimizer: Any, params: list, lr: float, device_type: str):
@@ -129,15 +139,17 @@ def default_loss(output: Any):
     return tensor.mean()
 
 
-def _call_model(model, args: tuple, kwargs: dict):
+def _call_model(model, args: tuple, kwargs: dict, current_layer: Callable[[], str | None]):
     try:
         return model(*args, **kwargs)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         shapes = [list(a.shape) for a in args if hasattr(a, "shape")] + [
             f"{k}={list(v.shape)}" for k, v in kwargs.items() if hasattr(v, "shape")
         ]
+        layer = current_layer()
+        where = f" in layer {layer!r}" if layer else ""
         raise ValueError(
-            f"running {type(model).__name__} on example inputs {shapes} failed ({str(exc).splitlines()[0]}): "
+            f"running {type(model).__name__} on example inputs {shapes} failed{where} ({str(exc).splitlines()[0]}): "
             "check that the input shapes and dtypes match what the model expects"
         ) from exc
 
@@ -150,7 +162,8 @@ class _Phase:
         self.step = 0
 
 
-def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, first: int = 0):
+def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, first: int = 0,
+               current_layer: Callable[[], str | None] = lambda: None):
     import torch
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
@@ -160,7 +173,7 @@ def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase
         opt.zero_grad(set_to_none=True)
         phase.name = "forward"
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            output = _call_model(model, args, kwargs)
+            output = _call_model(model, args, kwargs, current_layer)
             phase.name = "loss"
             loss = (loss_fn or default_loss)(output)
             del output
@@ -188,7 +201,9 @@ def _spec_to_tensor(spec: Any, device, dtype_override=None):
         dtype = spec.get("dtype", torch.float32)
         dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
         if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"input spec {spec!r} has an unknown dtype: use a torch dtype name like 'float32' or 'int64'")
+            raise ValueError(
+                f"input spec {spec!r} has an unknown dtype: use a torch dtype name like 'float32' or 'int64'"
+            )
     elif isinstance(spec, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in spec):
         shape, stride, dtype = tuple(spec), None, torch.float32
     else:
@@ -267,7 +282,8 @@ def _fake_copy(model, device: str, dtype_override):
 
 @dataclass
 class _Storage:
-    index: int  # creation order, unique (ids of freed storages are reused)
+    """One storage: allocated by an aten op during the simulation, or alive before it (params, inputs)."""
+
     nbytes: int
     phase: str
     module: str | None
@@ -283,10 +299,12 @@ class _Storage:
 
 
 # Fake kernels give the right output shapes but not the CPU backends' hidden allocations: oneDNN
-# reorders convolution operands into blocked layouts, and the RNN kernels keep a workspace the fake
-# kernel reports as empty. Each entry: aten op name -> function(args, outputs) returning
+# reorders convolution operands into blocked layouts and packs bf16 GEMM operands, the RNN kernels
+# keep a workspace that the fake kernel reports as empty, and low-precision full reductions go
+# through an fp32 copy. Each entry: aten op name -> function(args, outputs) returning
 # ({output index: real bytes of that output}, transient bytes alive only during the op). The
-# formulas were fitted to torch.profiler measurements of the real CPU kernels (torch 2.13).
+# formulas were fitted to torch.profiler measurements of the real CPU kernels (torch 2.13, fp32
+# unless stated); they apply only when the simulated device is the CPU.
 _LOW_CONFIDENCE_OPS = {"mkldnn_rnn_layer", "mkldnn_rnn_layer_backward"}
 
 
@@ -327,7 +345,42 @@ def _rnn_layer_backward(args, outputs):
     return {}, int(5.8 * tbh * size + 0.15 * weights + 4.3 * _nbytes(args[0])) + 40960
 
 
+def _low_precision(t) -> bool:
+    import torch
+
+    return t.dtype in (torch.bfloat16, torch.float16)
+
+
+def _bf16_gemm_scratch(a) -> int:
+    """oneDNN's bf16 GEMM packs its operands into scratch buffers (fp16 GEMMs on CPU do not); a
+    transposed left operand is first made contiguous."""
+    import torch
+
+    if a.dtype != torch.bfloat16:
+        return 0
+    return 132736 + 256 * min(a.shape[-1], 512) + (0 if a.is_contiguous() else _nbytes(a))
+
+
+def _mm(args, outputs):  # mm(a, b), bmm(a, b)
+    return {}, _bf16_gemm_scratch(args[0])
+
+
+def _addmm(args, outputs):  # addmm(bias, a, b)
+    return {}, _bf16_gemm_scratch(args[1])
+
+
+def _low_precision_reduction(args, outputs):
+    # a full CPU sum/mean of bf16/fp16 (the default loss) accumulates over an fp32 copy of the input
+    full = len(args) == 1 or not args[1] or not isinstance(args[1], (list, tuple))
+    return {}, args[0].numel() * 4 if full and _low_precision(args[0]) else 0
+
+
 _CPU_CORRECTIONS: dict[str, Callable] = {
+    "mm": _mm,
+    "bmm": _mm,
+    "addmm": _addmm,
+    "mean": _low_precision_reduction,
+    "sum": _low_precision_reduction,
     "convolution": _conv_forward,
     "convolution_backward": _conv_backward,
     "mkldnn_rnn_layer": _rnn_layer_forward,
@@ -380,16 +433,14 @@ def _make_tracker_mode(trace: _Trace, phase: _Phase, tracker, root_name: str):
         key = id(storage)
         if key in trace.live:
             return None
+        trace.events += 1
         record = _Storage(
-            index=len(trace.storages), nbytes=storage.nbytes(), phase=phase.name, module=module, op=op,
-            shape=list(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""), step=phase.step,
-            alloc_event=trace.events,
+            nbytes=storage.nbytes(), phase=phase.name, module=module, op=op, shape=list(tensor.shape),
+            dtype=str(tensor.dtype).replace("torch.", ""), step=phase.step, alloc_event=trace.events,
         )
         trace.storages.append(record)
         trace.live[key] = record
         trace.live_bytes += record.nbytes
-        trace.events += 1
-        record.alloc_event = trace.events
         weakref.finalize(storage, on_free, key, record)
         return record
 
@@ -409,13 +460,16 @@ def _make_tracker_mode(trace: _Trace, phase: _Phase, tracker, root_name: str):
                     if record is not None and real_bytes > record.nbytes:
                         record.extra_bytes = real_bytes - record.nbytes
                         trace.live_bytes += record.extra_bytes
-                trace.corrected_ops.add(op)
+                if transient or real_outputs:
+                    trace.corrected_ops.add(op)
             if phase.step > trace.peak_step:  # the peak reported is that of the last step
                 trace.peak_bytes, trace.peak_step = 0, phase.step
             if trace.live_bytes + transient > trace.peak_bytes:
                 trace.peak_bytes, trace.peak_event = trace.live_bytes + transient, trace.events
                 trace.peak_phase, trace.peak_module, trace.transient_at_peak = phase.name, module, transient
-            trace.timeline.append({"step": phase.step, "phase": phase.name, "module": module, "live_bytes": trace.live_bytes})
+            trace.timeline.append(
+                {"step": phase.step, "phase": phase.name, "module": module, "live_bytes": trace.live_bytes}
+            )
             return out
 
     return _TrackStorages(), track
@@ -434,6 +488,7 @@ def simulate_training_step(
     steps: int = 2,
     loss_fn: Callable | None = None,
     lr: float = 1e-3,
+    repeated_blocks: bool = True,
 ) -> MemoryReport:
     """Predict the peak memory of one steady-state training step without allocating it.
 
@@ -444,29 +499,119 @@ def simulate_training_step(
     "bf16"/"fp16" (autocast on the parameters' device type; meta counts as cpu) or
     "pure-bf16"/"pure-fp16" (weights, buffers and floating inputs cast). The default loss is the
     mean of the first floating output (``.logits`` for HF outputs); pass ``loss_fn`` otherwise.
+
+    The simulated device is that of the parameters (a model on ``meta`` is simulated as CPU), and
+    autocast uses that device type's op lists: for a CPU or meta model these are CPU autocast's
+    lists, which lower the same matmul/conv/linear family as CUDA's but keep some ops (e.g. some
+    reductions and norms) in other precisions than CUDA would. Optimizers use torch's own default
+    for real tensors on that device (for-loop on CPU, foreach on CUDA). The CUDA caching
+    allocator's block rounding and cuBLAS/cuDNN workspaces are not modelled.
+
+    The returned ``MemoryReport`` holds the peak of the last step, the phase ("forward", "loss",
+    "backward", "optimizer") and the module running at the peak (in backward: the module whose
+    backward runs), the breakdown at the peak (params include buffers; activations include the
+    inputs and everything the forward/loss allocated that is still alive; temporaries are the
+    rest, plus corrected kernel workspaces), the ten largest tensors alive at the peak and a
+    subsampled timeline of live bytes.
+
+    Speed: with ``repeated_blocks`` (default), a model whose largest ModuleList/Sequential holds
+    at least 6 identical blocks (same types, parameter shapes and dtypes) is simulated with 2 and
+    3 of those blocks, and the peak and breakdown are extrapolated linearly to all of them (a
+    transformer's memory grows by the same bytes per block). The report says so in ``notes``;
+    its timeline and top tensors are those of the 3-block run. If the two runs disagree on the
+    phase of the peak, or the truncated model does not run, the full model is simulated.
     """
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.module_tracker import ModuleTracker
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_options(optimizer, amp, steps)
+    options = dict(optimizer=optimizer, amp=amp, steps=steps, loss_fn=loss_fn, lr=lr)
+    blocks = _repeated_blocks(model) if repeated_blocks else None
+    if blocks is not None:
+        path, count = blocks
+        try:
+            small = _simulate(model, example_inputs, keep=(path, 2), **options)
+            large = _simulate(model, example_inputs, keep=(path, 3), **options)
+        except ValueError:
+            small = large = None  # e.g. the forward indexes blocks by a fixed count: simulate in full
+        if small is not None and small.peak_phase == large.peak_phase:
+            return _extrapolate(small, large, path, count)
+    return _simulate(model, example_inputs, **options)
+
+
+_MIN_REPEATS = 6
+
+
+def _repeated_blocks(model) -> tuple[str, int] | None:
+    """(path, length) of the ModuleList/Sequential with the most parameters among those holding
+    at least ``_MIN_REPEATS`` identical blocks, or None."""
+    import torch
+
+    def signature(module):
+        return (
+            [type(m) for m in module.modules()],
+            [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in module.named_parameters()],
+            [(n, tuple(b.shape), b.dtype) for n, b in module.named_buffers()],
+        )
+
+    best, best_params = None, 0
+    for path, container in model.named_modules():
+        if not path or not isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
+            continue
+        blocks = list(container._modules.values())
+        if len(blocks) < _MIN_REPEATS or any(b is None for b in blocks):
+            continue
+        first = signature(blocks[0])
+        if any(signature(b) != first for b in blocks[1:]):
+            continue
+        params = sum(p.numel() for p in container.parameters())
+        if params > best_params:
+            best, best_params = (path, len(blocks)), params
+    return best
+
+
+def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int) -> MemoryReport:
+    """The 3-block report with peak and breakdown grown linearly to ``count`` blocks."""
+    extra = count - 3
+    large.peak_bytes += extra * (large.peak_bytes - small.peak_bytes)
+    large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
+    prefix = f"{path}.2"
+    if large.peak_module and (large.peak_module == prefix or large.peak_module.startswith(prefix + ".")):
+        large.peak_module = f"{path}.{count - 1}" + large.peak_module[len(prefix):]
+    large.notes.append(
+        f"{count} identical blocks in '{path}': simulated with 2 and 3 of them and extrapolated linearly "
+        "(timeline and top tensors are those of the 3-block run)"
+    )
+    return large
+
+
+def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep: tuple[str, int] | None = None):
+    """One simulation; ``keep=(path, k)`` keeps only the first k blocks of that container."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.utils.module_tracker import ModuleTracker
+
     device = _simulation_device(model)
     pure_dtype = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}.get(amp)
     autocast_amp = amp if amp in ("bf16", "fp16") else None
     trace = _Trace(corrections=_CPU_CORRECTIONS if device == "cpu" else {})
     phase = _Phase()
 
-    with FakeTensorMode(allow_non_fake_inputs=False):
+    with FakeTensorMode(allow_non_fake_inputs=False), _quiet_fake_tensor_errors():
         fake_model = _fake_copy(model, device, pure_dtype)
         fake_model.train()
+        if keep is not None:
+            container = fake_model.get_submodule(keep[0])
+            container._modules = collections.OrderedDict(list(container._modules.items())[: keep[1]])
         args, kwargs = _split_inputs(example_inputs)
         args = tuple(_spec_to_tensor(a, device, pure_dtype) for a in args)
         kwargs = {k: _spec_to_tensor(v, device, pure_dtype) for k, v in kwargs.items()}
         params = [p for p in fake_model.parameters() if p.requires_grad]
         if not params:
-            raise ValueError(f"{type(model).__name__} has no trainable parameters: nothing to train, no step to simulate")
+            raise ValueError(
+                f"{type(model).__name__} has no trainable parameters: nothing to train, no step to simulate"
+            )
         opt = _make_optimizer(optimizer, params, lr, device)
         tracker = ModuleTracker()
         mode, track = _make_tracker_mode(trace, phase, tracker, type(model).__name__)
@@ -483,7 +628,8 @@ def simulate_training_step(
                 record.description = names.get(id(t), "example input")
         with tracker, mode:
             _prime_optimizer(params, opt, phase)
-            _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1)
+            _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1,
+                       current_layer=lambda: _module_name(tracker, type(model).__name__))
         _label_state(trace, fake_model, opt, names)
         report = _build_report(trace, steps - 1)
     report.optimizer = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
@@ -499,11 +645,20 @@ def simulate_training_step(
         report.notes.append(
             f"{', '.join(approximate)}: oneDNN workspace sizes are fitted, not exact; treat the peak as an estimate"
         )
-    if autocast_amp is not None and device == "cpu":
-        report.notes.append(
-            "CPU autocast: bf16/fp16 matmuls and reductions on CPU use fp32 scratch buffers that are not modelled"
-        )
     return report
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_errors():
+    """FakeTensorMode logs a traceback before re-raising a kernel's shape error; the user gets our
+    ValueError instead."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _prime_optimizer(params: list, opt, phase: _Phase) -> None:
@@ -597,11 +752,17 @@ def measure_training_step(
     import torch
     from torch.profiler import ProfilerActivity, profile
 
+    from torch._subclasses.fake_tensor import FakeTensor
+
     _check_options(optimizer, amp, steps)
+    tensors = [*model.parameters(), *model.buffers()]
+    where = {"fake" if isinstance(t, FakeTensor) else t.device.type for t in tensors}
+    if where - {"cpu"}:
+        raise ValueError(
+            f"measure_training_step runs a real step on the CPU allocator, but the model's tensors are on "
+            f"{sorted(where - {'cpu'})}: pass a model with real CPU tensors (or use simulate_training_step)"
+        )
     real = copy.deepcopy(model)
-    device = _simulation_device(real)
-    if device != "cpu":
-        raise ValueError(f"measure_training_step measures the CPU allocator: the model is on {device!r}, pass a CPU model")
     pure_dtype = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}.get(amp)
     if pure_dtype is not None:
         real.to(pure_dtype)
@@ -610,9 +771,12 @@ def measure_training_step(
 
     def real_input(item):
         if isinstance(item, torch.Tensor):
+            if item.device.type != "cpu" or isinstance(item, FakeTensor):
+                raise ValueError(f"measure_training_step needs real CPU example inputs, got one on {item.device}")
             item = item.detach().clone()
             return item.to(pure_dtype) if pure_dtype is not None and item.is_floating_point() else item
-        return _spec_to_tensor(item, "cpu", pure_dtype).normal_() if not isinstance(item, dict) else _spec_to_tensor(item, "cpu", pure_dtype).zero_()
+        tensor = _spec_to_tensor(item, "cpu", pure_dtype)  # shape specs: random floats, zero ids
+        return tensor.normal_() if tensor.is_floating_point() else tensor.zero_()
 
     args = tuple(real_input(a) for a in args)
     kwargs = {k: real_input(v) for k, v in kwargs.items()}
@@ -655,7 +819,9 @@ def max_batch_size(
     through batches 1 and 2 gives a first guess, then bisection over fake runs settles it."""
     budget = parse_bytes(budget_bytes)
     if not callable(make_inputs):
-        raise TypeError(f"make_inputs must be a callable batch_size -> example inputs, got {type(make_inputs).__name__}")
+        raise TypeError(
+            f"make_inputs must be a callable batch_size -> example inputs, got {type(make_inputs).__name__}"
+        )
     peaks: dict[int, int] = {}
 
     def peak(batch: int) -> int:
