@@ -59,3 +59,13 @@ def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys):
     assert main(["audit", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("training-profiler audit: error: ") and message in err[0]
+
+
+def test_parser_records_and_table_view_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import training_profiler.cli as cli, training_profiler.fx_audit.table, "
+            "training_profiler.fx_audit.records; cli.build_parser(); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
