@@ -369,3 +369,11 @@ def test_repeated_blocks_costed_once_match_the_full_run():
                                   "them: same modules, graph and input shapes"]
     assert comparable(fast) == comparable(full)
     assert full.totals["params"] == fast.totals["params"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("amp, dtype, itemsize", [(None, "float32", 4), ("bf16", "bfloat16", 2),
+                                                  ("pure-fp16", "float16", 2)])
+def test_precision_modes_change_bytes_not_macs(amp, dtype, itemsize):
+    report = audit(nn.Sequential(nn.Linear(16, 32)), meta(4, 16), amp=amp, memory=False)
+    linear = only(report)
+    assert (linear.macs, linear.output_dtype, linear.output_bytes) == (4 * 16 * 32, dtype, 4 * 32 * itemsize)
