@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.speed_child:
         speed()
         return 0
-    rows = []
+    rows, failures = [], []
     cases = [(n, None, None) for n in ZOO if not args.only or n in args.only]
     if not args.only and not args.no_transformers:
         cases += transformers_rows()
@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
         if model is None:
             torch.manual_seed(0)
             model, inputs = ZOO[name].factory(), BENCH_INPUTS[name]()
-        row = bench_row(name, model, inputs)
+        try:
+            row = bench_row(name, model, inputs)
+        except Exception as exc:  # a bench reports failures as rows and goes on
+            print(f"{name}: FAILED {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
+            failures.append(name)
+            continue
         print(f"{name}: peak {_err(row['peak'], row['peak_ref']):+.2f}%, "
               f"MACs {_err(row['macs'], row['macs_ref']):+.2f}% "
               f"({row['times']} s)", file=sys.stderr, flush=True)
@@ -188,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         del model, inputs
         gc.collect()
     print_table(rows)
+    if failures:
+        print(f"failed: {', '.join(failures)}")
     return 0
 
 

@@ -369,3 +369,18 @@ def test_repeated_blocks_costed_once_match_the_full_run():
                                   "them: same modules, graph and input shapes"]
     assert comparable(fast) == comparable(full)
     assert full.totals["params"] == fast.totals["params"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("amp, dtype, itemsize", [(None, "float32", 4), ("bf16", "bfloat16", 2),
+                                                  ("pure-fp16", "float16", 2)])
+def test_precision_modes_change_bytes_not_macs(amp, dtype, itemsize):
+    report = audit(nn.Sequential(nn.Linear(16, 32)), meta(4, 16), amp=amp, memory=False)
+    linear = only(report)
+    assert (linear.macs, linear.output_dtype, linear.output_bytes) == (4 * 16 * 32, dtype, 4 * 32 * itemsize)
+
+
+def test_hooks_path_names_the_failing_layer_too():
+    model = _ValueBranch()
+    model.narrow = nn.Linear(5, 2)  # the branch taken (value assumed 0) does not fit 4 features
+    with pytest.raises(ValueError, match=r"layer 'narrow' \(Linear\) failed on input shapes \[\[3, 4\]\]"):
+        audit(model, (3, 4), memory=False)

@@ -59,3 +59,32 @@ def test_usage_errors_are_one_line_and_exit_2(argv, message, capsys):
     assert main(["audit", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("training-profiler audit: error: ") and message in err[0]
+
+
+def test_parser_records_and_table_view_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; import training_profiler.cli as cli, training_profiler.fx_audit.table, "
+            "training_profiler.fx_audit.records; cli.build_parser(); print('torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_table_groups_rows_by_module_depth():
+    from training_profiler.fx_audit.records import AuditReport, CaptureInfo, LayerRecord
+    from training_profiler.fx_audit.table import render_table
+
+    layers = [
+        LayerRecord(name=f"blocks.{b}.{leaf}", node=f"n{b}{leaf}", op="Linear", kind="module", module=f"blocks.{b}.{leaf}",
+                    params=10, macs=1_000, flops_forward=2_000, flops_backward=4_000, output_shape=[2, 8])
+        for b in range(2) for leaf in ("q", "k")
+    ]
+    totals = {"params": 40, "trainable_params": 40, "frozen_params": 0, "buffers": 0, "macs": 4_000,
+              "flops_forward": 8_000, "flops_backward": 16_000, "saved_bytes": 0}
+    report = AuditReport(model="Toy", inputs=[], capture=CaptureInfo("symbolic_trace"), layers=layers, totals=totals)
+    rows = [line for line in render_table(report, depth=2).splitlines() if line.startswith("│")]
+    assert len(rows) == 2  # blocks.0 and blocks.1, each the sum of its two Linear layers
+    for block, row in zip(("blocks.0", "blocks.1"), rows):
+        cells = [c.strip() for c in row.strip("│").split("│")]
+        assert cells[:7] == [block, "2 nodes", "2x8", "20", "2.00 K", "4.00 K", "8.00 K"]

@@ -149,22 +149,21 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _trace(model: nn.Module, leaves: set[str]) -> tuple[torch.fx.GraphModule, _LeafTracer]:
+def _trace(model: nn.Module, leaves: set[str]) -> torch.fx.GraphModule:
     tracer = _LeafTracer(leaves)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
-        exc.tracer = tracer  # type: ignore[attr-defined]
+        exc.tracer = tracer  # type: ignore[attr-defined]  # tells _leaf_trace which module failed
         raise
-    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__), tracer
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _leaf_trace(model: nn.Module) -> tuple[torch.fx.GraphModule, list[str]]:
     leaves: set[str] = set()
     while True:
         try:
-            gm, _ = _trace(model, leaves)
-            return gm, sorted(leaves)
+            return _trace(model, leaves), sorted(leaves)
         except Exception as exc:
             failed = getattr(exc, "tracer", None) and exc.tracer.failed  # type: ignore[attr-defined]
             if not failed or failed in leaves:
@@ -200,7 +199,7 @@ def capture(model: nn.Module, args: tuple, kwargs: dict | None = None, *, paths:
             if path == "symbolic_trace":
                 if kwargs:
                     raise TypeError("keyword inputs are not supported by symbolic_trace")
-                gm, _ = _trace(model, set())
+                gm = _trace(model, set())
                 return Captured(gm, CaptureInfo(path, attempts), kwargs)
             if path == "leaf_tracer":
                 if kwargs:

@@ -76,7 +76,8 @@ def load_factory(spec: str) -> Callable[..., Any]:
             sys.modules[path.stem] = module
             module_spec.loader.exec_module(module)
         else:
-            sys.path.insert(0, str(Path.cwd()))
+            if str(Path.cwd()) not in sys.path:
+                sys.path.insert(0, str(Path.cwd()))  # like `python -m`: models of the current project
             module = importlib.import_module(module_name)
     except UsageError:
         raise

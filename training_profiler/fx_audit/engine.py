@@ -285,6 +285,7 @@ class _Auditor:
         index_of: dict[str, int] = {}
         stack: list[int | None] = []
         handles = []
+        inputs_of: dict[int, Any] = {}  # record -> inputs of its latest call, for error messages
 
         def record_for(path: str, module: nn.Module) -> int:
             if path not in index_of:
@@ -302,6 +303,7 @@ class _Auditor:
                     self._claim(inputs, self.mode.current)
                 stack.append(self.mode.current)
                 self.mode.current = record_for(path, module)
+                inputs_of[self.mode.current] = inputs
             return hook
 
         def post(path: str) -> Callable:
@@ -321,7 +323,7 @@ class _Auditor:
             raise
         except Exception as exc:
             index = self.mode.current if self.mode.current is not None else record_for("", self.copy)
-            raise self._fit_error(self.records[index], args, exc) from exc
+            raise self._fit_error(self.records[index], inputs_of.get(index, args), exc) from exc
         finally:
             for h in handles:
                 h.remove()

@@ -33,6 +33,7 @@ from .records import MemoryReport, TensorInfo
 __all__ = [
     "AMP_MODES",
     "OPTIMIZERS",
+    "default_loss",
     "max_batch_size",
     "measure_training_step",
     "parse_bytes",
@@ -281,7 +282,8 @@ def _fake_copy(model, device: str, dtype_override):
 
 @dataclass
 class _Storage:
-    index: int  # creation order, unique (ids of freed storages are reused)
+    """One storage: allocated by an aten op during the simulation, or alive before it (params, inputs)."""
+
     nbytes: int
     phase: str
     module: str | None
@@ -431,16 +433,14 @@ def _make_tracker_mode(trace: _Trace, phase: _Phase, tracker, root_name: str):
         key = id(storage)
         if key in trace.live:
             return None
+        trace.events += 1
         record = _Storage(
-            index=len(trace.storages), nbytes=storage.nbytes(), phase=phase.name, module=module, op=op,
-            shape=list(tensor.shape), dtype=str(tensor.dtype).replace("torch.", ""), step=phase.step,
-            alloc_event=trace.events,
+            nbytes=storage.nbytes(), phase=phase.name, module=module, op=op, shape=list(tensor.shape),
+            dtype=str(tensor.dtype).replace("torch.", ""), step=phase.step, alloc_event=trace.events,
         )
         trace.storages.append(record)
         trace.live[key] = record
         trace.live_bytes += record.nbytes
-        trace.events += 1
-        record.alloc_event = trace.events
         weakref.finalize(storage, on_free, key, record)
         return record
 
