@@ -16,6 +16,7 @@ from . import __version__
 
 _COMMAND_MODULES = (
     "training_profiler.linter.cli",
+    "training_profiler.fx_audit.cli",
     "training_profiler.demo",
 )
 

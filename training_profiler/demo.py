@@ -31,4 +31,8 @@ def run_demo(args: argparse.Namespace) -> int:
     _section("1. Linter: AMP pitfalls in examples/failure_museum/amp/ (training-profiler lint)")
     findings = lint_paths([str(museum / "amp")])
     sys.stdout.write(findings_to_text(findings))
+
+    _section("2. Graph audit: ResNet-18 from the model zoo, nothing allocated (training-profiler audit)")
+    from .fx_audit.cli import demo_audit
+    demo_audit()
     return 0

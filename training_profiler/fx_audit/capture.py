@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
+import logging
 from typing import Any, Callable, Iterator
 
 import torch
 import torch.fx
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.multiprocessing.reductions import StorageWeakRef
 
 from .records import CaptureInfo
 
@@ -69,34 +72,42 @@ def build_model(factory: Callable[..., nn.Module], *args: Any, fake_mode: FakeTe
     if not isinstance(model, nn.Module):
         raise TypeError(f"factory {getattr(factory, '__name__', factory)!r} returned {type(model).__name__}, "
                         "not an nn.Module: pass a function that builds the model")
-    if fake_mode is not None:
+    if fake_mode is not None:  # ``to_empty`` under the fake mode, without feeding it the meta tensors
         with fake_mode:
-            model = model.to_empty(device="cpu")
+            model = model._apply(lambda t: torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu"))
     return model
 
 
-def _fake_like(t: torch.Tensor, fake_mode: FakeTensorMode) -> torch.Tensor:
+def _fake_like(t: torch.Tensor, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None) -> torch.Tensor:
+    dtype = float_dtype if float_dtype is not None and t.is_floating_point() else t.dtype
     with fake_mode:
-        fake = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
+        fake = torch.empty_strided(t.shape, t.stride(), dtype=dtype, device="cpu")
     if isinstance(t, nn.Parameter):
         return nn.Parameter(fake, requires_grad=t.requires_grad)
     return fake
 
 
-def fake_copy(model: nn.Module, fake_mode: FakeTensorMode) -> tuple[nn.Module, dict[int, torch.Tensor]]:
+def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None = None
+              ) -> tuple[nn.Module, dict[int, torch.Tensor]]:
     """The module tree of ``model`` with every tensor replaced by a fake CPU tensor.
 
-    Returns the copy and ``{id(original tensor): fake tensor}``; tied tensors map to one fake.
+    ``float_dtype`` casts floating tensors (pure bf16/fp16 training). Returns the copy and
+    ``{id(original tensor): fake tensor}``; tied tensors map to one fake.
     """
     memo: dict[int, Any] = {}
     fakes: dict[int, torch.Tensor] = {}
+    by_storage: dict[tuple, torch.Tensor] = {}  # distinct Parameter objects over one storage stay tied
     for module in model.modules():
         tensors = list(module._parameters.values()) + list(module._buffers.values())
         tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
         for t in tensors:
-            if t is not None and id(t) not in fakes:
-                fakes[id(t)] = _fake_like(t, fake_mode)
-                memo[id(t)] = fakes[id(t)]
+            if t is None or id(t) in fakes:
+                continue
+            key = (StorageWeakRef(t.untyped_storage()).cdata, t.storage_offset(), tuple(t.shape), tuple(t.stride()),
+                   t.dtype, isinstance(t, nn.Parameter))
+            if key not in by_storage:
+                by_storage[key] = _fake_like(t, fake_mode, float_dtype)
+            fakes[id(t)] = memo[id(t)] = by_storage[key]
     try:
         return copy.deepcopy(model, memo), fakes
     except Exception as exc:
@@ -107,10 +118,10 @@ def fake_copy(model: nn.Module, fake_mode: FakeTensorMode) -> tuple[nn.Module, d
 class Captured:
     """The result of the cascade: a GraphModule over the fake copy (``None`` for ``hooks``)."""
 
-    def __init__(self, graph_module: torch.fx.GraphModule | None, info: CaptureInfo, kwarg_names: tuple = ()) -> None:
+    def __init__(self, graph_module: torch.fx.GraphModule | None, info: CaptureInfo, kwargs: dict | None = None) -> None:
         self.graph_module = graph_module
         self.info = info
-        self.kwarg_names = kwarg_names
+        self.kwargs = kwargs or {}  # the keyword inputs to run it with (export may add use_cache=False)
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -138,22 +149,21 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _trace(model: nn.Module, leaves: set[str]) -> tuple[torch.fx.GraphModule, _LeafTracer]:
+def _trace(model: nn.Module, leaves: set[str]) -> torch.fx.GraphModule:
     tracer = _LeafTracer(leaves)
     try:
         graph = tracer.trace(model)
     except Exception as exc:
-        exc.tracer = tracer  # type: ignore[attr-defined]
+        exc.tracer = tracer  # type: ignore[attr-defined]  # tells _leaf_trace which module failed
         raise
-    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__), tracer
+    return torch.fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _leaf_trace(model: nn.Module) -> tuple[torch.fx.GraphModule, list[str]]:
     leaves: set[str] = set()
     while True:
         try:
-            gm, _ = _trace(model, leaves)
-            return gm, sorted(leaves)
+            return _trace(model, leaves), sorted(leaves)
         except Exception as exc:
             failed = getattr(exc, "tracer", None) and exc.tracer.failed  # type: ignore[attr-defined]
             if not failed or failed in leaves:
@@ -161,12 +171,17 @@ def _leaf_trace(model: nn.Module) -> tuple[torch.fx.GraphModule, list[str]]:
             leaves.add(failed)
 
 
-def _export(model: nn.Module, args: tuple, kwargs: dict) -> torch.fx.GraphModule:
+def _export(model: nn.Module, args: tuple, kwargs: dict) -> tuple[torch.fx.GraphModule, dict]:
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "use_cache", False):
         kwargs = {**kwargs, "use_cache": False}  # HF decoders: KV cache outputs break export
-    program = torch.export.export(model, args, kwargs, strict=False)
-    return program.module()
+    logging.disable(logging.CRITICAL)  # a failed export logs whole graphs; the cascade reports the reason
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            program = torch.export.export(model, args, kwargs, strict=False)
+    finally:
+        logging.disable(logging.NOTSET)
+    return program.module(), kwargs
 
 
 def capture(model: nn.Module, args: tuple, kwargs: dict | None = None, *, paths: tuple[str, ...] = PATHS) -> Captured:
@@ -184,17 +199,17 @@ def capture(model: nn.Module, args: tuple, kwargs: dict | None = None, *, paths:
             if path == "symbolic_trace":
                 if kwargs:
                     raise TypeError("keyword inputs are not supported by symbolic_trace")
-                gm, _ = _trace(model, set())
-                return Captured(gm, CaptureInfo(path, attempts))
+                gm = _trace(model, set())
+                return Captured(gm, CaptureInfo(path, attempts), kwargs)
             if path == "leaf_tracer":
                 if kwargs:
                     raise TypeError("keyword inputs are not supported by symbolic_trace")
                 gm, leaves = _leaf_trace(model)
-                return Captured(gm, CaptureInfo(path, attempts, leaf_modules=leaves))
+                return Captured(gm, CaptureInfo(path, attempts, leaf_modules=leaves), kwargs)
             if path == "export":
-                gm = _export(model, args, kwargs)
-                return Captured(gm, CaptureInfo(path, attempts), kwarg_names=tuple(kwargs))
-            return Captured(None, CaptureInfo("hooks", attempts))
+                gm, run_kwargs = _export(model, args, kwargs)
+                return Captured(gm, CaptureInfo(path, attempts), run_kwargs)
+            return Captured(None, CaptureInfo("hooks", attempts), kwargs)
         except Exception as exc:
             attempts.append({"path": path, "error": _short(exc)})
     raise RuntimeError("no capture path succeeded: " + "; ".join(f"{a['path']}: {a['error']}" for a in attempts))

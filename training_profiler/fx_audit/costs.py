@@ -114,7 +114,7 @@ FREE = frozenset({
     "native_group_norm", "native_group_norm_backward", "_fused_rms_norm", "_fused_rms_norm_backward",
     "sum", "mean", "amax", "amin", "max", "min", "var_mean", "var", "std", "norm", "linalg_vector_norm", "cumsum",
     "prod", "argmax", "argmin", "any", "all", "sort", "topk",
-    "_softmax", "_softmax_backward_data", "_log_softmax", "_log_softmax_backward_data",
+    "_softmax", "_softmax_backward_data", "_safe_softmax", "_assert_tensor_metadata", "_log_softmax", "_log_softmax_backward_data",
     "nll_loss_forward", "nll_loss_backward", "nll_loss2d_forward", "nll_loss2d_backward", "mse_loss",
     "mse_loss_backward", "binary_cross_entropy", "binary_cross_entropy_backward",
     "binary_cross_entropy_with_logits", "smooth_l1_loss", "smooth_l1_loss_backward", "huber_loss",

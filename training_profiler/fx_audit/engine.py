@@ -13,6 +13,10 @@ How the numbers are measured (nothing is allocated, nothing is a fixed factor):
   charged once, to the node that saved it first; parameters are not activations and are skipped.
 - Parameters: a leaf module's parameters (or a ``get_attr`` node's functional parameter) go to the
   first node that uses them; tied weights and parameters sharing a storage are counted once.
+- Repeated blocks (``layers.2``, ``layers.3``, ... of a ModuleList/Sequential with the same
+  parameter shapes, graph segment and input shapes as ``layers.1``) are costed once and copied:
+  LLaMA-7B runs 3 of its 32 blocks. ``audit(..., dedup_blocks=False)`` runs them all (a test checks
+  that both agree record for record).
 - Data-dependent Python control flow (``if x.sum() > 0``) cannot run on fake tensors: the value is
   assumed to be 0 / False and the assumption is noted in ``report.capture.notes``.
 
@@ -21,9 +25,11 @@ This module imports torch: import it only from torch-using code paths.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 from collections import Counter, defaultdict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.fx
@@ -40,7 +46,9 @@ from .records import AuditReport, LayerRecord
 
 __all__ = ["audit"]
 
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # autocast
+_PURE_DTYPES = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}  # weights and inputs cast
+_BOOKKEEPING = frozenset({"detach", "copy_", "new_empty_strided", "empty_strided", "empty", "alias", "lift_fresh"})
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 
@@ -66,6 +74,7 @@ class _CostMode(TorchDispatchMode):
         self.flops = defaultdict(lambda: [0, 0])  # record -> [forward, backward]
         self.uncounted: dict[int | None, Counter] = defaultdict(Counter)
         self.op_calls = 0
+        self.calls: Counter = Counter()  # record -> op calls
         self.assumptions: list[str] = []
         self.describe: Callable[[int | None], str] = str
 
@@ -78,7 +87,11 @@ class _CostMode(TorchDispatchMode):
             return False if dtype == torch.bool else (0.0 if dtype.is_floating_point else 0)
         out = func(*args, **kwargs)
         if func.namespace == "aten":
-            self.op_calls += 1
+            # views and allocation bookkeeping do not count as ops of the graph (AccumulateGrad's
+            # first call in a process copies a gradient, later ones alias it)
+            if not (func.is_view or func.overloadpacket.__name__ in _BOOKKEEPING):
+                self.op_calls += 1
+                self.calls[self.current] += 1
             flops = op_flops(func, args, kwargs, out)
             if flops is None:
                 self.uncounted[self.current][str(func.overloadpacket.__name__)] += 1
@@ -90,20 +103,22 @@ class _CostMode(TorchDispatchMode):
 class _Auditor:
     """One audit: owns the fake copy, the records and the bookkeeping of a run."""
 
-    def __init__(self, model: nn.Module, fake_mode: FakeTensorMode, amp: str | None,
+    def __init__(self, model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None,
                  progress: Progress | None) -> None:
         self.fake_mode = fake_mode
-        self.copy, fakes = fake_copy(model, fake_mode)
+        self.copy, fakes = fake_copy(model, fake_mode, float_dtype)
         self.param_storages = {_storage_key(t) for t in fakes.values()}
-        self.amp = amp
         self.progress = progress
         self.records: list[LayerRecord] = []
         self.mode = _CostMode()
         self.mode.describe = self._describe
         self.grad_fn_owner: dict[Any, int] = {}
         self.saved_seen: set[int] = set()
-        self.params_seen: set[int] = set()
+        self.params_seen: set[tuple] = set()  # (storage, offset, shape) of owned parameters/buffers
         self.modules = dict(self.copy.named_modules())
+        self.dedup_blocks = True
+        self.mirrored: list[tuple[int, int]] = []  # (record of a repeated block, record it copies)
+        self.notes: list[str] = []
 
     # ---------------------------------------------------------------- bookkeeping helpers
     def _describe(self, index: int | None) -> str:
@@ -138,9 +153,9 @@ class _Auditor:
         """Charge parameters/buffers to ``rec`` unless an earlier record already owns their storage."""
         for t, is_param in tensors:
             key = (_storage_key(t), t.storage_offset(), tuple(t.shape))
-            if id(t) in self.params_seen or hash(key) in self.params_seen:
+            if key in self.params_seen:
                 continue
-            self.params_seen.update((id(t), hash(key)))
+            self.params_seen.add(key)
             n = t.numel()
             if is_param:
                 rec.params += n
@@ -165,7 +180,7 @@ class _Auditor:
 
     def _fit_error(self, rec: LayerRecord, args: Any, exc: BaseException) -> ValueError:
         shapes = [list(t.shape) for t in _tensors(args)]
-        first = (str(exc).strip().splitlines() or [""])[0][:240]
+        first = (str(exc).strip().splitlines() or [""])[0][:240].rstrip(".")
         return ValueError(
             f"example inputs do not fit the model: layer '{rec.name}' ({rec.op}) failed on input shapes "
             f"{shapes}: {type(exc).__name__}: {first}. Pass example inputs with the shapes this layer expects."
@@ -174,37 +189,61 @@ class _Auditor:
     # ---------------------------------------------------------------------- graph runs
     def run_graph(self, gm: torch.fx.GraphModule, args: tuple, kwargs: dict) -> Any:
         auditor = self
+        failure: ValueError | None = None
         nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+        # export graphs are aten-level: a parameter belongs to the op that reads it (the Linear's linear)
+        aten_graph = any(isinstance(n.target, torch._ops.OpOverload) for n in nodes)
         index_of: dict[torch.fx.Node, int] = {}
         for node in nodes:
             if node.op == "get_attr" or _is_bookkeeping(node):
                 continue
             index_of[node] = len(self.records)
             self.records.append(_record_for(node, self.modules, gm))
+        mirror, blocks, first_blocks = _repeated_blocks(nodes, self.modules) if self.dedup_blocks else ({}, [], {})
+        values: dict[torch.fx.Node, Any] = {}  # outputs of the last nodes of blocks 0 and 1
+        keep = set(first_blocks) | set(first_blocks.values())
 
         class Runner(torch.fx.Interpreter):
             done = 0
 
             def run_node(self, node: torch.fx.Node) -> Any:
+                nonlocal failure
                 if node.op == "get_attr":
                     value = super().run_node(node)
-                    if isinstance(value, torch.Tensor):
-                        auditor._get_attr(node, value, gm)
+                    if isinstance(value, torch.Tensor) and node.users:
+                        consumer = next((index_of[u] for u in node.users if u in index_of), None)
+                        if aten_graph and consumer is not None:
+                            auditor._own_params(auditor.records[consumer], [(value, isinstance(value, nn.Parameter))])
+                        else:
+                            auditor._get_attr(node, value)
                     return value
                 index = index_of.get(node)
+                if node in mirror:  # a repeated block: account its parameters, reuse block 1's output
+                    ref = mirror[node]
+                    if index is not None:
+                        auditor.mirrored.append((index, index_of[ref]))
+                        if node.op == "call_module":
+                            auditor._own_params(auditor.records[index],
+                                                auditor._module_tensors(gm.get_submodule(str(node.target)), True))
+                    return values.get(ref)
                 previous = auditor.mode.current
                 if index is not None:
                     auditor.mode.current = index
                 try:
                     out = super().run_node(node)
-                except ValueError:
-                    raise
                 except Exception as exc:
-                    rec = auditor.records[index] if index is not None else _record_for(node, auditor.modules, gm)
-                    raise auditor._fit_error(rec, self.fetch_args_kwargs_from_env(node), exc) from exc
+                    if failure is None:  # raised after ``run`` returns: fx would append its graph dump
+                        rec = auditor.records[index] if index is not None else _record_for(node, auditor.modules, gm)
+                        failure = auditor._fit_error(rec, self.fetch_args_kwargs_from_env(node), exc)
+                    raise
                 if index is None:
                     auditor.mode.current = previous
                     return out
+                if node in keep:
+                    values[node] = out
+                    block0 = first_blocks.get(node)
+                    if block0 is not None and _tensor_meta(out) != _tensor_meta(values[block0]):
+                        mirror.clear()  # block 1 changes the shape: later blocks see other inputs, run them all
                 rec = auditor.records[index]
                 auditor._fill_outputs(rec, out)
                 auditor._claim(out, index)
@@ -217,9 +256,18 @@ class _Auditor:
 
         in_spec = getattr(gm, "_in_spec", None)  # export graphs take their inputs flattened
         flat = tree_flatten_spec((args, kwargs), in_spec) if in_spec is not None else list(args)
-        return Runner(gm).run(*flat)
+        try:
+            out = Runner(gm).run(*flat)
+        except Exception as exc:
+            if failure is not None:
+                raise failure from exc
+            raise
+        if self.mirrored:
+            self.notes.append(f"costed {len(blocks)} repeated blocks ({blocks[0]} to {blocks[-1]}) once each, as "
+                              "the block before them: same modules, graph and input shapes")
+        return out
 
-    def _get_attr(self, node: torch.fx.Node, value: torch.Tensor, gm: torch.fx.GraphModule) -> None:
+    def _get_attr(self, node: torch.fx.Node, value: torch.Tensor) -> None:
         """A functional parameter or buffer read by the graph: its own record, owning its elements."""
         target = str(node.target)
         owner, _, _ = target.rpartition(".")
@@ -237,6 +285,7 @@ class _Auditor:
         index_of: dict[str, int] = {}
         stack: list[int | None] = []
         handles = []
+        inputs_of: dict[int, Any] = {}  # record -> inputs of its latest call, for error messages
 
         def record_for(path: str, module: nn.Module) -> int:
             if path not in index_of:
@@ -254,6 +303,7 @@ class _Auditor:
                     self._claim(inputs, self.mode.current)
                 stack.append(self.mode.current)
                 self.mode.current = record_for(path, module)
+                inputs_of[self.mode.current] = inputs
             return hook
 
         def post(path: str) -> Callable:
@@ -273,7 +323,7 @@ class _Auditor:
             raise
         except Exception as exc:
             index = self.mode.current if self.mode.current is not None else record_for("", self.copy)
-            raise self._fit_error(self.records[index], args, exc) from exc
+            raise self._fit_error(self.records[index], inputs_of.get(index, args), exc) from exc
         finally:
             for h in handles:
                 h.remove()
@@ -287,9 +337,91 @@ class _Auditor:
         torch.autograd.backward(grads, [torch.ones_like(t) for t in grads])
 
 
+def _tensor_meta(value: Any) -> list[tuple]:
+    return [(tuple(t.shape), t.dtype, t.requires_grad) for t in _tensors(value)]
+
+
+def _node_path(node: torch.fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target)
+    if node.op == "get_attr":
+        return str(node.target).rpartition(".")[0]
+    return _owner(node)[0]
+
+
+def _param_signature(module: nn.Module) -> list[tuple]:
+    return [(name, tuple(t.shape), t.dtype, t.requires_grad)
+            for name, t in (*module.named_parameters(), *module.named_buffers())]
+
+
+def _block_signature(segment: list[torch.fx.Node], prefix: str, previous: torch.fx.Node) -> list[str]:
+    """The segment's graph with its own path prefix and node names abstracted away."""
+    position = {n: i for i, n in enumerate(segment)}
+
+    def arg(a: torch.fx.Node) -> str:
+        if a in position:
+            return f"%{position[a]}"
+        if a is previous:
+            return "%previous_block_output"
+        return f"%{a.name}"  # shared input (rotary tables, masks): must be the very same node
+
+    signature = []
+    for n in segment:
+        target = str(n.target)
+        if n.op in ("call_module", "get_attr"):
+            target = target[len(prefix):] if target.startswith(prefix) else "?" + target
+        args = torch.fx.node.map_arg((n.args, n.kwargs), lambda a: arg(a))
+        signature.append(f"{n.op}|{target}|{args}|{_node_path(n)[len(prefix):]}")
+    return signature
+
+
+def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) -> tuple[dict, list[str], dict]:
+    """Blocks 2, 3, ... of a ModuleList/Sequential that repeat block 1 exactly.
+
+    Returns ``{node of a repeated block: node of block 1}``, the repeated block paths and
+    ``{last node of block 1: last node of block 0}`` for the caller's shape check. A block
+    qualifies when its modules have the same parameter shapes, its graph segment is the same
+    (same ops and targets, fed by the previous block's output and the same shared nodes) and only
+    its last node is used outside it. Block 0 and block 1 always run; the caller also checks that
+    block 1 maps its input shape to itself, so the whole chain sees the same shapes.
+    """
+    order = {n: i for i, n in enumerate(nodes)}
+    paths = {n: _node_path(n) for n in nodes}
+    mirror: dict[torch.fx.Node, torch.fx.Node] = {}
+    repeated: list[str] = []
+    first_blocks: dict[torch.fx.Node, torch.fx.Node] = {}  # last node of block 1 -> last node of block 0
+    for cpath, container in modules.items():
+        children = list(container.named_children()) if isinstance(container, (nn.ModuleList, nn.Sequential)) else []
+        if len(children) < 3 or len({type(m) for _, m in children}) != 1:
+            continue
+        prefixes = [f"{cpath}.{name}" if cpath else name for name, _ in children]
+        segments = [[n for n in nodes if paths[n] == p or paths[n].startswith(p + ".")] for p in prefixes]
+        if any(not seg for seg in segments) or any(
+                order[segments[k][-1]] >= order[segments[k + 1][0]] for k in range(len(segments) - 1)):
+            continue  # blocks must be non-empty, contiguous and in order
+        contiguous = all(order[seg[-1]] - order[seg[0]] + 1 == len(seg) for seg in segments)
+        if not contiguous:
+            continue
+        ref_sig = _block_signature(segments[1], prefixes[1] + ".", segments[0][-1])
+        for k in range(2, len(segments)):
+            seg = segments[k]
+            inside = set(seg)
+            if (_param_signature(children[k][1]) != _param_signature(children[1][1])
+                    or _block_signature(seg, prefixes[k] + ".", segments[k - 1][-1]) != ref_sig
+                    or any(u not in inside for n in seg[:-1] for u in n.users)):
+                break  # stop at the first block that differs: later ones would see other inputs
+            mirror.update(zip(seg, segments[1]))
+            repeated.append(prefixes[k])
+            first_blocks[segments[1][-1]] = segments[0][-1]
+    return mirror, repeated, first_blocks
+
+
 def _is_bookkeeping(node: torch.fx.Node) -> bool:
-    """Nodes that only read metadata (``x.size(1)``, ``getattr(t, 'shape')``): no record."""
+    """Nodes that only read metadata (``x.size(1)``, ``getattr(t, 'shape')``) or check export's
+    guards: no record."""
     if node.op == "call_method" and node.target in ("size", "dim", "numel", "stride"):
+        return True
+    if node.op == "call_module" and str(node.target) == "_guards_fn":
         return True
     return node.op == "call_function" and node.target is getattr
 
@@ -311,6 +443,8 @@ def _record_for(node: torch.fx.Node, modules: dict[str, nn.Module], gm: torch.fx
         return LayerRecord(name=path, node=node.name, op=type(module).__name__, kind="module", inputs=inputs,
                            module=path, module_type=type(module).__name__, extra=_module_extra(module))
     path, cls = _owner(node)
+    if not path:
+        cls = type(modules[""]).__name__  # top-level code of the model itself
     target = node.target
     if node.op == "call_method":
         op = str(target)
@@ -341,8 +475,10 @@ def _module_extra(module: nn.Module) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- inputs
 def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, dict):
+    if isinstance(example_inputs, dict) and "shape" not in example_inputs:
         args, kwargs = (), dict(example_inputs)
+    elif isinstance(example_inputs, dict):
+        args, kwargs = (example_inputs,), {}
     elif isinstance(example_inputs, torch.Tensor):
         args, kwargs = (example_inputs,), {}
     elif isinstance(example_inputs, (tuple, list)) and example_inputs and all(
@@ -357,12 +493,18 @@ def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
     def spec(value: Any, where: str) -> Any:
         if isinstance(value, torch.Tensor):
             return value
+        if isinstance(value, dict) and "shape" in value:  # {"shape": [...], "dtype": "int64"}
+            dtype = getattr(torch, str(value.get("dtype", "float32")), None)
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError(f"example input {where} has dtype {value.get('dtype')!r}: use a torch dtype name "
+                                 "such as 'float32', 'bfloat16' or 'int64'")
+            return torch.empty(tuple(value["shape"]), dtype=dtype, device="meta")
         if isinstance(value, (torch.Size, tuple, list)) and all(isinstance(v, int) and v >= 0 for v in value):
             return torch.empty(tuple(value), device="meta")  # a bare shape means float32
         if value is None or isinstance(value, (bool, int, float, str)):
             return value
         raise TypeError(f"example input {where} is a {type(value).__name__}: pass tensors (any device, meta is "
-                        "cheapest) or shapes as tuples of non-negative ints")
+                        "cheapest), shapes as tuples of non-negative ints, or {'shape': [...], 'dtype': 'int64'}")
 
     return (tuple(spec(v, f"#{i}") for i, v in enumerate(args)),
             {k: spec(v, repr(k)) for k, v in kwargs.items()})
@@ -374,12 +516,25 @@ def _with_batch(value: Any, batch_size: int | None) -> Any:
     return value.new_empty((batch_size, *value.shape[1:]), device="meta")
 
 
-def _fake_input(value: Any, fake_mode: FakeTensorMode) -> Any:
+def _fake_input(value: Any, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None) -> Any:
     if not isinstance(value, torch.Tensor):
         return value
+    dtype = float_dtype if float_dtype is not None and value.is_floating_point() else value.dtype
     with fake_mode:
-        return torch.empty_strided(value.shape, value.stride(), dtype=value.dtype, device="cpu",
+        return torch.empty_strided(value.shape, value.stride(), dtype=dtype, device="cpu",
                                    requires_grad=value.requires_grad)
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_logs() -> Iterator[None]:
+    """FakeTensorMode logs a traceback for every failing kernel; we raise one clear error instead."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _source(model: nn.Module) -> dict[str, Any]:
@@ -393,7 +548,8 @@ def _source(model: nn.Module) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- audit
 def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: str | None = None,
           batch_size: int | None = None, memory: bool = True, *, memory_budget: int | None = None,
-          capture_paths: tuple[str, ...] = PATHS, progress: Progress | None = None) -> AuditReport:
+          capture_paths: tuple[str, ...] = PATHS, dedup_blocks: bool = True,
+          progress: Progress | None = None) -> AuditReport:
     """Audit ``model`` on ``example_inputs`` without allocating: per-layer records and totals.
 
     ``example_inputs``: a tensor, a tuple of tensors (meta tensors cost nothing) or shapes (float32),
@@ -401,12 +557,13 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     ``amp`` (``"bf16"``/``"fp16"``) runs the forward under CPU autocast. ``memory`` simulates a
     training step with ``optimizer`` (see ``memory.py``); ``memory_budget`` (bytes) also solves
     for the largest batch size that fits. ``progress(done, total, layer)`` is called per node.
+    ``dedup_blocks`` costs identical repeated blocks (``layers.2`` ... of a ModuleList) once.
     The model is never modified, moved or hooked.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
-    if amp not in (None, *_AMP_DTYPES):
-        raise ValueError(f"amp={amp!r} is not supported: use None, 'bf16' or 'fp16'")
+    if amp not in (None, *_AMP_DTYPES, *_PURE_DTYPES):
+        raise ValueError(f"amp={amp!r} is not supported: use None, 'bf16', 'fp16', 'pure-bf16' or 'pure-fp16'")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     args, kwargs = _normalize_inputs(example_inputs)
@@ -414,22 +571,33 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     kwargs = {k: _with_batch(v, batch_size) for k, v in kwargs.items()}
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
-    auditor = _Auditor(model, fake_mode, amp, progress)
-    fake_args = tuple(_fake_input(a, fake_mode) for a in args)
-    fake_kwargs = {k: _fake_input(v, fake_mode) for k, v in kwargs.items()}
+    pure = _PURE_DTYPES.get(amp)
+    auditor = _Auditor(model, fake_mode, pure, progress)
+    auditor.dedup_blocks = dedup_blocks
+    fake_args = tuple(_fake_input(a, fake_mode, pure) for a in args)
+    fake_kwargs = {k: _fake_input(v, fake_mode, pure) for k, v in kwargs.items()}
     with fake_mode:
         captured = capture(auditor.copy, fake_args, fake_kwargs, paths=capture_paths)
-    autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp else torch.autocast("cpu", enabled=False)
-    with fake_mode, auditor.mode:
+    autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp in _AMP_DTYPES else contextlib.nullcontext()
+    with fake_mode, auditor.mode, _quiet_fake_tensor_logs():
         with torch.autograd.graph.saved_tensors_hooks(auditor._pack, lambda t: t), autocast:
             if captured.graph_module is not None:
-                outputs = auditor.run_graph(captured.graph_module, fake_args, fake_kwargs)
+                outputs = auditor.run_graph(captured.graph_module, fake_args, captured.kwargs)
             else:
-                outputs = auditor.run_hooks(fake_args, fake_kwargs)
+                outputs = auditor.run_hooks(fake_args, captured.kwargs)
         auditor.backward(outputs)
-    captured.info.notes = sorted(set(auditor.mode.assumptions))
+    captured.info.notes = sorted(set(auditor.mode.assumptions)) + auditor.notes
 
     records = auditor.records
+    mode = auditor.mode
+    for index, ref in auditor.mirrored:  # repeated blocks: the same costs as the block they repeat
+        mode.flops[index] = list(mode.flops[ref]) if ref in mode.flops else [0, 0]
+        if ref in mode.uncounted:
+            mode.uncounted[index] = Counter(mode.uncounted[ref])
+        mode.op_calls += mode.calls[ref]
+        rec, src = records[index], records[ref]
+        rec.output_shape, rec.output_shapes, rec.output_dtype = src.output_shape, list(src.output_shapes), src.output_dtype
+        rec.output_bytes, rec.saved_bytes = src.output_bytes, src.saved_bytes
     for index, (fwd, bwd) in auditor.mode.flops.items():
         if index is not None:
             records[index].flops_forward += fwd
@@ -440,6 +608,9 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
         uncounted_total.update(counter)
         if index is not None:
             records[index].uncounted_ops = sorted(counter)
+    if captured.graph_module is not None:  # graph order; parameter reads were appended as they ran
+        position = {node.name: i for i, node in enumerate(captured.graph_module.graph.nodes)}
+        records.sort(key=lambda rec: position[rec.node])
 
     report = AuditReport(
         model=type(model).__name__,
@@ -493,10 +664,10 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
     except ImportError:
         report.capture.notes.append("memory simulation is not available in this installation")
         return
-    if kwargs:
-        report.capture.notes.append("memory simulation needs positional inputs; skipped for keyword inputs")
+    if not any(p.requires_grad for p in model.parameters()):
+        report.capture.notes.append("no trainable parameters: no training step to simulate")
         return
-    memory = simulate_training_step(model, args, optimizer=optimizer, amp=amp)
+    memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
     report.memory = memory
     report.totals["peak_bytes"] = memory.peak_bytes
     report.totals["peak_phase"] = memory.peak_phase

@@ -512,4 +512,3 @@ ZOO: dict[str, ZooModel] = {
     )
 }
 LLAMA_7B = ZooModel("llama_7b", llama_7b_like, _tokens(512, 32000), "token ids, seq 512")
-

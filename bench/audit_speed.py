@@ -1,0 +1,66 @@
+"""How fast is `audit()`? Wall time and peak RSS for LLaMA-7B on meta, then every zoo model.
+
+    python bench/audit_speed.py            # LLaMA-7B FLOPs only, then the zoo (FLOPs only)
+    python bench/audit_speed.py --memory   # also the training-step memory simulation (Adam)
+
+Each model is audited in a fresh subprocess so that peak RSS (``ru_maxrss``) belongs to it alone.
+Prints a table; not a timed test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import torch
+from training_profiler.fx_audit import audit, build_model
+from training_profiler.fx_audit.zoo import LLAMA_7B, ZOO
+name, batch, memory = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+entry = LLAMA_7B if name == "llama_7b" else ZOO[name]
+t_import = time.perf_counter()
+model = build_model(entry.factory)
+with torch.device("meta"):
+    inputs = entry.make_inputs(batch)
+t_build = time.perf_counter()
+report = audit(model, inputs, optimizer="adam", memory=memory)
+t_audit = time.perf_counter()
+print(json.dumps({
+    "import_s": t_import - t0, "build_s": t_build - t_import, "audit_s": t_audit - t_build,
+    "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "params": report.totals["params"], "macs": report.totals["macs"],
+    "flops_fwd": report.totals["flops_forward"], "flops_bwd": report.totals["flops_backward"],
+    "peak": report.totals["peak_bytes"], "nodes": len(report.layers), "path": report.capture.path,
+}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--memory", action="store_true", help="include the training-step memory simulation")
+    parser.add_argument("--models", default="llama_7b,resnet18,resnet50,vgg16,mobilenet_v3,vit_b16,gpt2_small,"
+                                            "bert_base,llama,mlp,lstm")
+    args = parser.parse_args()
+    print(f"{'model':<13} {'params':>15} {'fwd+bwd FLOPs':>16} {'nodes':>6} {'build s':>8} {'audit s':>8} "
+          f"{'total s':>8} {'peak RSS':>10} {'train peak':>11}")
+    for name in args.models.split(","):
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", CHILD, name, "1", "1" if args.memory else "0"],
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if done.returncode != 0:
+            print(f"{name:<13} failed: {done.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        peak = f"{r['peak'] / 2**30:.2f} GiB" if r["peak"] else "-"
+        print(f"{name:<13} {r['params']:>15,} {r['flops_fwd'] + r['flops_bwd']:>16.4g} {r['nodes']:>6} "
+              f"{r['build_s']:>8.2f} {r['audit_s']:>8.2f} {wall:>8.2f} {r['rss_mib']:>6.0f} MiB {peak:>11}")
+
+
+if __name__ == "__main__":
+    main()
