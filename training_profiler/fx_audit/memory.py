@@ -818,8 +818,9 @@ def max_batch_size(
 ) -> int:
     """The largest batch size whose simulated training-step peak fits in ``budget_bytes``
     (0 if not even batch 1 fits). ``make_inputs(batch_size)`` returns example inputs as accepted
-    by ``simulate_training_step``. Peak memory grows about linearly with the batch size: a fit
-    through batches 1 and 2 gives a first guess, then bisection over fake runs settles it."""
+    by ``simulate_training_step``. Peak memory grows about linearly with the batch size: secant
+    steps from batches 1 and 2 find the crossing (a few fake runs), then a bracket and bisection
+    settle it exactly."""
     budget = parse_bytes(budget_bytes)
     if not callable(make_inputs):
         raise TypeError(
@@ -834,17 +835,36 @@ def max_batch_size(
 
     if peak(1) > budget:
         return 0
-    slope = max(peak(2) - peak(1), 1)
-    guess = min(limit, max(1, 1 + (budget - peak(1)) // slope))
-    # bracket: batch `fits` fits, batch `too_big` does not; double from the guess, then bisect
-    fits, too_big, probe = 1, None, guess
-    while too_big is None:
-        if peak(probe) > budget:
-            too_big = probe
-        elif probe >= limit:
-            return limit
-        else:
-            fits, probe = probe, min(limit, probe * 2)
+    # secant steps on the (nearly linear) peak(batch) curve, starting from batches 1 and 2
+    low, high = 1, 2
+    guess = 1
+    for _ in range(6):
+        slope = max((peak(high) - peak(low)) / (high - low), 1e-9)
+        guess = int(min(limit, max(1, low + (budget - peak(low)) // slope)))
+        if guess in (low, high):
+            break
+        low, high = (high, guess) if abs(guess - high) < abs(guess - low) else (low, guess)
+        low, high = min(low, high), max(low, high)
+    # bracket the answer around the guess with steps 1, 2, 4, ... (the fit is usually exact, so this
+    # costs one or two runs), then bisect: batch `fits` fits, batch `too_big` does not
+    if peak(guess) <= budget:
+        fits, too_big, step = guess, None, 1
+        while too_big is None:
+            probe = min(limit, fits + step)
+            if probe == fits:
+                return limit
+            if peak(probe) > budget:
+                too_big = probe
+            else:
+                fits, step = probe, step * 2
+    else:
+        fits, too_big, step = 1, guess, 1
+        while too_big - step > 1:
+            probe = too_big - step
+            if peak(probe) <= budget:
+                fits = probe
+                break
+            too_big, step = probe, step * 2
     while too_big - fits > 1:
         middle = (fits + too_big) // 2
         if peak(middle) <= budget:
