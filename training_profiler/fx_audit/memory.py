@@ -504,6 +504,9 @@ def simulate_training_step(
     "bf16"/"fp16" (autocast on the parameters' device type; meta counts as cpu) or
     "pure-bf16"/"pure-fp16" (weights, buffers and floating inputs cast). The default loss is the
     mean of the first floating output (``.logits`` for HF outputs); pass ``loss_fn`` otherwise.
+    ``steps`` (>= 2): the first step only creates the optimizer state (from zero gradients, no
+    forward/backward: the state of torch's optimizers depends only on the parameters' shapes);
+    the peak reported is that of the last step.
 
     The simulated device is that of the parameters (a model on ``meta`` is simulated as CPU), and
     autocast uses that device type's op lists: for a CPU or meta model these are CPU autocast's
@@ -683,7 +686,7 @@ def _label_state(trace: _Trace, model, opt, names: dict[int, str]) -> None:
     """Categories known only at the end: which storages became .grad and optimizer state."""
     import torch
 
-    by_storage = {key: record for key, record in trace.live.items()}
+    by_storage = trace.live
     for p in model.parameters():
         if p.grad is not None:
             record = by_storage.get(id(p.grad.untyped_storage()))
