@@ -2,7 +2,8 @@
 
     python bench/audit_accuracy.py            # the 10 zoo models (+ transformers rows if installed)
     python bench/audit_accuracy.py --only gpt2_small lstm
-    python bench/audit_accuracy.py --speed    # LLaMA-7B on meta: FLOPs + Adam peak, wall time, max RSS
+
+Speed (LLaMA-7B on meta, wall time and max RSS) is measured by ``bench/audit_speed.py --memory``.
 
 For each model, with small batch/sequence sizes so that real CPU steps fit in a few GB:
 - params: ``audit()`` against ``model.parameters()`` counted by identity (tied weights once);
@@ -20,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import resource
-import subprocess
 import sys
 import time
 
@@ -137,41 +136,11 @@ def transformers_rows() -> list[tuple[str, torch.nn.Module, tuple]]:
     ]
 
 
-def speed() -> None:
-    """LLaMA-7B (32 layers, d=4096, seq 512, batch 1) built on meta: FLOPs and the Adam peak."""
-    from training_profiler.fx_audit import audit, build_model
-    from training_profiler.fx_audit.zoo import LLAMA_7B
-
-    t0 = time.perf_counter()
-    model = build_model(LLAMA_7B.factory)
-    build_s = time.perf_counter() - t0
-    inputs = (torch.empty(1, 512, dtype=torch.long, device="meta"),)
-    t0 = time.perf_counter()
-    report = audit(model, inputs, optimizer="adam")
-    total_s = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
-    memory = report.memory
-    print(f"LLaMA-7B ({report.totals['params']:,} params), seq 512, batch 1, on meta:")
-    print(f"  build on meta {build_s:.1f} s; audit (capture, fwd+bwd FLOPs, Adam step simulation) {total_s:.1f} s")
-    print(f"  flops forward {report.totals['flops_forward']:.4g}, backward {report.totals['flops_backward']:.4g}")
-    print(f"  Adam peak {memory.peak_bytes / 2**30:.2f} GiB in {memory.peak_phase}; breakdown GiB "
-          + ", ".join(f"{k} {v / 2**30:.2f}" for k, v in memory.breakdown.items()))
-    print(f"  max RSS {rss:.0f} MiB")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="zoo model names")
-    parser.add_argument("--speed", action="store_true", help="LLaMA-7B speed/RSS run (in a fresh process)")
     parser.add_argument("--no-transformers", action="store_true")
-    parser.add_argument("--speed-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.speed:
-        # a fresh interpreter, so that max RSS is that of the 7B audit alone
-        return subprocess.call([sys.executable, __file__, "--speed-child"])
-    if args.speed_child:
-        speed()
-        return 0
     rows, failures = [], []
     cases = [(n, None, None) for n in ZOO if not args.only or n in args.only]
     if not args.only and not args.no_transformers:
