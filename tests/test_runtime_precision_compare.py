@@ -156,7 +156,9 @@ def test_cli_usage_errors(capsys):
     assert main(["precision", "no_colon_here"]) == 2
     assert "must look like pkg.module:factory" in capsys.readouterr().err
     assert main(["precision", f"{TRANSFORMER}:make_model", "--input", "2xq"]) == 2
-    assert "give a shape such as 2x16x32" in capsys.readouterr().err
+    assert "--input '2xq' is not a shape: write comma-separated sizes" in capsys.readouterr().err
+    assert main(["precision", f"{TRANSFORMER}:make_model", "--input", "2,16:float"]) == 2
+    assert "the part after ':' must be intN" in capsys.readouterr().err
     assert main(["precision", f"{TRANSFORMER}:nothing"]) == 2
     assert "has no callable 'nothing'" in capsys.readouterr().err
     assert main(["precision", f"{TRANSFORMER}:make_model", "--input", "2x16"]) == 2  # floats into nn.Embedding

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from ..cli import UsageError
+from ..cli import UsageError, load_factory, parse_shape
 
-__all__ = ["demo_audit", "load_factory", "parse_shape", "register", "run"]
+__all__ = ["demo_audit", "register", "run"]
 
 _DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
 
@@ -47,46 +47,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="table: one row per module path cut to N components (e.g. 2: layers.0, layers.1, ...)")
     audit.add_argument("--all", action="store_true", help="table: also list zero-cost nodes (views, elementwise ops)")
     audit.set_defaults(run=run)
-
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"8,3,224,224"`` (or ``8x3x224x224``) -> ``(8, 3, 224, 224)``."""
-    parts = text.replace("x", ",").replace(" ", "").strip(",").split(",")
-    try:
-        shape = tuple(int(p) for p in parts)
-    except ValueError:
-        raise UsageError(f"--input {text!r} is not a shape: write comma-separated sizes, e.g. 8,3,224,224") from None
-    if not shape or any(d < 0 for d in shape):
-        raise UsageError(f"--input {text!r} is not a shape: sizes must be non-negative integers")
-    return shape
-
-
-def load_factory(spec: str) -> Callable[..., Any]:
-    """``pkg.module:factory`` or ``path/to/file.py:factory`` -> the callable."""
-    module_name, sep, attr = spec.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"model {spec!r} must look like pkg.module:factory or path/to/file.py:factory")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise UsageError(f"model file {module_name} does not exist")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            sys.modules[path.stem] = module
-            module_spec.loader.exec_module(module)
-        else:
-            if str(Path.cwd()) not in sys.path:
-                sys.path.insert(0, str(Path.cwd()))  # like `python -m`: models of the current project
-            module = importlib.import_module(module_name)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise UsageError(f"cannot import {module_name}: {type(exc).__name__}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UsageError(f"{module_name} has no callable {attr!r}: name a function or nn.Module class that builds the model")
-    return factory
 
 
 def _example_inputs(args: argparse.Namespace, factory: Callable[..., Any]) -> tuple:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import UsageError
+from ..cli import UsageError, load_factory, parse_shape
 
 __all__ = ["register", "run_precision", "print_bbox_demo"]
 
@@ -33,8 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pkg.module:factory or path/to/file.py:factory; the factory returns a model or "
                         "(model, example inputs)")
     p.add_argument("--input", action="append", default=[], metavar="SPEC",
-                   help="a positional input (repeatable): SHAPE such as 2x16x32 (float32 normal values), "
-                        "SHAPE:intN such as 2x16:int1000 (integers in [0, N)), or a .pt file "
+                   help="a positional input (repeatable): SHAPE such as 2,16,32 (float32 normal values), "
+                        "SHAPE:intN such as 2,16:int1000 (integers in [0, N)), or a .pt file "
                         "(default: the example inputs the factory returns)")
     p.add_argument("--dtype", choices=_DTYPES, default="bf16", help="autocast dtype (default: bf16)")
     p.add_argument("--device", default=None, help="device to run on, e.g. cpu or cuda (default: the model's)")
@@ -48,34 +48,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_precision)
 
 
-def _load_factory(target: str) -> Any:
-    module_name, sep, attr = target.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise UsageError(f"MODEL {target!r} must look like pkg.module:factory or path/to/file.py:factory")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise UsageError(f"no file {module_name!r}: check the path in {target!r}")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.path.insert(0, str(path.resolve().parent))
-            try:
-                spec.loader.exec_module(module)
-            finally:
-                sys.path.pop(0)
-        else:
-            if os.getcwd() not in sys.path:
-                sys.path.insert(0, os.getcwd())
-            module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise UsageError(f"cannot import {module_name!r}: {exc}") from None
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise UsageError(f"{module_name!r} has no callable {attr!r}: name the function that builds the model")
-    return factory
-
-
 def _parse_input(spec: str) -> Any:
     import torch
 
@@ -84,12 +56,7 @@ def _parse_input(spec: str) -> Any:
             raise UsageError(f"no input file {spec!r}")
         return torch.load(spec, weights_only=True)
     shape_text, _, kind = spec.partition(":")
-    try:
-        shape = [int(s) for s in shape_text.lower().split("x")]
-        if any(s <= 0 for s in shape):
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"--input {spec!r}: give a shape such as 2x16x32, optionally with :intN, or a .pt file") from None
+    shape = parse_shape(shape_text)
     generator = torch.Generator().manual_seed(0)
     if not kind:
         return torch.randn(shape, generator=generator)
@@ -103,7 +70,7 @@ def run_precision(args: argparse.Namespace) -> int:
 
     from .precision import ModelRunError, compare_precision
 
-    built = _load_factory(args.factory)()
+    built = load_factory(args.factory)()
     model, inputs = built if isinstance(built, tuple) and len(built) == 2 else (built, None)
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{args.factory} returned {type(model).__name__}, not a torch.nn.Module or (model, inputs)")
@@ -158,9 +125,9 @@ def print_bbox_demo(museum: Path) -> None:
     from .precision import analyze_tensor, compare_precision
 
     folder = Path(museum) / "tensors"
-    bbox = _load_factory(f"{folder / 'bbox_regression.py'}:bbox_predictions")()
+    bbox = load_factory(f"{folder / 'bbox_regression.py'}:bbox_predictions")()
     sys.stdout.write(str(analyze_tensor(bbox, name="bbox_pred")))
-    model, tokens = _load_factory(f"{folder / 'unsafe_softmax_transformer.py'}:make_model")()
+    model, tokens = load_factory(f"{folder / 'unsafe_softmax_transformer.py'}:make_model")()
     report = compare_precision(model, tokens, dtype="bf16")
     worst = report.layer(report.first_exceeding) if report.first_exceeding is not None else None
     print(f"\ncompare_precision(TinyTransformer, bf16): first layer over tolerance "
