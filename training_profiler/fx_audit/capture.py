@@ -78,18 +78,18 @@ def build_model(factory: Callable[..., nn.Module], *args: Any, fake_mode: FakeTe
     return model
 
 
-def _fake_like(t: torch.Tensor, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None) -> torch.Tensor:
+def _fake_like(t: torch.Tensor, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None, device: str) -> torch.Tensor:
     dtype = float_dtype if float_dtype is not None and t.is_floating_point() else t.dtype
     with fake_mode:
-        fake = torch.empty_strided(t.shape, t.stride(), dtype=dtype, device="cpu")
+        fake = torch.empty_strided(t.shape, t.stride(), dtype=dtype, device=device)
     if isinstance(t, nn.Parameter):
         return nn.Parameter(fake, requires_grad=t.requires_grad)
     return fake
 
 
-def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None = None
-              ) -> tuple[nn.Module, dict[int, torch.Tensor]]:
-    """The module tree of ``model`` with every tensor replaced by a fake CPU tensor.
+def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None = None,
+              device: str = "cpu") -> tuple[nn.Module, dict[int, torch.Tensor]]:
+    """The module tree of ``model`` with every tensor replaced by a fake tensor on ``device``.
 
     ``float_dtype`` casts floating tensors (pure bf16/fp16 training). Returns the copy and
     ``{id(original tensor): fake tensor}``; tied tensors map to one fake.
@@ -106,7 +106,7 @@ def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dt
             key = (StorageWeakRef(t.untyped_storage()).cdata, t.storage_offset(), tuple(t.shape), tuple(t.stride()),
                    t.dtype, isinstance(t, nn.Parameter))
             if key not in by_storage:
-                by_storage[key] = _fake_like(t, fake_mode, float_dtype)
+                by_storage[key] = _fake_like(t, fake_mode, float_dtype, device)
             fakes[id(t)] = memo[id(t)] = by_storage[key]
     try:
         return copy.deepcopy(model, memo), fakes

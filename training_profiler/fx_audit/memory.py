@@ -245,37 +245,6 @@ def _simulation_device(model) -> str:
     return "cpu"
 
 
-def _fake_copy(model, device: str, dtype_override):
-    """Deep-copy the module structure with every parameter, buffer and tensor attribute replaced
-    by an empty tensor of the same layout made under the active FakeTensorMode (tied weights stay
-    tied through deepcopy's memo; no real tensor data is copied)."""
-    import torch
-
-    memo: dict[int, Any] = {}
-
-    def fake(t, is_param: bool):
-        if id(t) in memo:
-            return memo[id(t)]
-        override = dtype_override if t.is_floating_point() else None
-        new = _spec_to_tensor(t, device, override)
-        if is_param:
-            new = torch.nn.Parameter(new, requires_grad=t.requires_grad)
-        memo[id(t)] = new
-        return new
-
-    for module in model.modules():
-        for p in module._parameters.values():
-            if p is not None:
-                fake(p, True)
-        for b in module._buffers.values():
-            if b is not None:
-                fake(b, False)
-        for value in vars(module).values():
-            if isinstance(value, torch.Tensor):
-                fake(value, isinstance(value, torch.nn.Parameter))
-    return copy.deepcopy(model, memo)
-
-
 # --------------------------------------------------------------------------------------------
 # the storage tracker
 
@@ -600,14 +569,17 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.module_tracker import ModuleTracker
 
+    from .capture import fake_copy
+
     device = _simulation_device(model)
     pure_dtype = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}.get(amp)
     autocast_amp = amp if amp in ("bf16", "fp16") else None
     trace = _Trace(corrections=_CPU_CORRECTIONS if device == "cpu" else {})
     phase = _Phase()
 
-    with FakeTensorMode(allow_non_fake_inputs=False), _quiet_fake_tensor_errors():
-        fake_model = _fake_copy(model, device, pure_dtype)
+    fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
+    with fake_mode, _quiet_fake_tensor_errors():
+        fake_model, _ = fake_copy(model, fake_mode, pure_dtype, device)
         fake_model.train()
         if keep is not None:
             container = fake_model.get_submodule(keep[0])
