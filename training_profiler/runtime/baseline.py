@@ -173,7 +173,7 @@ class AdaptiveDetector:
     # -- the decision --------------------------------------------------------------------------
     def update(self, step: int, value: float) -> Verdict | None:
         if not math.isfinite(value):
-            med, spread = self.baseline_natural()
+            med, spread = self.baseline_natural() if self.ready else (math.nan, math.nan)
             if self._nan_episode:
                 return None
             self._nan_episode = True

@@ -585,7 +585,8 @@ class TrainingMonitor:
             return
         if metric == "grad_norm" and self.scaler is not None and self.scaler.is_enabled():
             return  # with a GradScaler an Inf gradient is a skipped step, judged by skipped_steps
-        center, spread = self._detectors[metric].baseline_natural()
+        detector = self._detectors[metric]
+        center, spread = detector.baseline_natural() if detector.ready else (math.nan, math.nan)
         self._alert(step, metric, "nonfinite", value, center, spread, math.inf, None,
                     f"{metric}: {value} ({_baseline_text(center, spread)}) | non-finite")
 

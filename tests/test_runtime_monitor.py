@@ -1,0 +1,354 @@
+"""@watch_training on real (small, seeded, CPU) training runs: the failure museum, the host-sync
+budget, the API surface (decorator, context manager, export, plot) and never breaking training."""
+
+import importlib.util
+import json
+import logging
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from training_profiler import watch_training
+from training_profiler.runtime import Alert, TrainingMonitor
+
+MUSEUM = Path(__file__).resolve().parent.parent / "examples" / "failure_museum" / "runtime"
+
+
+def _museum(name):
+    spec = importlib.util.spec_from_file_location(f"museum_{name}", MUSEUM / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models: more threads only fight over the 2 shared cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _tiny(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+# -- acceptance: the failure museum ---------------------------------------------------------------
+def test_lr_too_high_alerts_on_grad_norm_well_before_the_nan():
+    museum = _museum("lr_too_high")
+    monitor = museum.run(steps=400, high_lr=2.0)
+    nan_step = museum.first_nonfinite_step(monitor)
+    assert nan_step is not None and nan_step > 330
+    alerts = monitor.alerts
+    first = alerts[0]
+    assert first.metric == "grad_norm" and first.kind in ("spike", "rising", "divergence")
+    assert first.step <= nan_step - 10
+    assert "grad_norm" in first.message and first.message.startswith(f"[ALERT] Step {first.step} | grad_norm:")
+    assert "lower the learning rate" in first.message
+    assert {(a.metric, a.kind) for a in alerts if a.step >= nan_step - 5} >= {("loss", "nonfinite")}
+
+
+def test_lr_too_high_at_a_sane_lr_is_silent_for_2000_steps():
+    monitor = _museum("lr_too_high").run(steps=2000)
+    assert len(monitor.history) == 2000
+    assert monitor.alerts == []
+
+
+def test_nan_within_warmup_still_alerts_at_its_step():
+    museum = _museum("lr_too_high")
+    monitor = museum.run(steps=40, lr=10.0)
+    nan_step = museum.first_nonfinite_step(monitor)
+    assert nan_step is not None and nan_step < 100  # inside the warm-up
+    loss_alerts = [a for a in monitor.alerts if a.metric == "loss"]
+    assert [(a.kind, a.step) for a in loss_alerts] == [("nonfinite", nan_step)]
+    assert "no baseline yet" in loss_alerts[0].message
+
+
+def test_deep_plain_mlp_vanishing_alert_names_the_early_layers():
+    monitor = _museum("deep_plain_mlp").run(steps=12)
+    vanishing = [a for a in monitor.alerts if a.kind == "vanishing"]
+    assert len(vanishing) == 1
+    alert = vanishing[0]
+    assert alert.step == 1 and alert.layer == "0"  # the first Linear of the Sequential
+    assert alert.value < 1e-7
+    assert "Layer '0' grad_norm" in alert.message and "residual" in alert.message
+    norms = monitor.history[0]["layer_grad_norms"]
+    assert len(norms) == 100 and norms[-1] > 1e-3 > 1e-7 > norms[0]
+
+
+def test_fp16_activation_overflow_alert_names_the_layer_and_bf16_is_clean():
+    museum = _museum("fp16_overflow")
+    monitor = museum.run(steps=6)
+    overflow = [a for a in monitor.alerts if a.kind == "overflow"]
+    assert [(a.step, a.layer, a.metric) for a in overflow] == [(1, "0", "activation_overflow")]
+    assert overflow[0].value > 0.5  # most of layer 0's outputs are beyond 32752 or Inf
+    assert "bf16" in overflow[0].advice
+    assert museum.run(steps=6, dtype=torch.bfloat16).alerts == []
+
+
+# -- cost: no host sync in the per-step path ------------------------------------------------------
+class _CountSyncs(TorchDispatchMode):
+    """Counts the ops that force a device->host sync on a GPU: reading a scalar (.item(), bool(),
+    .tolist() of elements) and copies from a device to the CPU."""
+
+    def __init__(self):
+        super().__init__()
+        self.syncs = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.syncs.append("item")
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            dst = kwargs.get("device") if func is torch.ops.aten._to_copy.default else args[0].device
+            src = args[0] if func is torch.ops.aten._to_copy.default else args[1]
+            if dst is not None and torch.device(dst).type == "cpu" and src.device.type != "cpu":
+                self.syncs.append("copy to cpu")
+        return func(*args, **(kwargs or {}))
+
+
+def test_no_synchronizing_call_in_the_per_step_path(monkeypatch):
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu")
+
+    @watch_training(scaler=scaler, warmup_steps=10, transfer_every=10, precision_every=7)
+    def step(model, x, y):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        scaler.scale(loss)  # creates the scale tensor the monitor reads; scaler.step() would sync itself
+        loss.backward()
+        opt.step()
+        return loss
+
+    x, y = torch.randn(16, 8), torch.randn(16, 1)
+    for _ in range(5):
+        step(model, x, y)
+    calls = []
+    for name in ("item", "tolist", "cpu", "numpy", "__bool__"):
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *a, _original=original, _name=name, **k):
+            calls.append(_name)
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    with _CountSyncs() as mode:
+        for _ in range(30):  # crosses three periodic reads (steps 10, 20, 30)
+            step(model, x, y)
+    monkeypatch.undo()
+    assert calls == [] and mode.syncs == []
+    history = step.monitor.history
+    assert [r["step"] for r in history][-3:] == [33, 34, 35]
+    assert history[-1]["loss_scale"] == 65536.0
+    assert math.isfinite(history[-1]["grad_norm"])
+
+
+# -- what is measured -------------------------------------------------------------------------------
+def test_context_manager_records_exact_norms_even_when_grads_are_cleared_after_step():
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    expected = []
+    with watch_training(model=model, optimizer=opt, warmup_steps=10) as monitor:
+        for i in range(12):
+            x = torch.randn(16, 8, generator=torch.Generator().manual_seed(i))
+            loss = model(x).pow(2).mean()
+            loss.backward()
+            expected.append((loss.item(), torch.linalg.vector_norm(model[0].weight.grad).item(),
+                             torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()))
+            opt.step()
+            opt.zero_grad(set_to_none=True)  # gradients gone: the optimizer pre-hook saw them
+            monitor.step(loss)
+    history = monitor.history
+    assert len(history) == 12
+    for rec, (loss, w0, total) in zip(history, expected):
+        assert rec["loss"] == pytest.approx(loss, rel=1e-6)
+        assert rec["grad_norm"] == pytest.approx(total, rel=1e-5)
+        layer0 = rec["layer_grad_norms"][0]  # weight and bias of layer "0" together
+        assert layer0 >= w0 and layer0 == pytest.approx(
+            math.hypot(w0, layer0 * 0 + math.sqrt(max(layer0**2 - w0**2, 0.0))), rel=1e-6)
+    assert monitor.layers == ["0", "2"]
+    # update-to-weight ratio on precision steps (1, 1 + precision_every, ...): lr * |g| / |w|
+    assert 0 < history[0]["update_ratio"][0] < 0.01
+
+
+def test_hooks_are_removed_on_close():
+    from torch.optim import optimizer as optim_module
+
+    pre, post = len(optim_module._global_optimizer_pre_hooks), len(optim_module._global_optimizer_post_hooks)
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = TrainingMonitor(model, opt, precision_every=1, warmup_steps=10)
+    assert len(optim_module._global_optimizer_pre_hooks) == pre + 1
+    with monitor:
+        model(torch.randn(4, 8)).sum().backward()
+        assert any(m._forward_hooks for m in model.modules())  # precision step: hooks on
+        opt.step()
+        monitor.step()
+    assert not any(m._forward_hooks for m in model.modules())
+    assert len(optim_module._global_optimizer_pre_hooks) == pre
+    assert len(optim_module._global_optimizer_post_hooks) == post
+
+
+def test_global_optimizer_is_found_when_it_steps():
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    @watch_training
+    def train_step(model, x):
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"loss": loss}
+
+    train_step(model, torch.randn(4, 8))
+    assert train_step.monitor.optimizer is opt
+    assert math.isfinite(train_step.monitor.history[0]["grad_norm"])
+
+
+def test_grad_scaler_backoff_is_normal_but_repeated_skips_alert():
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    poison = {150, 300, 301, 302}
+
+    @watch_training(warmup_steps=20)
+    def train_step(model, optimizer, scaler, x, i):
+        optimizer.zero_grad()
+        loss = model(x).pow(2).mean()
+        if i in poison:  # an fp16-style overflow: Inf gradients, the scaler skips and backs off
+            loss = loss * float("inf")
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss
+
+    g = torch.Generator().manual_seed(0)
+    for i in range(1, 321):
+        train_step(model, opt, scaler, torch.randn(16, 8, generator=g), i)
+    monitor = train_step.monitor
+    assert monitor.scaler is scaler
+    kinds = [(a.step, a.kind) for a in monitor.alerts if a.metric != "loss"]
+    assert kinds == [(302, "skipped_steps")]  # step 150 alone (one backoff) is not an alert
+    assert monitor.history[302]["loss_scale"] == 1024.0 / 16
+    assert "bf16" in monitor.alerts[-1].advice
+
+
+# -- output -----------------------------------------------------------------------------------------
+def test_log_lines_have_the_seed_format_and_on_alert_is_called(caplog):
+    received = []
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001)
+
+    @watch_training(warmup_steps=20, log_every=30, on_alert=received.append)
+    def train_step(model, x, scale):
+        opt.zero_grad()
+        loss = (model(x) * scale).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    g = torch.Generator().manual_seed(0)
+    with caplog.at_level(logging.INFO, logger="training_profiler"):
+        for i in range(1, 61):
+            train_step(model, torch.randn(32, 8, generator=g), 30.0 if i == 45 else 1.0)
+        train_step.monitor.close()
+    lines = [r.getMessage() for r in caplog.records]
+    status = [line for line in lines if line.startswith("[Monitor] Step 30 ")]
+    assert len(status) == 1
+    assert " | grad_norm: " in status[0] and "(baseline: " in status[0] and status[0].endswith("| Status: OK")
+    grad_alert = [a for a in received if a.metric == "grad_norm"]
+    assert len(grad_alert) == 1 and isinstance(grad_alert[0], Alert)
+    assert grad_alert[0].step == 45 and grad_alert[0].kind == "spike"
+    assert grad_alert[0].value == pytest.approx(train_step.monitor.history[44]["grad_norm"])
+    assert f"Deviation: {grad_alert[0].deviation:.0f}σ" in grad_alert[0].message
+    assert grad_alert[0].message in lines
+
+
+def test_export_history_jsonl_and_csv(tmp_path):
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch_training(model=model, optimizer=opt, warmup_steps=10) as monitor:
+        for _ in range(5):
+            loss = model(torch.randn(4, 8)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            monitor.step(loss)
+    rows = [json.loads(line) for line in monitor.export_history(tmp_path / "h.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert rows[2]["loss"] == pytest.approx(monitor.history[2]["loss"])
+    csv_lines = monitor.export_history(tmp_path / "h.csv").read_text().splitlines()
+    header = csv_lines[0].split(",")
+    assert header[:4] == ["step", "loss", "grad_norm", "loss_scale"]
+    assert "layer_grad_norms/0" in header and "layer_grad_norms/2" in header
+    assert len(csv_lines) == 6
+    with pytest.raises(ValueError, match=r"'\.txt'.*use \.jsonl or \.csv"):
+        monitor.export_history(tmp_path / "h.txt")
+
+
+def test_gradient_flow_plot_png_or_clear_error(tmp_path):
+    monitor = _museum("deep_plain_mlp").run(steps=4, depth=10)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"pip install 'training-profiler\[plot\]'"):
+            monitor.plot_gradient_flow(tmp_path / "flow.png")
+    else:
+        path = monitor.plot_gradient_flow(tmp_path / "flow.png")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- robustness -------------------------------------------------------------------------------------
+def test_internal_error_is_logged_once_and_only_that_metric_is_disabled(monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(torch, "_foreach_norm", broken)
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    @watch_training(warmup_steps=10)
+    def train_step(model, x):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    with caplog.at_level(logging.WARNING, logger="training_profiler"):
+        for _ in range(15):
+            train_step(model, torch.randn(4, 8))
+        history = train_step.monitor.history
+    errors = [r.getMessage() for r in caplog.records if "internal error" in r.getMessage()]
+    # both metrics that use the broken op are switched off, each with one message
+    assert sorted(e.split("computing ")[1].split(" ")[0] for e in errors) == ["grad_norm", "update_ratio"]
+    assert all("RuntimeError: boom" in e and "training continues" in e for e in errors)
+    assert len(history) == 15 and all("loss" in r and "grad_norm" not in r for r in history)
+
+
+def test_bad_arguments_are_clear_errors():
+    with pytest.raises(ValueError, match="warmup_steps=0 must be a positive integer"):
+        watch_training(warmup_steps=0)
+    with pytest.raises(ValueError, match="warmup_steps=5 is too short"):
+        watch_training(warmup_steps=5)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        watch_training(model="resnet")
+    with pytest.raises(ValueError, match="needs the model"):
+        with watch_training():
+            pass
+
+    @watch_training
+    def no_model(x):
+        return x
+
+    with pytest.raises(ValueError, match=r"no torch.nn.Module among the train step's arguments.*model=model"):
+        no_model(torch.ones(1))
