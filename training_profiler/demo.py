@@ -31,4 +31,9 @@ def run_demo(args: argparse.Namespace) -> int:
     _section("1. Linter: AMP pitfalls in examples/failure_museum/amp/ (training-profiler lint)")
     findings = lint_paths([str(museum / "amp")])
     sys.stdout.write(findings_to_text(findings))
+
+    _section("3. Monitor: @watch_training on the runs in examples/failure_museum/runtime/")
+    from .runtime.monitor import run_museum_demo
+
+    run_museum_demo(museum)
     return 0

@@ -178,7 +178,7 @@ class TrainingMonitor:
         self._last_scale = math.nan
         self._layer_hist: deque[np.ndarray] = deque(maxlen=256)
         self._under_hist: deque[np.ndarray] = deque(maxlen=64)
-        self._last_alert_step = -(10**9)
+        self._last_grad_alert = -(10**9)
         if model is not None:
             self._attach(model)
 
@@ -638,6 +638,8 @@ class TrainingMonitor:
                     text += f" | first layer off its baseline: '{layer}' ({ratio:.1f}x)"
             self._alert(step, metric, verdict.kind, verdict.value, verdict.baseline, verdict.spread,
                         verdict.deviation, layer, text, advice_key=metric)
+            if metric == "grad_norm":
+                self._last_grad_alert = step
         if "layer_grad_norms" in rec:
             norms = np.asarray(rec["layer_grad_norms"])
             if not np.isinf(norms).any() and math.isfinite(rec["grad_norm"]):
@@ -665,6 +667,8 @@ class TrainingMonitor:
         return self._layers[worst], float(ratio[worst])
 
     def _check_vanishing(self, step: int, norms: np.ndarray) -> None:
+        if step - self._last_grad_alert < self.alert_window:
+            return  # saturated layers during an explosion are a symptom, not a second problem
         vanishing = norms < self.vanishing_floor  # NaN (layer without gradients) compares False
         if len(self._layer_hist) >= self.warmup_steps:
             vanishing |= norms < 1e-3 * self._layer_baseline(step)
@@ -678,7 +682,7 @@ class TrainingMonitor:
         self._alert(step, "layer_grad_norm", "vanishing", float(norms[first]), self.vanishing_floor, 0.0,
                     -math.inf, names[0],
                     f"Layer '{names[0]}' grad_norm: {_fmt(float(norms[first]))} (floor: {self.vanishing_floor:g}, "
-                    f"deepest layer: {_fmt(float(norms.max()))}) | vanishing gradients in {len(bad)} of "
+                    f"largest layer: {_fmt(float(np.nanmax(norms)))}) | vanishing gradients in {len(bad)} of "
                     f"{len(norms)} layers: {listed}", episode="vanishing")
 
     def _check_scaler(self, step: int, scale: float) -> None:
@@ -778,3 +782,40 @@ def watch_training(fn: Callable | None = None, /, *, model: nn.Module | None = N
     if fn is not None:
         return monitor(fn)
     return monitor
+
+
+def run_museum_demo(museum: str | Path) -> int:
+    """The demo's monitor section: run the runtime failure museum and print each run's alerts.
+    Returns the number of runs that did not raise the alert they exist to show (0 = all good)."""
+    import importlib.util
+
+    def load(name: str) -> Any:
+        spec = importlib.util.spec_from_file_location(f"_museum_{name}", Path(museum) / "runtime" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    cases = [
+        ("learning rate too high: MLP regression, LR ramped to 40x after warm-up",
+         "lr_too_high", {"steps": 400, "high_lr": 2.0}, "grad_norm"),
+        ("the same run at a sane learning rate, 1000 steps", "lr_too_high", {"steps": 1000}, None),
+        ("100-layer plain MLP (tanh, no residuals)", "deep_plain_mlp", {"steps": 10}, "layer_grad_norm"),
+        ("fp16 autocast on unnormalized inputs", "fp16_overflow", {"steps": 6}, "activation_overflow"),
+    ]
+    threads, was_disabled = torch.get_num_threads(), logger.disabled
+    torch.set_num_threads(1)  # tiny models: one thread is fastest and fair to a shared machine
+    logger.disabled = True  # the alerts are printed below, once
+    failures = 0
+    try:
+        for title, name, kwargs, expected in cases:
+            monitor = load(name).run(**kwargs)
+            alerts = monitor.alerts
+            print(f"\n-- {title}: {monitor.step_count} steps, {len(alerts)} alert(s)")
+            for alert in alerts[:4]:
+                print(f"   {alert.message}")
+            ok = any(a.metric == expected for a in alerts) if expected else not alerts
+            failures += not ok
+    finally:
+        torch.set_num_threads(threads)
+        logger.disabled = was_disabled
+    return failures
