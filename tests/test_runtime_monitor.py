@@ -352,3 +352,28 @@ def test_bad_arguments_are_clear_errors():
 
     with pytest.raises(ValueError, match=r"no torch.nn.Module among the train step's arguments.*model=model"):
         no_model(torch.ones(1))
+
+
+def test_torch_compiled_model_gets_gradient_statistics_without_activation_hooks():
+    model = _tiny()
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    @watch_training(warmup_steps=10, precision_every=1)
+    def train_step(model, x):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    x = torch.randn(4, 8)
+    for _ in range(3):
+        train_step(compiled, x)
+        assert not any(m._forward_hooks for m in model.modules())
+    monitor = train_step.monitor
+    assert monitor.layers == ["0", "2"]  # the "_orig_mod." prefix is dropped
+    history = monitor.history
+    expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+    assert history[-1]["grad_norm"] == pytest.approx(expected, rel=1e-5)
+    assert "activation_overflow" not in history[0]

@@ -351,7 +351,10 @@ class TrainingMonitor:
                     continue
                 self._layers.append(layer)
             index.append(len(self._layers) - 1)
-        self._act_modules = [(n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+        # a torch.compile'd model recompiles whenever forward hooks come and go: no activation stats there
+        compiled = hasattr(model, "_orig_mod")
+        self._act_modules = [] if compiled else [
+            (n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
         self._act_layers = [".".join(p for p in n.split(".") if p not in ("module", "_orig_mod")) or "<root>"
                             for n, _ in self._act_modules]
         device = self._params[0].device
@@ -635,7 +638,7 @@ class TrainingMonitor:
             if metric == "grad_norm" and "layer_grad_norms" in rec and self._layer_hist:
                 layer, ratio = self._worst_layer(step, np.asarray(rec["layer_grad_norms"]))
                 if layer is not None:
-                    text += f" | first layer off its baseline: '{layer}' ({ratio:.1f}x)"
+                    text += f" | layer furthest off its baseline: '{layer}' ({ratio:.1f}x)"
             self._alert(step, metric, verdict.kind, verdict.value, verdict.baseline, verdict.spread,
                         verdict.deviation, layer, text, advice_key=metric)
             if metric == "grad_norm":
