@@ -636,9 +636,9 @@ class TrainingMonitor:
             text = (f"{metric}: {_fmt(verdict.value)} ({_baseline_text(verdict.baseline, verdict.spread)})"
                     f" | Deviation: {verdict.deviation:.0f}σ | {verdict.kind}")
             if metric == "grad_norm" and "layer_grad_norms" in rec and self._layer_hist:
-                layer, ratio = self._worst_layer(step, np.asarray(rec["layer_grad_norms"]))
+                layer, ratio = self._first_layer_off(step, np.asarray(rec["layer_grad_norms"]))
                 if layer is not None:
-                    text += f" | layer furthest off its baseline: '{layer}' ({ratio:.1f}x)"
+                    text += f" | first layer off its baseline: '{layer}' ({ratio:.1f}x)"
             self._alert(step, metric, verdict.kind, verdict.value, verdict.baseline, verdict.spread,
                         verdict.deviation, layer, text, advice_key=metric)
             if metric == "grad_norm":
@@ -660,14 +660,21 @@ class TrainingMonitor:
             self._layer_base = np.median(np.stack(self._layer_hist), axis=0)
         return self._layer_base
 
-    def _worst_layer(self, step: int, norms: np.ndarray) -> tuple[str | None, float]:
-        base = self._layer_baseline(step)
-        ratio = np.nan_to_num(norms / np.maximum(base, 1e-30))
-        off = np.nonzero(ratio >= 2.0)[0]
-        if len(off) == 0:
+    def _first_layer_off(self, step: int, norms: np.ndarray) -> tuple[str | None, float]:
+        """The layer that left its own baseline (>= 2x) first, among those still off it now."""
+        base = np.maximum(self._layer_baseline(step), 1e-30)
+        rows = [norms, *reversed(list(self._layer_hist)[-self.alert_window :])]  # newest first
+        off = np.nan_to_num(np.stack(rows) / base) >= 2.0
+        streak = np.zeros(len(norms), dtype=int)
+        alive = off[0].copy()
+        for row in off:  # how many consecutive recent steps each layer has been off its baseline
+            alive &= row
+            streak += alive
+        if not streak.any():
             return None, 1.0
-        worst = int(off[np.argmax(ratio[off])])
-        return self._layers[worst], float(ratio[worst])
+        ratio = np.nan_to_num(norms / base)
+        first = int(np.lexsort((-ratio, -streak))[0])  # longest streak, then the largest ratio
+        return self._layers[first], float(ratio[first])
 
     def _check_vanishing(self, step: int, norms: np.ndarray) -> None:
         if step - self._last_grad_alert < self.alert_window:
