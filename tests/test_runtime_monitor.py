@@ -435,3 +435,25 @@ def test_grad_norm_alert_names_the_first_layer_that_left_its_baseline():
     grad_alerts = [a for a in train_step.monitor.alerts if a.metric == "grad_norm"]
     assert grad_alerts[0].step == 46 and grad_alerts[0].layer == "2"
     assert "first layer off its baseline: '2'" in grad_alerts[0].message
+
+
+def test_an_error_in_the_step_propagates_and_leaves_no_hooks_behind():
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    @watch_training(warmup_steps=10, precision_every=1)
+    def train_step(model, x, fail):
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        if fail:
+            raise KeyError("bad batch")
+        loss.backward()
+        opt.step()
+        return loss
+
+    train_step(model, torch.randn(4, 8), False)
+    with pytest.raises(KeyError, match="bad batch"):
+        train_step(model, torch.randn(4, 8), True)
+    assert not any(m._forward_hooks for m in model.modules())
+    train_step(model, torch.randn(4, 8), False)
+    assert [r["step"] for r in train_step.monitor.history] == [1, 2]

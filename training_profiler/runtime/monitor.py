@@ -212,7 +212,11 @@ class TrainingMonitor:
             if self.model is None and not self._closed:
                 self._find_objects(args, kwargs)
             self._begin_step()
-            out = fn(*args, **kwargs)
+            try:
+                out = fn(*args, **kwargs)
+            except BaseException:
+                self._abandon_step()  # the user's error propagates; the monitor stays consistent
+                raise
             self._end_step(out)
             return out
 
@@ -378,7 +382,8 @@ class TrainingMonitor:
         self._grads_done = False
         self._snapshot: list[torch.Tensor] | None = None
         self._act_stats: dict[int, torch.Tensor] = {}
-        self._idx_cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self._idx_cache: tuple[tuple[int, ...], Any] | None = None
+        self._act_idx: tuple[tuple[int, ...], torch.Tensor] | None = None
         self._hooks.append(_optim_hooks.register_optimizer_step_pre_hook(self._optimizer_pre_hook))
         self._hooks.append(_optim_hooks.register_optimizer_step_post_hook(self._optimizer_post_hook))
         self._rank, self._world = 0, 1
@@ -411,6 +416,11 @@ class TrainingMonitor:
         self._act_stats = {}
         if self._precision_step(self.step_count + 1):
             self._guarded("activation_precision", self._add_cadence_hooks)
+
+    def _abandon_step(self) -> None:
+        self._in_step = False
+        self._snapshot = None
+        self._remove_cadence_hooks()
 
     def _end_step(self, out: Any) -> None:
         if self._closed or self.model is None or not self._in_step:
@@ -486,7 +496,10 @@ class TrainingMonitor:
         self._grads_done = True
 
     def _write_act_stats(self, row: torch.Tensor) -> None:
-        idx = torch.tensor(list(self._act_stats), device=self._device)
+        key = tuple(self._act_stats)
+        if self._act_idx is None or self._act_idx[0] != key:  # a host->device copy: only when it changes
+            self._act_idx = (key, torch.tensor(key, device=self._device))
+        idx = self._act_idx[1]
         stats = torch.stack(list(self._act_stats.values()))
         row[self._c_over : self._c_under].index_copy_(0, idx, stats[:, 0])
         row[self._c_under :].index_copy_(0, idx, stats[:, 1])
