@@ -297,10 +297,7 @@ class TrainingMonitor:
         """Save a PNG: per-layer gradient norms over depth (a few moments of training) and as a
         depth x time heat map. Needs matplotlib (``pip install 'training-profiler[plot]'``)."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure  # no pyplot: the user's backend stays untouched
         except ImportError:
             raise RuntimeError("plot_gradient_flow needs matplotlib: pip install 'training-profiler[plot]' "
                                "(or export_history() and plot the JSONL yourself)") from None
@@ -309,7 +306,8 @@ class TrainingMonitor:
             raise ValueError("plot_gradient_flow: no gradient statistics recorded yet: run some training steps first")
         norms = np.array([r["layer_grad_norms"] for r in rows], dtype=float)
         logn = np.log10(np.maximum(norms, 1e-30))
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+        fig = Figure(figsize=(13, 4.5))
+        ax1, ax2 = fig.subplots(1, 2)
         for i in sorted({0, len(rows) // 2, len(rows) - 1}):
             ax1.plot(logn[i], label=f"step {rows[i]['step']}")
         ax1.axhline(math.log10(self.vanishing_floor), color="red", ls="--", lw=0.8, label="vanishing floor")
@@ -322,7 +320,6 @@ class TrainingMonitor:
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         return path
 
     # -- setup -------------------------------------------------------------------------------------
