@@ -29,11 +29,15 @@ from training_profiler.runtime.baseline import AdaptiveDetector, MeanStdRule  # 
 WARMUP, ALERT_WINDOW = 100, 50
 
 
-def make_trace(rng: np.random.Generator, steps: int) -> tuple[np.ndarray, dict]:
-    """One synthetic gradient-norm trace and its ground truth."""
+def make_trace(rng: np.random.Generator, steps: int, heavy_tails: bool = False) -> tuple[np.ndarray, dict]:
+    """One synthetic gradient-norm trace and its ground truth. ``heavy_tails``: Student-t (5 degrees
+    of freedom) innovations instead of Gaussian ones, with the same scale."""
     sigma = rng.uniform(0.05, 0.35)
     phi = rng.uniform(0.0, 0.5)
-    eps = rng.normal(0.0, sigma * math.sqrt(1 - phi * phi), steps)
+    if heavy_tails:
+        eps = rng.standard_t(5, steps) * sigma * math.sqrt(1 - phi * phi)
+    else:
+        eps = rng.normal(0.0, sigma * math.sqrt(1 - phi * phi), steps)
     noise = np.empty(steps)
     acc = rng.normal(0.0, sigma)
     for i in range(steps):  # AR(1) with stationary std sigma
@@ -74,14 +78,14 @@ def make_trace(rng: np.random.Generator, steps: int) -> tuple[np.ndarray, dict]:
     return values, truth
 
 
-def score(runs: int, steps: int, seed: int) -> dict:
+def score(runs: int, steps: int, seed: int, heavy_tails: bool = False) -> dict:
     rng = np.random.default_rng(seed)
     out = {"clean_steps": 0, "fa": 0, "seed_fa_events": 0, "seed_fa_steps": 0, "spikes": 0, "spikes_hit": 0,
            "seed_spikes_hit": 0, "explosions": 0, "expl_missed": 0, "expl_delay": [], "seed_expl_delay": [],
            "divergences": 0, "div_missed": 0, "div_delay": [], "nan": 0, "nan_delay": [], "shifts": 0,
            "shift_infos": 0, "seconds": 0.0}
     for _ in range(runs):
-        values, truth = make_trace(rng, steps)
+        values, truth = make_trace(rng, steps, heavy_tails)
         det, seed_rule = AdaptiveDetector(warmup_steps=WARMUP, alert_window=ALERT_WINDOW), MeanStdRule(WARMUP)
         alerts, seed_alarms, infos = [], [], 0
         t = time.perf_counter()
@@ -149,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heavy-tails", action="store_true", help="Student-t(5) noise instead of Gaussian")
     args = parser.parse_args(argv)
-    r = score(args.runs, args.steps, args.seed)
+    r = score(args.runs, args.steps, args.seed, args.heavy_tails)
     per10k = 1e4 / max(r["clean_steps"], 1)
     med = (lambda xs: statistics.median(xs) if xs else math.nan)
-    print(f"monitor detection benchmark: {args.runs} runs x {args.steps} steps, seed {args.seed}")
+    noise = "Student-t(5)" if args.heavy_tails else "Gaussian"
+    print(f"monitor detection benchmark: {args.runs} runs x {args.steps} steps, seed {args.seed}, {noise} log noise")
     print(f"{'':34}{'adaptive (ours)':>18}{'seed mean/std':>16}")
     print(f"{'false alarms / 10k clean steps':34}{r['fa'] * per10k:18.3f}{r['seed_fa_events'] * per10k:16.1f}")
     print(f"{'clean steps alarmed':34}{r['fa'] / max(r['clean_steps'], 1):18.4%}"
