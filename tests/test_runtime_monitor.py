@@ -457,3 +457,27 @@ def test_an_error_in_the_step_propagates_and_leaves_no_hooks_behind():
     assert not any(m._forward_hooks for m in model.modules())
     train_step(model, torch.randn(4, 8), False)
     assert [r["step"] for r in train_step.monitor.history] == [1, 2]
+
+
+def test_a_layer_without_gradients_is_not_measured_rather_than_vanishing():
+    torch.manual_seed(0)
+    model = nn.ModuleDict({"used": nn.Linear(8, 8), "unused": nn.Linear(8, 8), "head": nn.Linear(8, 1)})
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    @watch_training(model=model, warmup_steps=10)
+    def train_step(x):
+        opt.zero_grad(set_to_none=True)
+        loss = model["head"](model["used"](x)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss
+
+    for _ in range(12):
+        train_step(torch.randn(4, 8))
+    monitor = train_step.monitor
+    assert monitor.layers == ["used", "unused", "head"]
+    norms = monitor.history[-1]["layer_grad_norms"]
+    assert norms[0] > 0 and math.isnan(norms[1]) and norms[2] > 0
+    expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
+    assert monitor.history[-1]["grad_norm"] == pytest.approx(expected, rel=1e-5)
+    assert monitor.alerts == []

@@ -463,7 +463,8 @@ class TrainingMonitor:
         """Layer of each parameter that has a gradient, and a mask of the layers without any."""
         key = tuple(id(p) for p in params)
         if self._idx_cache is None or self._idx_cache[0] != key:
-            pos = [self._params.index(p) for p in params] if len(params) < len(self._params) else None
+            position = {id(p): i for i, p in enumerate(self._params)}  # by identity: tensors' == is elementwise
+            pos = [position[id(p)] for p in params] if len(params) < len(self._params) else None
             idx = self._param_layer if pos is None else self._param_layer[torch.tensor(pos, device=self._device)]
             missing = None
             if pos is not None:
