@@ -481,3 +481,67 @@ def test_a_layer_without_gradients_is_not_measured_rather_than_vanishing():
     expected = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item()
     assert monitor.history[-1]["grad_norm"] == pytest.approx(expected, rel=1e-5)
     assert monitor.alerts == []
+
+
+class _LaggingTransfer:
+    """Stands in for the CUDA path of monitor._Transfer: a copy lands in host memory only `lag`
+    steps after it was issued (as if the GPU ran behind the host), or when waited for."""
+
+    cuda = True
+
+    def __init__(self, device_buf, clock, lag):
+        self.host = torch.full(device_buf.shape, -1.0)
+        self.view = self.host.numpy()
+        self.clock, self.lag, self.inflight = clock, lag, {}
+
+    def copy(self, key, src, dst_index):
+        self.inflight[key] = (dst_index, src.clone(), self.clock() + self.lag)
+
+    def _land(self, key):
+        dst_index, data, _ = self.inflight.pop(key)
+        self.host[dst_index] = data
+
+    def ready(self, key):
+        if key in self.inflight and self.inflight[key][2] <= self.clock():
+            self._land(key)
+        return key not in self.inflight
+
+    def wait(self, key):
+        if key in self.inflight:
+            self._land(key)
+
+
+@pytest.mark.parametrize("lag", [3, 7])  # 7: the device is further behind than one transfer batch
+def test_async_host_copies_report_nan_with_its_own_step_once_the_device_catches_up(lag):
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = TrainingMonitor(model, opt, warmup_steps=10, transfer_every=5)
+    clock = lambda: monitor.step_count  # noqa: E731
+    monitor._fast = _LaggingTransfer(monitor._fast.host, clock, lag)
+    monitor._transfer = _LaggingTransfer(monitor._buf, clock, lag)
+    losses = []
+    with monitor:
+        for step in range(1, 41):
+            loss = model(torch.randn(4, 8)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            loss = loss.detach() * (math.nan if step == 25 else 1.0)
+            losses.append(loss.item())
+            monitor.step(loss)
+            nan_alerts = [a for a in monitor._alerts if a.kind == "nonfinite"]
+            if lag != 3:
+                continue
+            if step < 28:
+                assert nan_alerts == []  # the copy of step 25 has not landed yet
+            elif step == 28:
+                assert [(a.step, a.metric) for a in nan_alerts] == [(25, "loss")]
+            if step == 32:  # steps 1-25 are judged; the copy of 26-30 lands at step 33
+                assert [r["step"] for r in monitor._history] == list(range(1, 26))
+            if step == 33:
+                assert [r["step"] for r in monitor._history] == list(range(1, 31))
+    history = monitor.history
+    assert [(a.step, a.metric) for a in monitor.alerts if a.kind == "nonfinite"] == [(25, "loss")]
+    assert [r["step"] for r in history] == list(range(1, 41))
+    for rec, loss in zip(history, losses):
+        assert rec["loss"] == pytest.approx(loss, rel=1e-6, nan_ok=True)

@@ -435,11 +435,13 @@ class TrainingMonitor:
         precision = self._precision_step(step)
         if precision and self._act_stats:
             self._guarded("activation_precision", self._write_act_stats, row)
+        self._drain_fast(wait=False)  # before the copy below reuses the host slot of step - transfer_every
         self._fast.copy(self._row, row[:2], self._row)
         self._pending_fast.append((self._row, step, has_loss, self._grads_done))
         self._row_meta.append((step, has_loss, self._grads_done, precision))
         self._row += 1
-        self._drain_fast(wait=False)
+        if not self._fast.cuda:
+            self._drain_fast(wait=False)  # a CPU "copy" has landed already: report this step now
         if self._row == self.transfer_every:
             self._guarded("transfer", self._transfer_batch)
         elif self._batch is not None and self._transfer.ready(0):
