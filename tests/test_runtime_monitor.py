@@ -545,3 +545,22 @@ def test_async_host_copies_report_nan_with_its_own_step_once_the_device_catches_
     assert [r["step"] for r in history] == list(range(1, 41))
     for rec, loss in zip(history, losses):
         assert rec["loss"] == pytest.approx(loss, rel=1e-6, nan_ok=True)
+
+
+def test_a_loss_that_goes_negative_is_not_judged_in_log_space_but_still_nan_checked():
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.001)
+
+    @watch_training(warmup_steps=10)
+    def train_step(model, x, step):
+        opt.zero_grad()
+        out = model(x).mean()
+        loss = out - 5.0 if step < 30 else out + 5.0  # e.g. a log-likelihood: negative, then positive
+        loss.backward()
+        opt.step()
+        return loss * (math.nan if step == 40 else 1.0)
+
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, 46):
+        train_step(model, torch.randn(8, 8, generator=g), step)
+    assert [(a.step, a.metric, a.kind) for a in train_step.monitor.alerts] == [(40, "loss", "nonfinite")]

@@ -601,8 +601,9 @@ class TrainingMonitor:
             return
         if metric == "grad_norm" and self.scaler is not None and self.scaler.is_enabled():
             return  # with a GradScaler an Inf gradient is a skipped step, judged by skipped_steps
-        detector = self._detectors[metric]
-        center, spread = detector.baseline_natural() if detector.ready else (math.nan, math.nan)
+        detector = self._detectors.get(metric)
+        ready = detector is not None and detector.ready
+        center, spread = detector.baseline_natural() if ready else (math.nan, math.nan)
         self._alert(step, metric, "nonfinite", value, center, spread, math.inf, None,
                     f"{metric}: {value} ({_baseline_text(center, spread)}) | non-finite")
 
@@ -635,8 +636,13 @@ class TrainingMonitor:
 
     def _judge(self, rec: dict[str, Any]) -> None:
         step = rec["step"]
+        if "loss" in self._detectors and rec.get("loss", 1.0) <= 0.0:
+            # the detectors work in log space; a loss that can be <= 0 keeps only its NaN/Inf check
+            del self._detectors["loss"]
+            logger.info("[Monitor] Step %d | loss %s <= 0: loss spikes are not judged for this run, "
+                        "NaN/Inf still are", step, _fmt(rec["loss"]))
         for metric in ("loss", "grad_norm"):
-            if metric not in rec:
+            if metric not in rec or metric not in self._detectors:
                 continue
             verdict = self._detectors[metric].update(step, rec[metric])
             if verdict is None or verdict.kind == "nonfinite":  # NaN/Inf: reported by _drain_fast
@@ -778,7 +784,7 @@ class TrainingMonitor:
 
     def _log_status(self, rec: dict[str, Any]) -> None:
         metric = "grad_norm" if "grad_norm" in rec else "loss"
-        if metric not in rec:
+        if metric not in rec or metric not in self._detectors:
             return
         center, spread = self._detectors[metric].baseline_natural()
         if not self._detectors[metric].ready:
