@@ -1,10 +1,10 @@
 """Failure museum: learning rate too high.
 
-A small MLP regression trains fine at lr=0.05; after warm-up the learning rate is raised past the
-stability limit and the run diverges over tens of steps until the loss is NaN. The monitor alerts
-on the growing gradient norm well before the NaN. ``run(lr=0.05)`` is the same run at a sane
-learning rate (no alerts), ``run(lr=10.0)`` is NaN within the warm-up (the NaN/Inf alert needs no
-baseline).
+A small MLP regression (tanh, plain SGD) trains fine at lr=0.05; from step 300 the learning rate
+is ramped towards 2.0, past the stability limit, and the run diverges over tens of steps until the
+loss is NaN (step 355). The monitor alerts on the growing gradient norm well before the NaN (step
+336). ``run(steps=2000)`` is the same run at the sane learning rate (no alerts);
+``run(lr=10.0)`` is NaN within the warm-up (the NaN/Inf alert needs no baseline).
 
     python examples/failure_museum/runtime/lr_too_high.py
 """
@@ -66,5 +66,5 @@ def first_nonfinite_step(monitor) -> int | None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    monitor = run(high_lr=0.5)
+    monitor = run(steps=400, high_lr=2.0)
     print(f"loss first NaN/Inf at step {first_nonfinite_step(monitor)}; {len(monitor.alerts)} alert(s)")
