@@ -564,3 +564,28 @@ def test_a_loss_that_goes_negative_is_not_judged_in_log_space_but_still_nan_chec
     for step in range(1, 46):
         train_step(model, torch.randn(8, 8, generator=g), step)
     assert [(a.step, a.metric, a.kind) for a in train_step.monitor.alerts] == [(40, "loss", "nonfinite")]
+
+
+def test_pure_fp16_model_gradient_underflow_alerts():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1)).half()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    @watch_training(warmup_steps=10, precision_every=5)
+    def train_step(model, x, scale):
+        opt.zero_grad()
+        loss = model(x).float().pow(2).mean() * scale
+        loss.backward()
+        opt.step()
+        return loss
+
+    g = torch.Generator().manual_seed(0)
+    for step in range(1, 11):  # precision steps 1 and 6; tiny gradients from step 6 on
+        train_step(model, torch.randn(32, 8, generator=g).half(), 1e-4 if step >= 6 else 1.0)
+    monitor = train_step.monitor
+    history = monitor.history
+    assert history[0]["grad_underflow"] < 0.01 and history[0]["grad_overflow"] == 0.0
+    assert "grad_underflow" not in history[1]  # only on precision steps
+    alerts = [(a.step, a.metric, a.kind) for a in monitor.alerts]
+    assert alerts == [(6, "gradient_underflow", "underflow")]
+    assert history[5]["grad_underflow"] > 0.5

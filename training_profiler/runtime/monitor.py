@@ -48,6 +48,8 @@ _ADVICE = {
                  "activation (ReLU/GELU instead of sigmoid/tanh)",
     "overflow": "use bf16 instead of fp16, or keep this layer in fp32 / normalize its input",
     "underflow": "use loss scaling (GradScaler) or bf16 instead of fp16",
+    "gradient_overflow": "use bf16, or mixed precision (fp32 weights, torch.autocast and a GradScaler) "
+                         "instead of a pure fp16 model",
     "skipped_steps": "the GradScaler keeps skipping steps: look for Inf in the forward pass, lower "
                      "the learning rate, or use bf16",
 }
@@ -74,6 +76,19 @@ class Alert:
 
 def _fmt(x: float) -> str:
     return f"{x:.3g}" if math.isfinite(x) else str(x)
+
+
+def _low_precision_fractions(t: torch.Tensor) -> torch.Tensor:
+    """[overflow, underflow] of an fp16/bf16 tensor, on the device: the fraction of values at or
+    beyond half the format's maximum (or Inf), and of non-zero values below its smallest normal."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() > _SAMPLE:  # strided sample: cheap, and spread over the whole tensor
+        flat = flat[:: flat.numel() // _SAMPLE]
+    a = flat.abs().float()
+    near_max = (a >= 0.5 * _LOW_PRECISION[t.dtype]) | ~torch.isfinite(a)
+    nonzero = a > 0
+    subnormal = nonzero & (a < _SMALLEST_NORMAL[t.dtype])
+    return torch.stack([near_max.float().mean(), subnormal.float().sum() / nonzero.sum().clamp_(min=1).float()])
 
 
 def _baseline_text(center: float, spread: float) -> str:
@@ -367,7 +382,8 @@ class TrainingMonitor:
         self._c_update = self._c_layer + n_layers
         self._c_over = self._c_update + n_layers
         self._c_under = self._c_over + n_act
-        width = self._c_under + n_act
+        self._c_grad_precision = self._c_under + n_act  # overflow, underflow of fp16/bf16 gradients
+        width = self._c_grad_precision + 2
         self._buf = torch.full((self.transfer_every, width), math.nan, dtype=torch.float32, device=device)
         self._transfer = _Transfer(self._buf)
         self._fast = _Transfer(torch.empty((self.transfer_every, 2), device=device))
@@ -491,6 +507,11 @@ class TrainingMonitor:
         layers.zero_().index_add_(0, idx, sq)
         row[1].copy_(layers.sum().sqrt_())
         layers.sqrt_()
+        if self._precision_step(self.step_count + 1):
+            low = [g for g in grads if g.dtype in _LOW_PRECISION]
+            if low:  # pure fp16/bf16 training: the mean fractions over the gradient tensors
+                c = self._c_grad_precision
+                row[c : c + 2].copy_(torch.stack([_low_precision_fractions(g) for g in low]).mean(0))
         if missing is not None:  # a layer without gradients is "not measured", not "vanished"
             layers.masked_fill_(missing, math.nan)
         self._grads_done = True
@@ -502,7 +523,7 @@ class TrainingMonitor:
         idx = self._act_idx[1]
         stats = torch.stack(list(self._act_stats.values()))
         row[self._c_over : self._c_under].index_copy_(0, idx, stats[:, 0])
-        row[self._c_under :].index_copy_(0, idx, stats[:, 1])
+        row[self._c_under : self._c_grad_precision].index_copy_(0, idx, stats[:, 1])
 
     # optimizer hooks are global (they see every optimizer): act only for ours
     def _is_ours(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -553,15 +574,7 @@ class TrainingMonitor:
             self._guarded("activation_precision", self._act_stat, index, output.detach())
 
     def _act_stat(self, index: int, out: torch.Tensor) -> None:
-        flat = out.reshape(-1)
-        if flat.numel() > _SAMPLE:  # strided sample: cheap, and spread over the whole tensor
-            flat = flat[:: flat.numel() // _SAMPLE]
-        a = flat.abs().float()
-        near_max = (a >= 0.5 * _LOW_PRECISION[out.dtype]) | ~torch.isfinite(a)
-        nonzero = a > 0
-        subnormal = nonzero & (a < _SMALLEST_NORMAL[out.dtype])
-        self._act_stats[index] = torch.stack([
-            near_max.float().mean(), subnormal.float().sum() / nonzero.sum().clamp_(min=1).float()])
+        self._act_stats[index] = _low_precision_fractions(out)
 
     # -- host side -------------------------------------------------------------------------------------
     def _transfer_batch(self) -> None:
@@ -625,7 +638,11 @@ class TrainingMonitor:
             update = values[self._c_update : self._c_over]
             if not np.isnan(update).all():
                 rec["update_ratio"] = update.tolist()
-            over, under = values[self._c_over : self._c_under], values[self._c_under :]
+            over = values[self._c_over : self._c_under]
+            under = values[self._c_under : self._c_grad_precision]
+            grad_over, grad_under = (float(v) for v in values[self._c_grad_precision :])
+            if not math.isnan(grad_over):
+                rec["grad_overflow"], rec["grad_underflow"] = grad_over, grad_under
             if not np.isnan(over).all():
                 rec["activation_overflow"] = over.tolist()
                 rec["activation_underflow"] = under.tolist()
@@ -672,6 +689,8 @@ class TrainingMonitor:
         if "activation_overflow" in rec:
             self._check_precision(step, np.asarray(rec["activation_overflow"]),
                                   np.asarray(rec["activation_underflow"]))
+        if "grad_overflow" in rec:
+            self._check_grad_precision(step, rec["grad_overflow"], rec["grad_underflow"])
 
     def _layer_baseline(self, step: int) -> np.ndarray:
         """Per-layer median gradient norm over the recent history (recomputed every alert_window steps)."""
@@ -755,6 +774,22 @@ class TrainingMonitor:
             else:
                 self._episode_quiet("underflow", step, quiet=1)
         self._under_hist.append(under)
+
+    def _check_grad_precision(self, step: int, over: float, under: float) -> None:
+        """fp16/bf16 gradients (pure low-precision training): Inf / near-max values, or more than 1%
+        of the non-zero values below the smallest normal (lost to underflow next)."""
+        if over > 0:
+            self._alert(step, "gradient_overflow", "overflow", over, 0.0, 0.0, math.inf, None,
+                        f"gradient overflow_ratio: {_fmt(over)} (values at or beyond half the fp16/bf16 maximum "
+                        f"or Inf; baseline: 0)", advice_key="gradient_overflow", episode="grad_overflow")
+        else:
+            self._episode_quiet("grad_overflow", step, quiet=1)
+        if under > 0.01:
+            self._alert(step, "gradient_underflow", "underflow", under, 0.0, 0.0, math.nan, None,
+                        f"gradient underflow_ratio: {_fmt(under)} (limit: 0.01) | the gradients are fp16/bf16 "
+                        f"subnormals", advice_key="underflow", episode="grad_underflow")
+        else:
+            self._episode_quiet("grad_underflow", step, quiet=1)
 
     # -- alerts --------------------------------------------------------------------------------
     def _episode_quiet(self, key: str, step: int, quiet: int | None = None) -> None:
