@@ -288,7 +288,8 @@ class TrainingMonitor:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
         elif path.suffix == ".csv":
-            columns = ["step", *_FIXED]
+            scalars = ("step", *_FIXED, "grad_overflow", "grad_underflow")
+            columns = list(scalars)
             for key in ("layer_grad_norms", "update_ratio"):
                 columns += [f"{key}/{name}" for name in self._layers]
             for key in ("activation_overflow", "activation_underflow"):
@@ -297,7 +298,7 @@ class TrainingMonitor:
                 writer = csv.DictWriter(f, columns, restval="")
                 writer.writeheader()
                 for row in rows:
-                    flat = {k: row[k] for k in ("step", *_FIXED) if k in row}
+                    flat = {k: row[k] for k in scalars if k in row}
                     for key, names in (("layer_grad_norms", self._layers), ("update_ratio", self._layers),
                                        ("activation_overflow", self._act_layers),
                                        ("activation_underflow", self._act_layers)):
