@@ -41,6 +41,11 @@ def run_demo(args: argparse.Namespace) -> int:
     _section("3. Auditor: architecture failures in examples/failure_museum/models/ (on meta, nothing allocated)")
     demo_museum(museum / "models")
 
+    _section("4. Monitor: @watch_training on the runs in examples/failure_museum/runtime/")
+    from .runtime.monitor import run_museum_demo
+
+    run_museum_demo(museum)
+
     from .runtime.cli import print_bbox_demo
 
     _section("5. Precision: the bbox tensor and a transformer with an fp16-unsafe exp (analyze_tensor, compare_precision)")

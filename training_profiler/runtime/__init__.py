@@ -9,6 +9,9 @@ from typing import Any
 
 # public name -> submodule that defines it
 _LAZY = {
+    "watch_training": "training_profiler.runtime.monitor",
+    "TrainingMonitor": "training_profiler.runtime.monitor",
+    "Alert": "training_profiler.runtime.monitor",
     "analyze_tensor": "training_profiler.runtime.precision",
     "compare_precision": "training_profiler.runtime.precision",
 }
