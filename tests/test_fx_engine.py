@@ -265,13 +265,14 @@ def test_meta_fake_and_cpu_models_give_identical_reports():
         def forward(self, x):
             return self.lstm(self.vit(x).unsqueeze(1))[0]
 
-    on_cpu = _comparable(audit(Mixed(), torch.randn(2, 3, 32, 32), memory=False))
-    on_meta = _comparable(audit(build_model(Mixed), meta(2, 3, 32, 32), memory=False))
+    # rules=False: FXA105 (initialisation) legitimately needs real weights
+    on_cpu = _comparable(audit(Mixed(), torch.randn(2, 3, 32, 32), memory=False, rules=False))
+    on_meta = _comparable(audit(build_model(Mixed), meta(2, 3, 32, 32), memory=False, rules=False))
     fake_mode = FakeTensorMode()
     fake_model = build_model(Mixed, fake_mode=fake_mode)
     with fake_mode:
         fake_input = torch.empty(2, 3, 32, 32)
-    on_fake = _comparable(audit(fake_model, fake_input, memory=False))
+    on_fake = _comparable(audit(fake_model, fake_input, memory=False, rules=False))
     assert on_cpu == on_meta == on_fake
     ops = {layer["op"] for layer in on_cpu["layers"]}
     assert {"Conv2d", "scaled_dot_product_attention", "LSTM"} <= ops

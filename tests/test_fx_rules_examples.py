@@ -67,3 +67,17 @@ def test_init_message_gives_the_nn_init_call():
     assert finding.code == "FXA105" and finding.location.module == "0"
     assert finding.message.endswith(": nn.init.kaiming_normal_(model[0].weight, nonlinearity='relu')")
     assert 0.35 < finding.data["ratio"] < 0.47  # 1/sqrt(6) = 0.408 up to sampling noise
+
+
+def test_audit_api_reports_architecture_findings():
+    """`from training_profiler.fx_audit import audit` gives findings without the CLI or review helpers."""
+    import torch
+    from torch import nn
+
+    from training_profiler.fx_audit import audit
+
+    with torch.device("meta"):  # no real weights: FXA105 (initialisation) is skipped with a note
+        model = nn.Sequential(nn.Conv2d(3, 8, 11, padding=5), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64 * 64, 100))
+    report = audit(model, (torch.empty(1, 3, 64, 64, device="meta"),), memory=False)
+    assert [(f.code, f.location.module) for f in report.findings] == [("FXA101", "3"), ("FXA102", "0")]
+    assert audit(model, (torch.empty(1, 3, 64, 64, device="meta"),), memory=False, rules=False).findings == []

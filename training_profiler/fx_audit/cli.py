@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             report = audit(model, inputs, optimizer=args.optimizer, amp=args.amp, batch_size=args.batch_size,
-                           memory=not args.no_memory, memory_budget=budget, progress=progress)
+                           memory=not args.no_memory, memory_budget=budget, progress=progress, rules=False)
         except (TypeError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     report.model = args.model

@@ -549,7 +549,7 @@ def _source(model: nn.Module) -> dict[str, Any]:
 def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: str | None = None,
           batch_size: int | None = None, memory: bool = True, *, memory_budget: int | None = None,
           capture_paths: tuple[str, ...] = PATHS, dedup_blocks: bool = True,
-          progress: Progress | None = None) -> AuditReport:
+          progress: Progress | None = None, rules: bool = True) -> AuditReport:
     """Audit ``model`` on ``example_inputs`` without allocating: per-layer records and totals.
 
     ``example_inputs``: a tensor, a tuple of tensors (meta tensors cost nothing) or shapes (float32),
@@ -558,6 +558,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     training step with ``optimizer`` (see ``memory.py``); ``memory_budget`` (bytes) also solves
     for the largest batch size that fits. ``progress(done, total, layer)`` is called per node.
     ``dedup_blocks`` costs identical repeated blocks (``layers.2`` ... of a ModuleList) once.
+    ``rules`` runs the architecture rules (FXA1xx, default thresholds) into ``report.findings``.
     The model is never modified, moved or hooked.
     """
     if not isinstance(model, nn.Module):
@@ -624,6 +625,11 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     )
     if memory:
         _add_memory(report, model, args, kwargs, optimizer, amp, memory_budget)
+    if rules:
+        from .rules import AuditConfig, check_report
+
+        config = AuditConfig(memory_budget=memory_budget) if memory_budget is not None else None
+        report.findings = check_report(report, model, config)
     return report
 
 

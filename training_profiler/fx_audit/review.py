@@ -174,11 +174,10 @@ def audit_model(model: Any, inputs: Any, *, config: AuditConfig | None = None, o
     """
     from . import audit
 
-    report = audit(model, inputs, optimizer=optimizer, amp=amp, memory=memory, memory_budget=memory_budget)
+    report = audit(model, inputs, optimizer=optimizer, amp=amp, memory=memory, memory_budget=memory_budget, rules=False)
     if name:
         report.model = name
-    report.findings = [f for f in report.findings if not f.code.startswith("FXA1")]
-    report.findings += architecture_findings(report, model, config, factory)
+    report.findings = architecture_findings(report, model, config, factory)
     return report
 
 
