@@ -87,6 +87,18 @@ def _fake_like(t: torch.Tensor, fake_mode: FakeTensorMode, float_dtype: torch.dt
     return fake
 
 
+@contextlib.contextmanager
+def quiet_fake_tensor_logs() -> Iterator[None]:
+    """FakeTensorMode logs a traceback for every failing kernel; we raise one clear error instead."""
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None = None,
               device: str = "cpu") -> tuple[nn.Module, dict[int, torch.Tensor]]:
     """The module tree of ``model`` with every tensor replaced by a fake tensor on ``device``.

@@ -6,10 +6,7 @@ Importable without torch (the parser is built for every subcommand); torch is im
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 from ..cli import UsageError, load_factory, parse_shape

@@ -27,9 +27,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import logging
 from collections import Counter, defaultdict
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.fx
@@ -40,7 +39,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .capture import PATHS, capture, fake_copy
+from .capture import PATHS, capture, fake_copy, quiet_fake_tensor_logs
 from .costs import op_flops
 from .records import AuditReport, LayerRecord
 
@@ -525,18 +524,6 @@ def _fake_input(value: Any, fake_mode: FakeTensorMode, float_dtype: torch.dtype 
                                    requires_grad=value.requires_grad)
 
 
-@contextlib.contextmanager
-def _quiet_fake_tensor_logs() -> Iterator[None]:
-    """FakeTensorMode logs a traceback for every failing kernel; we raise one clear error instead."""
-    logger = logging.getLogger("torch._subclasses.fake_tensor")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _source(model: nn.Module) -> dict[str, Any]:
     try:
         cls = type(model)
@@ -580,7 +567,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     with fake_mode:
         captured = capture(auditor.copy, fake_args, fake_kwargs, paths=capture_paths)
     autocast = torch.autocast("cpu", dtype=_AMP_DTYPES[amp]) if amp in _AMP_DTYPES else contextlib.nullcontext()
-    with fake_mode, auditor.mode, _quiet_fake_tensor_logs():
+    with fake_mode, auditor.mode, quiet_fake_tensor_logs():
         with torch.autograd.graph.saved_tensors_hooks(auditor._pack, lambda t: t), autocast:
             if captured.graph_module is not None:
                 outputs = auditor.run_graph(captured.graph_module, fake_args, captured.kwargs)

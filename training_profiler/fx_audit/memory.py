@@ -20,9 +20,7 @@ without torch).
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
-import logging
 import re
 import weakref
 from dataclasses import dataclass, field
@@ -569,7 +567,7 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils.module_tracker import ModuleTracker
 
-    from .capture import fake_copy
+    from .capture import fake_copy, quiet_fake_tensor_logs
 
     device = _simulation_device(model)
     pure_dtype = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}.get(amp)
@@ -578,7 +576,7 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
     phase = _Phase()
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
-    with fake_mode, _quiet_fake_tensor_errors():
+    with fake_mode, quiet_fake_tensor_logs():
         fake_model, _ = fake_copy(model, fake_mode, pure_dtype, device)
         fake_model.train()
         if keep is not None:
@@ -626,19 +624,6 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
             f"{', '.join(approximate)}: oneDNN workspace sizes are fitted, not exact; treat the peak as an estimate"
         )
     return report
-
-
-@contextlib.contextmanager
-def _quiet_fake_tensor_errors():
-    """FakeTensorMode logs a traceback before re-raising a kernel's shape error; the user gets our
-    ValueError instead."""
-    logger = logging.getLogger("torch._subclasses.fake_tensor")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _prime_optimizer(params: list, opt, phase: _Phase) -> None:

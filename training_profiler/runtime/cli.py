@@ -6,8 +6,6 @@ Importable without torch: torch is imported inside the functions that run a comm
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import json
 import math
 import os
