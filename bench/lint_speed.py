@@ -91,8 +91,8 @@ def _latencies(python: Path, kind: str, files: list[Path]) -> list[float]:
 
 def _corpora(lines: int, real: list[str]) -> dict[str, Path]:
     corpora = {"examples": REPO / "examples"}
-    synthetic = OUT / "synthetic"
-    if not synthetic.exists() or sum(1 for _ in synthetic.rglob("*.py")) == 0:
+    synthetic = OUT / f"synthetic-{lines}"
+    if not synthetic.exists() or not any(synthetic.rglob("*.py")):
         generate(synthetic, lines)
     corpora["synthetic"] = synthetic
     if real:
