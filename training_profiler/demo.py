@@ -29,7 +29,12 @@ def run_demo(args: argparse.Namespace) -> int:
     from .linter import lint_paths
 
     _section("1. Linter: AMP pitfalls in examples/failure_museum/amp/ (training-profiler lint)")
-    findings = lint_paths([str(museum / "amp")])
+    amp_dir = museum / "amp"
+    try:  # paths in the report relative to where the user stands, as flake8 prints them
+        amp_dir = amp_dir.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    findings = lint_paths([str(amp_dir)])
     sys.stdout.write(findings_to_text(findings))
 
     _section("2. Graph audit: ResNet-18 from the model zoo, nothing allocated (training-profiler audit)")
