@@ -335,3 +335,16 @@ def test_repeated_blocks_are_extrapolated_exactly():
     assert fast.peak_bytes == full.peak_bytes
     assert fast.breakdown == full.breakdown
     assert fast.breakdown["params"] == (8 * (32 * 32 + 32 + 2 * 32) + 32 * 4 + 4) * 4
+
+
+def test_max_batch_size_starts_at_two_when_batchnorm_cannot_train_on_one():
+    """A ResNet at 32x32 ends in a 1x1 map: training-mode BatchNorm refuses batch 1, not the solver."""
+    from training_profiler.fx_audit.memory import max_batch_size, simulate_training_step
+    from training_profiler.fx_audit.zoo import resnet18_like
+
+    from training_profiler.fx_audit import build_model
+
+    model = build_model(resnet18_like)
+    budget = simulate_training_step(model, [(6, 3, 32, 32)]).peak_bytes
+    assert max_batch_size(model, lambda b: [(b, 3, 32, 32)], budget) == 6
+    assert max_batch_size(model, lambda b: [(b, 3, 32, 32)], 1024) == 0

@@ -795,14 +795,22 @@ def max_batch_size(
             peaks[batch] = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp).peak_bytes
         return peaks[batch]
 
-    if peak(1) > budget:
+    start = 1
+    try:
+        first = peak(1)
+    except ValueError as exc:
+        if "more than 1 value per channel" not in str(exc):
+            raise
+        start = 2  # training-mode BatchNorm on a 1x1 map needs two samples: batch 1 cannot train at all
+        first = peak(2)
+    if first > budget:
         return 0
-    # secant steps on the (nearly linear) peak(batch) curve, starting from batches 1 and 2
-    low, high = 1, 2
-    guess = 1
+    # secant steps on the (nearly linear) peak(batch) curve, starting from the two smallest batches
+    low, high = start, start + 1
+    guess = start
     for _ in range(6):
         slope = max((peak(high) - peak(low)) / (high - low), 1e-9)
-        guess = int(min(limit, max(1, low + (budget - peak(low)) // slope)))
+        guess = int(min(limit, max(start, low + (budget - peak(low)) // slope)))
         if guess in (low, high):
             break
         low, high = (high, guess) if abs(guess - high) < abs(guess - low) else (low, guess)
@@ -820,8 +828,8 @@ def max_batch_size(
             else:
                 fits, step = probe, step * 2
     else:
-        fits, too_big, step = 1, guess, 1
-        while too_big - step > 1:
+        fits, too_big, step = start, guess, 1
+        while too_big - step > start:
             probe = too_big - step
             if peak(probe) <= budget:
                 fits = probe
