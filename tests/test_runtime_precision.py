@@ -14,13 +14,7 @@ from training_profiler import analyze_tensor
 MUSEUM = Path(__file__).resolve().parent.parent / "examples" / "failure_museum" / "tensors"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: intra-op threads only add synchronisation cost on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # (explicit mantissa bits, smallest normal exponent, largest finite, saturates instead of inf)
 SPEC = {

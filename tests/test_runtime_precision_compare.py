@@ -19,13 +19,7 @@ MUSEUM = ROOT / "examples" / "failure_museum" / "tensors"
 TRANSFORMER = MUSEUM / "unsafe_softmax_transformer.py"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny tensors: intra-op threads only add synchronisation cost on a shared 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def load_transformer_module():

@@ -9,9 +9,10 @@ from __future__ import annotations
 import io
 from typing import Any
 
+from ..formats.audit import human_bytes
 from .records import AuditReport, LayerRecord
 
-__all__ = ["human_bytes", "human_count", "render_table", "summary_lines"]
+__all__ = ["human_count", "render_table", "summary_lines"]
 
 
 def human_count(n: int | float | None, unit: str = "") -> str:
@@ -22,16 +23,6 @@ def human_count(n: int | float | None, unit: str = "") -> str:
         if abs(n) >= factor:
             return f"{n / factor:.2f} {prefix}{unit}"
     return f"{int(n)} {unit}".rstrip()
-
-
-def human_bytes(n: int | float | None) -> str:
-    """``3211264`` -> ``"3.06 MiB"``; binary prefixes, as memory is usually quoted."""
-    if n is None:
-        return "-"
-    for factor, prefix in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {prefix}"
-    return f"{int(n)} B"
 
 
 def _shown(layer: LayerRecord) -> bool:
