@@ -7,31 +7,13 @@ audit rules' descriptors and the report's totals as run properties.
 
 from __future__ import annotations
 
+from ..units import human_bytes, human_count
 from .markdown import _cell, findings_to_markdown
 from .sarif import findings_to_sarif
 
 __all__ = ["audit_to_json", "audit_to_markdown", "audit_to_sarif", "human_count", "human_bytes"]
 
 AUDIT_FORMATS = ("markdown", "json", "sarif")
-
-
-def human_count(n: float | None) -> str:
-    """12_345_678 -> "12.35M"; None -> "-"."""
-    if n is None:
-        return "-"
-    for div, unit in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
-
-
-def human_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for div, unit in ((2**40, "TiB"), (2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n) >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{n:.0f} B"
 
 
 def _memory_line(report) -> str:

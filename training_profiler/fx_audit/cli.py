@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .capture import build_model
     from .engine import audit
-    from .memory import parse_bytes
+    from ..units import parse_bytes
     from .table import render_table
 
     budget = None

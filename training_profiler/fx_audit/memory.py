@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import collections
 import copy
-import re
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..units import parse_bytes
 from .records import MemoryReport, TensorInfo
 
 __all__ = [
@@ -41,35 +41,6 @@ __all__ = [
 AMP_MODES = (None, "bf16", "fp16", "pure-bf16", "pure-fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum")
 CATEGORIES = ("params", "grads", "optimizer_state", "activations", "temporaries")
-
-_UNITS = {
-    "": 1, "b": 1,
-    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
-    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
-}
-
-
-def parse_bytes(text: str | int | float) -> int:
-    """``"24GiB"`` -> 25769803776. KiB/MiB/GiB/TiB and the bare K/M/G/T are powers of 1024,
-    KB/MB/GB/TB powers of 1000; a plain number is bytes."""
-    if isinstance(text, bool):
-        raise TypeError(f"memory size must be a string like '24GiB' or a number of bytes, got {text!r}")
-    if isinstance(text, (int, float)):
-        if text <= 0:
-            raise ValueError(f"memory size must be positive, got {text!r}")
-        return int(text)
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in _UNITS:
-        raise ValueError(
-            f"cannot read memory size {text!r}: write a number with a unit, e.g. '24GiB', '512MiB' or '16GB'"
-        )
-    value = float(match.group(1)) * _UNITS[unit]
-    if value <= 0:
-        raise ValueError(f"memory size must be positive, got {text!r}")
-    return int(value)
-
 
 # --------------------------------------------------------------------------------------------
 # the training step shared by the simulation and the real measurement

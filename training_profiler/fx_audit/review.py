@@ -38,7 +38,7 @@ from ..findings import Finding, Severity
 from .records import AuditReport
 from ..formats.audit import audit_to_markdown, human_bytes, human_count
 from ..formats.markdown import _cell
-from .memory import parse_bytes
+from ..units import parse_bytes
 from .rules import AuditConfig
 
 __all__ = [

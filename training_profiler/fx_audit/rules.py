@@ -26,8 +26,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Iterable
 
 from ..findings import Finding, Location, Rule, Severity
-from ..formats.audit import human_bytes
-from .memory import parse_bytes  # torch-free at import
+from ..units import human_bytes
+from ..units import parse_bytes
 from .records import AuditReport, LayerRecord
 
 __all__ = ["AuditConfig", "all_rules", "rule", "check_report"]

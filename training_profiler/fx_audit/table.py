@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from ..formats.audit import human_bytes
+from ..units import human_bytes
 from .records import AuditReport, LayerRecord
 
 __all__ = ["human_count", "render_table", "summary_lines"]
