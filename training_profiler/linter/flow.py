@@ -22,7 +22,9 @@ from __future__ import annotations
 import ast
 from typing import Callable, Iterable, Iterator, NamedTuple, Protocol
 
-__all__ = ["Arm", "Site", "path_to", "exclusive", "precedes", "between", "arms_apart", "in_other_arm", "loops_around", "inside"]
+__all__ = [
+    "Arm", "Site", "path_to", "exclusive", "precedes", "between", "arms_apart", "in_other_arm", "loops_around", "inside",
+]
 
 
 class Arm(NamedTuple):
