@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     for label, folder in _corpora(args.lines, args.real).items():
         files, lines = _count_lines(folder)
-        # TorchFix is measured once: at 5-10x it is far from the 1.3x line and takes minutes per run
+        # TorchFix is measured once: at 5-10x plain flake8 a best-of-N changes nothing, and each run takes minutes
         cpu = {name: _flake8_cpu(python, folder, 1 if "TorchFix" in name else args.repeat) for name, python in envs.items()}
         base = cpu["flake8"]
         ratios = "  ".join(f"{name.split('+')[-1]} {cpu[name] / base:.2f}x" for name in envs if name != "flake8")

@@ -1,11 +1,15 @@
 """AMP5xx: the GradScaler protocol (scale -> backward -> [unscale_ -> clip] -> step -> update).
 
-One detector, :class:`GradScalerProtocol`, emits all six codes. During the shared traversal it
-records only the calls that matter (``.backward()``, ``.step``, ``.unscale_``, ``.update``,
-``.zero_grad``, ``.get_scale``, gradient clipping, ``torch.autograd.grad``) as events, each with
-its control-flow path inside the current function (or module) body. When the body ends it
-decides, from all events of that body, which names are scalers and optimizers, then checks the
-protocol in statement order. It never reasons across functions.
+Layout: each code has one section below (``grep -n AMP503`` lands on it) holding its
+:class:`Rule` (metadata, bad and good examples), its autofix examples and the check that emits
+it. The six checks share one recording pass: the detector at the end of this file,
+:class:`GradScalerProtocol`, records during the engine's single traversal only the calls that
+matter (``.backward()``, ``.step``, ``.unscale_``, ``.update``, ``.zero_grad``, ``.get_scale``,
+gradient clipping, ``torch.autograd.grad``) as events, each with its control-flow path inside the
+current function (or module) body. When the body ends it decides, from all events of that body,
+which names are scalers and optimizers, then runs every check on that :class:`_Body` in statement
+order. Statement order and branches are answered by :mod:`training_profiler.linter.flow`. It never
+reasons across functions.
 
 Which names are GradScalers:
   * bound to a GradScaler construction (``torch.amp.GradScaler("cuda")``, ``GradScaler()`` from
@@ -42,12 +46,106 @@ import re
 from typing import Iterator
 
 from ...findings import Rule, Severity
+from .. import flow
 from ..engine import GRADSCALER_NAMES, Context, LintRule, target_key
 
 __all__ = ["GradScalerProtocol", "AMP501", "AMP502", "AMP503", "AMP504", "AMP505", "AMP506"]
 
 _AMP = "https://pytorch.org/docs/stable/amp.html#gradient-scaling"
 _EXAMPLES = "https://pytorch.org/docs/stable/notes/amp_examples.html"
+
+
+# ---------------------------------------------------------------------------------------------
+# What every check reads: the events of one body
+
+# Event kinds
+_BACKWARD = "backward"  # loss.backward() on an unscaled tensor
+_SCALED_BACKWARD = "scaled_backward"  # scaler.scale(loss).backward()
+_STEP = "step"  # X.step(...): scaler or optimizer, decided when the body ends
+_UPDATE = "update"
+_UNSCALE = "unscale_"
+_ZERO_GRAD = "zero_grad"
+_GET_SCALE = "get_scale"
+_CLIP = "clip"
+_GRAD = "grad"  # torch.autograd.grad(create_graph=True) on an unscaled output
+_SCALED_GRAD = "scaled_grad"
+
+
+class _Event:
+    """One recorded call, a :class:`flow.Site`. ``key``: the receiver (scaler / optimizer) as
+    ``x`` or ``self.x``; ``arg``: the optimizer argument of ``scaler.step/unscale_``; ``path``:
+    the control-flow arms around the call (:func:`flow.path_to`); ``index``: its position in the
+    body's statement order."""
+
+    __slots__ = ("kind", "node", "key", "arg", "path", "index", "origin", "stmt")
+
+    def __init__(self, kind, node, key, arg, path, index, origin, stmt):
+        self.kind = kind
+        self.node = node
+        self.key = key
+        self.arg = arg
+        self.path = path
+        self.index = index
+        self.origin = origin  # "scaler" / "local scaler" / "disabled" / "optimizer" / "other" / None (unknown)
+        self.stmt = stmt  # the statement when the call is the whole statement (for autofixes)
+
+
+class _Body:
+    """The events of one function (or module) body, with the names decided to be scalers and
+    optimizers. Checks report through ``ctx``; AMP505 on ``self.<scaler>`` goes to ``deferred``
+    (another method of the class may update it: decided at the end of the file)."""
+
+    def __init__(self, ctx: Context, events: list[_Event], scalers: set[str], optimizers: set[str], stmts: list):
+        self.ctx = ctx
+        self.events = events
+        self.scalers = scalers
+        self.optimizers = optimizers
+        self.stmts = stmts  # the body's statements
+        self.deferred: list[tuple] = []  # (self key, node, report kwargs)
+        self.scaled = [e for e in events if e.kind == _SCALED_BACKWARD and e.key in scalers]
+        self.scaler_events = [
+            e for e in events if e.key in scalers and e.kind in (_SCALED_BACKWARD, _STEP, _UPDATE, _UNSCALE)
+        ]
+
+    def of(self, kind: str, key: str | None = None) -> list[_Event]:
+        return [e for e in self.events if e.kind == kind and (key is None or e.key == key)]
+
+
+def _between(body: _Body, start: _Event, end: _Event, kind: str, key: str, arg: str | None = None) -> bool:
+    """An event of ``kind`` on ``key`` (with optimizer ``arg``) lies between ``start`` and ``end``."""
+    return flow.between(start, end, (e for e in body.of(kind, key) if arg is None or e.arg == arg))
+
+
+def _rebackward(body: _Body, source: _Event, end: _Event) -> bool:
+    """A plain backward runs after the scaled one, before ``end``: the gradients ``end`` sees
+    come from an unscaled step (e.g. a second training phase without AMP)."""
+    return any(flow.precedes(source, e) and e.index < end.index for e in body.of(_BACKWARD))
+
+
+def _switched(body: _Body, event: _Event, source: _Event, scaler: str) -> bool:
+    """``event`` lies in a branch that chooses between the scaler and plain PyTorch: an ``if``
+    (not around ``source``) whose test names the scaler or whose other arm uses it."""
+    for arm in flow.arms_apart(event, source):
+        if isinstance(arm.stmt, ast.If) and any(target_key(name) == scaler for name in _names(arm.stmt.test)):
+            return True
+        if any(flow.in_other_arm(other, arm) for other in body.scaler_events):
+            return True
+    return False
+
+
+def _hands_over(stmts: list[ast.stmt], key: str) -> bool:
+    """Some call in ``stmts`` receives the scaler as an argument (a helper may call update())."""
+    stack: list[ast.AST] = list(stmts)
+    while stack:
+        cur = stack.pop()
+        if isinstance(cur, ast.Call):
+            for arg in [*cur.args, *(kw.value for kw in cur.keywords)]:
+                if target_key(arg.value if isinstance(arg, ast.Starred) else arg) == key:
+                    return True
+        if not isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(cur))
+    return False
+
 
 # A standard loop used by several good examples (the AMP examples page, with clipping).
 _STANDARD_LOOP = (
@@ -65,6 +163,10 @@ _STANDARD_LOOP = (
     "        scaler.step(optimizer)\n"
     "        scaler.update()\n"
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP501 scaler-step-without-scaled-backward
 
 AMP501 = Rule(
     code="AMP501",
@@ -129,6 +231,19 @@ AMP501 = Rule(
         "        scaler.update()\n",
     ),
 )
+
+def _amp501_step_without_scaled_backward(body: _Body) -> None:
+    """AMP501: ``scaler.step`` after a plain ``loss.backward()``, when nothing in the body is scaled."""
+    if any(e.kind in (_SCALED_BACKWARD, _SCALED_GRAD) for e in body.events):
+        return
+    plain = body.of(_BACKWARD)
+    for step in body.of(_STEP):
+        if step.key in body.scalers and any(flow.precedes(b, step) for b in plain):
+            body.ctx.report(AMP501, step.node, scaler=step.key)
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP502 optimizer-step-bypasses-scaler
 
 AMP502 = Rule(
     code="AMP502",
@@ -212,6 +327,78 @@ AMP502 = Rule(
     ),
 )
 
+_AMP502_AUTOFIX = (
+    (
+        "def train(loader, optimizer, scaler):\n"
+        "    for loss in loader:\n"
+        "        scaler.scale(loss).backward()\n"
+        "        optimizer.step()\n"
+        "        scaler.update()\n",
+        "def train(loader, optimizer, scaler):\n"
+        "    for loss in loader:\n"
+        "        scaler.scale(loss).backward()\n"
+        "        scaler.step(optimizer)\n"
+        "        scaler.update()\n",
+    ),
+    (
+        "def fit(self, losses, accum=4):\n"
+        "    for i, loss in enumerate(losses):\n"
+        "        self.scaler.scale(loss / accum).backward()\n"
+        "        if (i + 1) % accum == 0:\n"
+        "            self.optimizer.step()  # apply\n"
+        "            self.optimizer.zero_grad()\n",
+        "def fit(self, losses, accum=4):\n"
+        "    for i, loss in enumerate(losses):\n"
+        "        self.scaler.scale(loss / accum).backward()\n"
+        "        if (i + 1) % accum == 0:\n"
+        "            self.scaler.step(self.optimizer)  # apply\n"
+        "            self.scaler.update()\n"
+        "            self.optimizer.zero_grad()\n",
+    ),
+)
+
+
+def _amp502_optimizer_step_bypasses_scaler(body: _Body) -> None:
+    """AMP502: ``optimizer.step()`` after ``scaler.scale(loss).backward()`` (or after the scaler's step)."""
+    for step in body.of(_STEP):
+        if step.key not in body.optimizers:
+            continue
+        for source in body.scaled:
+            if not flow.precedes(source, step):
+                continue
+            scaler, opt = source.key, step.key
+            if _switched(body, step, source, scaler) or _rebackward(body, source, step):
+                continue
+            if _between(body, source, step, _STEP, scaler, opt):
+                detail, data = "steps a second time after the scaler's step, inf/NaN gradients included", None
+            elif _between(body, source, step, _UNSCALE, scaler, opt):
+                continue  # unscaled by hand: a deliberate manual step
+            else:
+                detail = "applies gradients multiplied by the loss scale and never skips inf/NaN steps"
+                data = _amp502_fix(body, step, scaler)
+            body.ctx.report(
+                AMP502, step.node, fixable=data is not None, data=data, optimizer=opt, scaler=scaler, detail=detail
+            )
+            break
+
+
+def _amp502_fix(body: _Body, step: _Event, scaler: str) -> dict | None:
+    """AMP502 autofix: replace ``opt.step()`` by ``scaler.step(opt)``; add ``scaler.update()``
+    when the body has none."""
+    if step.node.args or step.node.keywords or step.stmt is None or len({e.key for e in body.scaled}) != 1:
+        return None
+    data = {"fix_replace": f"{scaler}.step({step.key})"}
+    updates = body.of(_UPDATE, scaler)
+    if not updates:
+        data["fix_after"] = f"{scaler}.update()"
+    elif not any(u.index > step.index for u in updates):
+        return None
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP503 clip-scaled-gradients
+
 AMP503 = Rule(
     code="AMP503",
     name="clip-scaled-gradients",
@@ -289,6 +476,70 @@ AMP503 = Rule(
     ),
 )
 
+_AMP503_AUTOFIX = (
+    (
+        "import torch\n"
+        "\n"
+        "def train(model, loader, optimizer, scaler):\n"
+        "    for x, y in loader:\n"
+        "        scaler.scale(model(x, y)).backward()\n"
+        "        # clip\n"
+        "        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+        "        scaler.step(optimizer)\n"
+        "        scaler.update()\n",
+        "import torch\n"
+        "\n"
+        "def train(model, loader, optimizer, scaler):\n"
+        "    for x, y in loader:\n"
+        "        scaler.scale(model(x, y)).backward()\n"
+        "        # clip\n"
+        "        scaler.unscale_(optimizer)\n"
+        "        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+        "        scaler.step(optimizer)\n"
+        "        scaler.update()\n",
+    ),
+)
+
+
+def _amp503_clip_before_unscale(body: _Body) -> None:
+    """AMP503: gradient clipping after the scaled backward with no ``scaler.unscale_`` in between."""
+    for clip in body.of(_CLIP):
+        for source in body.scaled:
+            if not flow.precedes(source, clip):
+                continue
+            scaler = source.key
+            if (
+                _between(body, source, clip, _UNSCALE, scaler)
+                or _between(body, source, clip, _STEP, scaler)
+                or _switched(body, clip, source, scaler)
+                or _rebackward(body, source, clip)
+            ):
+                continue
+            name = getattr(clip.node.func, "attr", None) or getattr(clip.node.func, "id", "clip_grad_norm_")
+            data = _amp503_fix(body, clip, scaler)
+            body.ctx.report(AMP503, clip.node, fixable=data is not None, data=data, name=name, scaler=scaler)
+            break
+
+
+def _amp503_fix(body: _Body, clip: _Event, scaler: str) -> dict | None:
+    """AMP503 autofix: insert ``scaler.unscale_(opt)`` before the clip when one optimizer is
+    stepped after it (``scaler.step(opt)`` or a direct ``opt.step()``), in the same block, and the
+    body never unscales."""
+    if clip.stmt is None or body.of(_UNSCALE, scaler):
+        return None
+    stepped = [
+        (s.arg if s.key == scaler else s.key, s)
+        for s in body.of(_STEP)
+        if s.index > clip.index and ((s.key == scaler and s.arg is not None) or s.key in body.optimizers)
+    ]
+    if len({opt for opt, _ in stepped}) != 1 or any(s.path != clip.path for _, s in stepped):
+        return None
+    return {"fix_before": f"{scaler}.unscale_({stepped[0][0]})"}
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP504 unscale-twice-or-late
+
 AMP504 = Rule(
     code="AMP504",
     name="unscale-twice-or-late",
@@ -363,6 +614,76 @@ AMP504 = Rule(
     ),
 )
 
+_AMP504_AUTOFIX = (
+    (
+        "import torch\n"
+        "\n"
+        "def train_step(model, loss, optimizer, scaler):\n"
+        "    scaler.scale(loss).backward()\n"
+        "    scaler.unscale_(optimizer)\n"
+        "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+        "    scaler.unscale_(optimizer)\n"
+        "    scaler.step(optimizer)\n"
+        "    scaler.update()\n",
+        "import torch\n"
+        "\n"
+        "def train_step(model, loss, optimizer, scaler):\n"
+        "    scaler.scale(loss).backward()\n"
+        "    scaler.unscale_(optimizer)\n"
+        "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
+        "    scaler.step(optimizer)\n"
+        "    scaler.update()\n",
+    ),
+)
+
+
+def _amp504_unscale_twice_or_late(body: _Body) -> None:
+    """AMP504: ``scaler.unscale_(opt)`` twice before ``update()``, after ``step()``, or in a loop
+    that never updates the scaler."""
+    for unscale in body.of(_UNSCALE):
+        scaler, opt = unscale.key, unscale.arg
+        if scaler not in body.scalers:
+            continue
+        detail, data = None, None
+        for earlier in body.of(_UNSCALE, scaler):
+            if earlier.arg == opt and flow.precedes(earlier, unscale) and not _between(body, earlier, unscale, _UPDATE, scaler):
+                detail = f"is called twice for the same optimizer before {scaler}.update()"
+                if unscale.stmt is not None and earlier.path == unscale.path:
+                    data = {"fix_remove": True}  # AMP504 autofix: the first call always ran, the second only raises
+                break
+        if detail is None:
+            for step in body.of(_STEP, scaler):
+                if (
+                    step.arg == opt
+                    and flow.precedes(step, unscale)
+                    and not _between(body, step, unscale, _SCALED_BACKWARD, scaler)
+                ):
+                    detail = f"comes after {scaler}.step(), too late for this step"
+                    break
+        if detail is None and _amp504_loop_without_update(body, unscale):
+            detail = f"runs again on every iteration of a loop that never calls {scaler}.update()"
+        if detail is not None:
+            body.ctx.report(AMP504, unscale.node, fixable=data is not None, data=data, detail=detail, scaler=scaler)
+
+
+def _amp504_loop_without_update(body: _Body, event: _Event) -> bool:
+    """``event`` is in a loop that neither updates the scaler nor hands it to a helper, while
+    the body steps or updates it after the loop (so the loop is not the whole step)."""
+    loop = next(flow.loops_around(event), None)  # the innermost loop decides
+    if loop is None:
+        return False
+    scaler = event.key
+    inside = [e for e in body.events if e.key == scaler and flow.inside(e, loop)]
+    after = [
+        e for e in body.events
+        if e.key == scaler and e.kind in (_STEP, _UPDATE) and e.index > event.index and e not in inside
+    ]
+    return bool(after) and not any(e.kind == _UPDATE for e in inside) and not _hands_over(loop.body, scaler)
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP505 scaler-update-missing-or-early
+
 AMP505 = Rule(
     code="AMP505",
     name="scaler-update-missing-or-early",
@@ -412,6 +733,84 @@ AMP505 = Rule(
         "    scaler.step(optimizer)  # the caller runs backward and update()\n",
     ),
 )
+
+_AMP505_AUTOFIX = (
+    (
+        "def train(model, loader, opt0, opt1, scaler):\n"
+        "    for x, y in loader:\n"
+        "        scaler.scale(model(x, y)).backward()\n"
+        "        scaler.step(opt0)\n"
+        "        scaler.step(opt1)\n"
+        "        opt0.zero_grad()\n",
+        "def train(model, loader, opt0, opt1, scaler):\n"
+        "    for x, y in loader:\n"
+        "        scaler.scale(model(x, y)).backward()\n"
+        "        scaler.step(opt0)\n"
+        "        scaler.step(opt1)\n"
+        "        scaler.update()\n"
+        "        opt0.zero_grad()\n",
+    ),
+)
+
+
+def _amp505_update_missing_or_early(body: _Body) -> None:
+    """AMP505: ``scaler.update()`` before the step, missing from the body that owns the step, or
+    missing from the loop that runs backward and step."""
+    for scaler in sorted(body.scalers):
+        steps = body.of(_STEP, scaler)
+        updates = body.of(_UPDATE, scaler)
+        for update in updates:
+            if not any(flow.precedes(s, update) for s in steps) and any(flow.precedes(update, s) for s in steps):
+                detail = f"runs before {scaler}.step() in the same iteration"
+                body.ctx.report(AMP505, update.node, detail=detail, scaler=scaler)
+        owned = any(e.key == scaler for e in body.scaled) or any(e.origin == "local scaler" for e in steps)
+        if not steps or not owned:
+            continue
+        if not updates:
+            if not _hands_over(body.stmts, scaler):
+                data = _amp505_fix(steps, scaler)
+                detail = f"is missing after {scaler}.step() in this function"
+                kwargs = dict(fixable=data is not None, data=data, detail=detail, scaler=scaler)
+                if scaler.startswith("self."):
+                    body.deferred.append((scaler, steps[-1].node, kwargs))
+                else:
+                    body.ctx.report(AMP505, steps[-1].node, **kwargs)
+            continue
+        for step in steps:
+            if _amp505_stepping_loop_without_update(body, step):
+                detail = f"is missing from the loop that calls {scaler}.step()"
+                body.ctx.report(AMP505, step.node, detail=detail, scaler=scaler)
+
+
+def _amp505_fix(steps: list[_Event], scaler: str) -> dict | None:
+    """AMP505 autofix: ``scaler.update()`` after the last step, when every step is in one block."""
+    last = steps[-1]
+    if last.stmt is None or any(s.path != last.path for s in steps):
+        return None
+    return {"fix_after": f"{scaler}.update()"}
+
+
+def _amp505_stepping_loop_without_update(body: _Body, step: _Event) -> bool:
+    """``step`` is in the innermost loop that also runs the scaled backward, with no update."""
+    scaler = step.key
+    for loop in flow.loops_around(step):
+        inside = [e for e in body.events if e.key == scaler and flow.inside(e, loop)]
+        if not any(e.kind == _SCALED_BACKWARD for e in inside):
+            continue  # `for opt in optimizers: scaler.step(opt)`: look further out
+        return not any(e.kind == _UPDATE for e in inside) and not _hands_over(loop.body, scaler)
+    return False
+
+
+def _amp505_report_deferred(ctx: Context, deferred: list[tuple], self_updates: set[tuple]) -> None:
+    """End of file: a ``self.<scaler>`` stepped without update is reported only when no method of
+    its class calls ``self.<scaler>.update()``. Entries are ``((class id, key), node, kwargs)``."""
+    for owner_key, step_node, kwargs in deferred:
+        if owner_key not in self_updates:
+            ctx.report(AMP505, step_node, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP506 grad-penalty-unscaled
 
 AMP506 = Rule(
     code="AMP506",
@@ -481,8 +880,17 @@ AMP506 = Rule(
 )
 
 
+def _amp506_unscaled_grad_penalty(body: _Body) -> None:
+    """AMP506: ``torch.autograd.grad(create_graph=True)`` on an unscaled output in a body that scales."""
+    in_use = [e.key for e in body.events if e.key in body.scalers and e.kind in (_SCALED_BACKWARD, _SCALED_GRAD, _STEP)]
+    if not in_use:
+        return
+    for grad in body.of(_GRAD):
+        body.ctx.report(AMP506, grad.node, scaler=in_use[0])
+
+
 # ---------------------------------------------------------------------------------------------
-# Name tables
+# Recording: which calls are events, which names are scalers and optimizers
 
 _SCALER_CLASSES = GRADSCALER_NAMES | {
     "torch.distributed.fsdp.sharded_grad_scaler.ShardedGradScaler",
@@ -499,42 +907,45 @@ _AUTOGRAD_BACKWARD = "torch.autograd.backward"
 _WATCHED_ATTRS = frozenset({"backward", "step", "update", "unscale_", "zero_grad", "get_scale", "grad", *_CLIP_NAMES})
 _WATCHED_NAMES = frozenset({"backward", "grad", *_CLIP_NAMES})  # bare imported functions
 _SCALE_METHODS = ("scale", "get_scale")
-
-# Event kinds
-_BACKWARD = "backward"  # loss.backward() on an unscaled tensor
-_SCALED_BACKWARD = "scaled_backward"  # scaler.scale(loss).backward()
-_STEP = "step"  # X.step(...): scaler or optimizer, decided when the body ends
-_UPDATE = "update"
-_UNSCALE = "unscale_"
-_ZERO_GRAD = "zero_grad"
-_GET_SCALE = "get_scale"
-_CLIP = "clip"
-_GRAD = "grad"  # torch.autograd.grad(create_graph=True) on an unscaled output
-_SCALED_GRAD = "scaled_grad"
-
 _USAGE_EVIDENCE = (_SCALED_BACKWARD, _SCALED_GRAD, _UNSCALE, _GET_SCALE)
 
 
-class _Event:
-    """One recorded call. ``key``: the receiver (scaler / optimizer) as ``x`` or ``self.x``;
-    ``arg``: the optimizer argument of ``scaler.step/unscale_``; ``path``: the control-flow arms
-    around the call, outermost first, as ``(statement, arm, conditional)``."""
-
-    __slots__ = ("kind", "node", "key", "arg", "path", "index", "origin", "stmt")
-
-    def __init__(self, kind, node, key, arg, path, index, origin, stmt):
-        self.kind = kind
-        self.node = node
-        self.key = key
-        self.arg = arg
-        self.path = path
-        self.index = index
-        self.origin = origin  # "scaler" / "local scaler" / "disabled" / "optimizer" / "other" / None (unknown)
-        self.stmt = stmt  # the statement when the call is the whole statement (for autofixes)
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers on the ast (small sub-expressions only)
+def _classify(node: ast.Call, attr: str, ctx: Context) -> tuple | None:
+    """(kind, key, arg) for a call that matters to the protocol, else None."""
+    func = node.func
+    receiver = target_key(func.value) if isinstance(func, ast.Attribute) else None
+    if attr == "backward":
+        if ctx.qualname(func) == _AUTOGRAD_BACKWARD:
+            tensors = _argument(node, 0, "tensors")
+        elif isinstance(func, ast.Attribute) and not node.args:
+            tensors = func.value  # loss.backward(); `accelerator.backward(loss)` is not ours
+        else:
+            return None
+        scaler = _scaled_by(ctx, tensors)
+        return (_SCALED_BACKWARD, scaler, None) if scaler else (_BACKWARD, None, None)
+    if attr in _CLIP_NAMES:
+        return (_CLIP, None, None) if ctx.qualname(func) in _CLIP_FUNCTIONS else None
+    if attr == "grad":
+        if ctx.qualname(func) != _AUTOGRAD_GRAD:
+            return None
+        scaler = _scaled_by(ctx, _argument(node, 0, "outputs"))
+        if scaler:
+            return (_SCALED_GRAD, scaler, None)
+        create_graph = _argument(node, 4, "create_graph")
+        return None if create_graph is None or _is_false(create_graph) else (_GRAD, None, None)
+    if receiver is None:
+        return None
+    if attr == "step":
+        return (_STEP, receiver, _expr_key(_argument(node, 0, "optimizer")))
+    if attr == "unscale_":
+        return (_UNSCALE, receiver, _expr_key(_argument(node, 0, "optimizer")))
+    if attr == "update":
+        return (_UPDATE, receiver, None)
+    if attr == "zero_grad":
+        return (_ZERO_GRAD, receiver, None)
+    if attr == "get_scale":
+        return (_GET_SCALE, receiver, None)
+    return None
 
 
 def _small_walk(node: ast.AST) -> Iterator[ast.AST]:
@@ -545,6 +956,12 @@ def _small_walk(node: ast.AST) -> Iterator[ast.AST]:
         yield cur
         if not isinstance(cur, (ast.Lambda, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             stack.extend(ast.iter_child_nodes(cur))
+
+
+def _names(expr: ast.AST) -> Iterator[ast.AST]:
+    for sub in _small_walk(expr):
+        if isinstance(sub, (ast.Name, ast.Attribute)):
+            yield sub
 
 
 def _scaled_by(ctx: Context, expr: ast.AST | None) -> str | None:
@@ -628,158 +1045,6 @@ def _origin(ctx: Context, key: str) -> str | None:
     return None if unknown else "other"
 
 
-_SCOPE_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module, ast.ClassDef, ast.Lambda)
-_LOOPS = (ast.For, ast.AsyncFor, ast.While)
-_TRIES = (ast.Try, getattr(ast, "TryStar", ast.Try))  # try/except* is Python 3.11+
-
-
-def _contains(block: list, node: ast.AST) -> bool:
-    return any(item is node for item in block)
-
-
-def _arm(parent: ast.AST, child: ast.AST) -> tuple | None:
-    """``(statement, arm, conditional)`` when ``child`` sits in a branch or loop of ``parent``."""
-    if isinstance(parent, ast.IfExp):
-        if child is parent.test:
-            return None
-        return (parent, "body" if child is parent.body else "orelse", True)
-    if isinstance(parent, ast.If):
-        if child is parent.test:
-            return None
-        return (parent, "body" if _contains(parent.body, child) else "orelse", True)
-    if isinstance(parent, _LOOPS):
-        if _contains(parent.body, child):
-            return (parent, "loop", False)
-        if _contains(parent.orelse, child):
-            return (parent, "orelse", True)
-        return None
-    if isinstance(parent, _TRIES):
-        if _contains(parent.body, child):
-            return (parent, "body", False)
-        if _contains(parent.finalbody, child):
-            return (parent, "final", False)
-        if _contains(parent.orelse, child):
-            return (parent, "orelse", True)
-        for i, handler in enumerate(parent.handlers):
-            if handler is child:
-                return (parent, f"handler{i}", True)
-        return None
-    if isinstance(parent, ast.Match):
-        for i, case in enumerate(parent.cases):
-            if case is child:
-                return (parent, f"case{i}", True)
-    return None
-
-
-def _path(ctx: Context, node: ast.AST) -> tuple | None:
-    """The arms around ``node`` up to its function; None inside a lambda (runs at another time)."""
-    arms = []
-    child = node
-    parent = ctx.parent(child)
-    while parent is not None and not isinstance(parent, _SCOPE_NODES):
-        arm = _arm(parent, child)
-        if arm is not None:
-            arms.append(arm)
-        child, parent = parent, ctx.parent(parent)
-    if isinstance(parent, ast.Lambda):
-        return None
-    arms.reverse()
-    return tuple(arms)
-
-
-_ARM_FIELDS = {"body": "body", "loop": "body", "orelse": "orelse", "final": "finalbody"}
-
-
-def _block(stmt: ast.AST, arm: str) -> list:
-    """The statements of one arm (for the early-exit check); [] for an expression's arm."""
-    if arm.startswith("handler"):
-        return stmt.handlers[int(arm[7:])].body
-    if arm.startswith("case"):
-        return stmt.cases[int(arm[4:])].body
-    block = getattr(stmt, _ARM_FIELDS[arm])
-    return block if isinstance(block, list) else []
-
-
-def _shared(a: tuple, b: tuple) -> int:
-    n = 0
-    while n < len(a) and n < len(b) and a[n][0] is b[n][0] and a[n][1] == b[n][1]:
-        n += 1
-    return n
-
-
-def _exclusive(first: _Event, later: _Event) -> bool:
-    """True when ``later`` cannot run after ``first`` in the same pass: different arms of one
-    ``if``/``match``/``except``, or ``first`` sits in an arm that always leaves."""
-    pa, pb = first.path, later.path
-    n = _shared(pa, pb)
-    if n < len(pa) and n < len(pb) and pa[n][0] is pb[n][0] and pa[n][2] and pb[n][2]:
-        return True
-    crossed_loop = False
-    for stmt, arm, conditional in pa[n:]:
-        if arm == "loop":
-            crossed_loop = True
-        if not conditional:
-            continue
-        exits = (ast.Return, ast.Raise) if crossed_loop else (ast.Return, ast.Raise, ast.Continue, ast.Break)
-        if any(isinstance(s, exits) for s in _block(stmt, arm)):
-            return True
-    return False
-
-
-def _precedes(first: _Event, later: _Event) -> bool:
-    return first.index < later.index and not _exclusive(first, later)
-
-
-def _between(events: list[_Event], start: _Event, end: _Event, kind: str, key: str, arg: str | None = None) -> bool:
-    return any(
-        e.kind == kind and e.key == key and (arg is None or e.arg == arg) and start.index < e.index < end.index
-        for e in events
-    )
-
-
-def _rebackward(events: list[_Event], source: _Event, end: _Event) -> bool:
-    """A plain backward runs after the scaled one, before ``end``: the gradients ``end`` sees
-    come from an unscaled step (e.g. a second training phase without AMP)."""
-    return any(
-        e.kind == _BACKWARD and source.index < e.index < end.index and not _exclusive(source, e) for e in events
-    )
-
-
-def _switched(event: _Event, source: _Event, scaler: str, scaler_events: list[_Event]) -> bool:
-    """``event`` lies in a branch that chooses between the scaler and plain PyTorch: an ``if``
-    (not around ``source``) whose test names the scaler or whose other arm uses it."""
-    n = _shared(event.path, source.path)
-    for stmt, arm, conditional in event.path[n:]:
-        if not conditional:
-            continue
-        if isinstance(stmt, ast.If) and any(target_key(name) == scaler for name in _names(stmt.test)):
-            return True
-        for other in scaler_events:
-            if any(s is stmt and a != arm for s, a, _ in other.path):
-                return True
-    return False
-
-
-def _names(expr: ast.AST) -> Iterator[ast.AST]:
-    for sub in _small_walk(expr):
-        if isinstance(sub, (ast.Name, ast.Attribute)):
-            yield sub
-
-
-def _hands_over(body: list[ast.stmt], key: str) -> bool:
-    """Some call in ``body`` receives the scaler as an argument (a helper may call update())."""
-    stack: list[ast.AST] = list(body)
-    while stack:
-        cur = stack.pop()
-        if isinstance(cur, ast.Call):
-            for arg in [*cur.args, *(kw.value for kw in cur.keywords)]:
-                if target_key(arg.value if isinstance(arg, ast.Starred) else arg) == key:
-                    return True
-        if not isinstance(cur, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
-            stack.extend(ast.iter_child_nodes(cur))
-    return False
-
-
 def _whole_statement(ctx: Context, call: ast.Call) -> ast.stmt | None:
     """The statement ``call`` makes up alone (``f()`` or ``x = f()``), on its own line(s)."""
     stmt = ctx.parent(call)
@@ -810,99 +1075,55 @@ def _named_like_optimizer(key: str) -> bool:
     return "sched" not in name and _OPTIMIZER_NAME.search(name) is not None
 
 
+def _scalers(events: list[_Event]) -> set[str]:
+    """The keys that are GradScalers in this body (see the module docstring)."""
+    origins: dict[str, str | None] = {}
+    evidence: set[str] = set()
+    for e in events:
+        if e.key is None:
+            continue
+        origins.setdefault(e.key, e.origin)
+        if e.kind in _USAGE_EVIDENCE or (
+            e.kind == _STEP and e.arg is not None and _last_segment(e.key).endswith("scaler")
+        ):
+            evidence.add(e.key)
+    return {
+        k for k, origin in origins.items() if origin in ("scaler", "local scaler") or (origin is None and k in evidence)
+    }
+
+
+def _optimizers(events: list[_Event], scalers: set[str]) -> set[str]:
+    """The keys that are optimizers in this body (see the module docstring)."""
+    found = set()
+    for e in events:
+        if e.kind == _ZERO_GRAD and e.origin in (None, "optimizer", "other"):
+            found.add(e.key)
+        elif e.kind in (_STEP, _UNSCALE) and e.key in scalers and e.arg is not None:
+            found.add(e.arg)
+        elif e.origin == "optimizer" or (
+            e.kind == _STEP and e.arg is None and e.origin != "other" and _named_like_optimizer(e.key)
+        ):
+            found.add(e.key)
+    return found - scalers
+
+
 # ---------------------------------------------------------------------------------------------
-# The detector
+# The detector: one recording pass, then every check per body
 
 
 class GradScalerProtocol(LintRule):
     rules = (AMP501, AMP502, AMP503, AMP504, AMP505, AMP506)
-    tokens = ("scaler", "Scaler", ".scale(", "unscale_")
-    autofix_examples = (
-        (
-            "def train(loader, optimizer, scaler):\n"
-            "    for loss in loader:\n"
-            "        scaler.scale(loss).backward()\n"
-            "        optimizer.step()\n"
-            "        scaler.update()\n",
-            "def train(loader, optimizer, scaler):\n"
-            "    for loss in loader:\n"
-            "        scaler.scale(loss).backward()\n"
-            "        scaler.step(optimizer)\n"
-            "        scaler.update()\n",
-        ),
-        (
-            "def fit(self, losses, accum=4):\n"
-            "    for i, loss in enumerate(losses):\n"
-            "        self.scaler.scale(loss / accum).backward()\n"
-            "        if (i + 1) % accum == 0:\n"
-            "            self.optimizer.step()  # apply\n"
-            "            self.optimizer.zero_grad()\n",
-            "def fit(self, losses, accum=4):\n"
-            "    for i, loss in enumerate(losses):\n"
-            "        self.scaler.scale(loss / accum).backward()\n"
-            "        if (i + 1) % accum == 0:\n"
-            "            self.scaler.step(self.optimizer)  # apply\n"
-            "            self.scaler.update()\n"
-            "            self.optimizer.zero_grad()\n",
-        ),
-        (
-            "import torch\n"
-            "\n"
-            "def train(model, loader, optimizer, scaler):\n"
-            "    for x, y in loader:\n"
-            "        scaler.scale(model(x, y)).backward()\n"
-            "        # clip\n"
-            "        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
-            "        scaler.step(optimizer)\n"
-            "        scaler.update()\n",
-            "import torch\n"
-            "\n"
-            "def train(model, loader, optimizer, scaler):\n"
-            "    for x, y in loader:\n"
-            "        scaler.scale(model(x, y)).backward()\n"
-            "        # clip\n"
-            "        scaler.unscale_(optimizer)\n"
-            "        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
-            "        scaler.step(optimizer)\n"
-            "        scaler.update()\n",
-        ),
-        (
-            "import torch\n"
-            "\n"
-            "def train_step(model, loss, optimizer, scaler):\n"
-            "    scaler.scale(loss).backward()\n"
-            "    scaler.unscale_(optimizer)\n"
-            "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
-            "    scaler.unscale_(optimizer)\n"
-            "    scaler.step(optimizer)\n"
-            "    scaler.update()\n",
-            "import torch\n"
-            "\n"
-            "def train_step(model, loss, optimizer, scaler):\n"
-            "    scaler.scale(loss).backward()\n"
-            "    scaler.unscale_(optimizer)\n"
-            "    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)\n"
-            "    scaler.step(optimizer)\n"
-            "    scaler.update()\n",
-        ),
-        (
-            "def train(model, loader, opt0, opt1, scaler):\n"
-            "    for x, y in loader:\n"
-            "        scaler.scale(model(x, y)).backward()\n"
-            "        scaler.step(opt0)\n"
-            "        scaler.step(opt1)\n"
-            "        opt0.zero_grad()\n",
-            "def train(model, loader, opt0, opt1, scaler):\n"
-            "    for x, y in loader:\n"
-            "        scaler.scale(model(x, y)).backward()\n"
-            "        scaler.step(opt0)\n"
-            "        scaler.step(opt1)\n"
-            "        scaler.update()\n"
-            "        opt0.zero_grad()\n",
-        ),
+    checks = (
+        _amp501_step_without_scaled_backward,
+        _amp502_optimizer_step_bypasses_scaler,
+        _amp503_clip_before_unscale,
+        _amp504_unscale_twice_or_late,
+        _amp505_update_missing_or_early,
+        _amp506_unscaled_grad_penalty,
     )
+    tokens = ("scaler", "Scaler", ".scale(", "unscale_")
+    autofix_examples = (*_AMP502_AUTOFIX, *_AMP503_AUTOFIX, *_AMP504_AUTOFIX, *_AMP505_AUTOFIX)
 
-    # -- recording --------------------------------------------------------------------------
     def visit_Call(self, node: ast.Call, ctx: Context) -> None:
         func = node.func
         if isinstance(func, ast.Attribute):
@@ -920,8 +1141,8 @@ class GradScalerProtocol(LintRule):
                     return
         else:
             return
-        event = self._classify(node, attr, ctx)
-        path = _path(ctx, node) if event is not None else None
+        event = _classify(node, attr, ctx)
+        path = flow.path_to(node, ctx.parent) if event is not None else None
         if path is None:
             return
         kind, key, arg = event
@@ -932,44 +1153,6 @@ class GradScalerProtocol(LintRule):
             origin = "local scaler"  # constructed in this very body: no other function updates it
         events.append(_Event(kind, node, key, arg, path, len(events), origin, _whole_statement(ctx, node)))
 
-    def _classify(self, node: ast.Call, attr: str, ctx: Context) -> tuple | None:
-        """(kind, key, arg) for a call that matters to the protocol, else None."""
-        func = node.func
-        receiver = target_key(func.value) if isinstance(func, ast.Attribute) else None
-        if attr == "backward":
-            if ctx.qualname(func) == _AUTOGRAD_BACKWARD:
-                tensors = _argument(node, 0, "tensors")
-            elif isinstance(func, ast.Attribute) and not node.args:
-                tensors = func.value  # loss.backward(); `accelerator.backward(loss)` is not ours
-            else:
-                return None
-            scaler = _scaled_by(ctx, tensors)
-            return (_SCALED_BACKWARD, scaler, None) if scaler else (_BACKWARD, None, None)
-        if attr in _CLIP_NAMES:
-            return (_CLIP, None, None) if ctx.qualname(func) in _CLIP_FUNCTIONS else None
-        if attr == "grad":
-            if ctx.qualname(func) != _AUTOGRAD_GRAD:
-                return None
-            scaler = _scaled_by(ctx, _argument(node, 0, "outputs"))
-            if scaler:
-                return (_SCALED_GRAD, scaler, None)
-            create_graph = _argument(node, 4, "create_graph")
-            return None if create_graph is None or _is_false(create_graph) else (_GRAD, None, None)
-        if receiver is None:
-            return None
-        if attr == "step":
-            return (_STEP, receiver, _expr_key(_argument(node, 0, "optimizer")))
-        if attr == "unscale_":
-            return (_UNSCALE, receiver, _expr_key(_argument(node, 0, "optimizer")))
-        if attr == "update":
-            return (_UPDATE, receiver, None)
-        if attr == "zero_grad":
-            return (_ZERO_GRAD, receiver, None)
-        if attr == "get_scale":
-            return (_GET_SCALE, receiver, None)
-        return None
-
-    # -- checking ---------------------------------------------------------------------------
     def leave_scope(self, node: ast.AST, ctx: Context) -> None:
         events: list[_Event] = ctx.scope_data(self).pop("events", None) or []
         file_data = self._file_data(ctx)
@@ -977,17 +1160,15 @@ class GradScalerProtocol(LintRule):
         file_data.setdefault("self_updates", set()).update(
             (id(owner), e.key) for e in events if e.kind == _UPDATE and e.key.startswith("self.")
         )
-        scalers = self._scalers(events) if events else set()
+        scalers = _scalers(events) if events else set()
         if scalers:
-            body = node.body if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)) else []
-            checks = _Checks(ctx, events, scalers, self._optimizers(events, scalers), body)
-            checks.run()
-            # `self.scaler.update()` may live in another method of the class: decide at the end
-            file_data.setdefault("pending", []).extend(((id(owner), key), *rest) for key, *rest in checks.pending)
+            stmts = node.body if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef)) else []
+            body = _Body(ctx, events, scalers, _optimizers(events, scalers), stmts)
+            for check in self.checks:
+                check(body)
+            file_data.setdefault("deferred", []).extend(((id(owner), key), *rest) for key, *rest in body.deferred)
         if isinstance(node, ast.Module):
-            for owner_key, step_node, kwargs in file_data.get("pending", ()):
-                if owner_key not in file_data["self_updates"]:
-                    ctx.report(AMP505, step_node, **kwargs)
+            _amp505_report_deferred(ctx, file_data.get("deferred", []), file_data["self_updates"])
 
     def _file_data(self, ctx: Context) -> dict:
         """Scratch space shared by every scope of the file (the module scope's)."""
@@ -996,240 +1177,8 @@ class GradScalerProtocol(LintRule):
             scope = scope.parent
         return scope.data.setdefault(type(self).__name__, {})
 
-    @staticmethod
-    def _scalers(events: list[_Event]) -> set[str]:
-        origins: dict[str, str | None] = {}
-        evidence: set[str] = set()
-        for e in events:
-            if e.key is None:
-                continue
-            origins.setdefault(e.key, e.origin)
-            if e.kind in _USAGE_EVIDENCE or (
-                e.kind == _STEP and e.arg is not None and _last_segment(e.key).endswith("scaler")
-            ):
-                evidence.add(e.key)
-        return {
-            k for k, origin in origins.items() if origin in ("scaler", "local scaler") or (origin is None and k in evidence)
-        }
-
-    @staticmethod
-    def _optimizers(events: list[_Event], scalers: set[str]) -> set[str]:
-        found = set()
-        for e in events:
-            if e.kind == _ZERO_GRAD and e.origin in (None, "optimizer", "other"):
-                found.add(e.key)
-            elif e.kind in (_STEP, _UNSCALE) and e.key in scalers and e.arg is not None:
-                found.add(e.arg)
-            elif e.origin == "optimizer" or (
-                e.kind == _STEP and e.arg is None and e.origin != "other" and _named_like_optimizer(e.key)
-            ):
-                found.add(e.key)
-        return found - scalers
-
     def fix_transformer(self, positions):
         return _scaler_fix(positions)
-
-
-class _Checks:
-    """The protocol checks over the events of one body."""
-
-    def __init__(self, ctx: Context, events: list[_Event], scalers: set[str], optimizers: set[str], body: list):
-        self.ctx = ctx
-        self.events = events
-        self.scalers = scalers
-        self.optimizers = optimizers
-        self.body = body
-        self.pending: list[tuple] = []  # (self key, node, report kwargs): AMP505, decided per file
-        self.scaled = [e for e in events if e.kind == _SCALED_BACKWARD and e.key in scalers]
-        self.scaler_events = [
-            e for e in events if e.key in scalers and e.kind in (_SCALED_BACKWARD, _STEP, _UPDATE, _UNSCALE)
-        ]
-
-    def of(self, kind: str, key: str | None = None) -> list[_Event]:
-        return [e for e in self.events if e.kind == kind and (key is None or e.key == key)]
-
-    def run(self) -> None:
-        self.step_without_scaled_backward()
-        self.optimizer_step_bypasses_scaler()
-        self.clip_before_unscale()
-        self.unscale_twice_or_late()
-        self.update_missing_or_early()
-        self.unscaled_grad_penalty()
-
-    # AMP501
-    def step_without_scaled_backward(self) -> None:
-        if any(e.kind in (_SCALED_BACKWARD, _SCALED_GRAD) for e in self.events):
-            return
-        plain = self.of(_BACKWARD)
-        for step in self.of(_STEP):
-            if step.key in self.scalers and any(_precedes(b, step) for b in plain):
-                self.ctx.report(AMP501, step.node, scaler=step.key)
-
-    # AMP502
-    def optimizer_step_bypasses_scaler(self) -> None:
-        for step in self.of(_STEP):
-            if step.key not in self.optimizers:
-                continue
-            for source in self.scaled:
-                if not _precedes(source, step):
-                    continue
-                scaler, opt = source.key, step.key
-                if _switched(step, source, scaler, self.scaler_events) or _rebackward(self.events, source, step):
-                    continue
-                if _between(self.events, source, step, _STEP, scaler, opt):
-                    detail, data = "steps a second time after the scaler's step, inf/NaN gradients included", None
-                elif _between(self.events, source, step, _UNSCALE, scaler, opt):
-                    continue  # unscaled by hand: a deliberate manual step
-                else:
-                    detail = "applies gradients multiplied by the loss scale and never skips inf/NaN steps"
-                    data = self._step_fix(step, scaler)
-                self.ctx.report(
-                    AMP502, step.node, fixable=data is not None, data=data, optimizer=opt, scaler=scaler, detail=detail
-                )
-                break
-
-    def _step_fix(self, step: _Event, scaler: str) -> dict | None:
-        """Replace ``opt.step()`` by ``scaler.step(opt)``; add ``scaler.update()`` when the body has none."""
-        if step.node.args or step.node.keywords or step.stmt is None or len({e.key for e in self.scaled}) != 1:
-            return None
-        data = {"fix_replace": f"{scaler}.step({step.key})"}
-        updates = self.of(_UPDATE, scaler)
-        if not updates:
-            data["fix_after"] = f"{scaler}.update()"
-        elif not any(u.index > step.index for u in updates):
-            return None
-        return data
-
-    # AMP503
-    def clip_before_unscale(self) -> None:
-        for clip in self.of(_CLIP):
-            for source in self.scaled:
-                if not _precedes(source, clip):
-                    continue
-                scaler = source.key
-                if (
-                    _between(self.events, source, clip, _UNSCALE, scaler)
-                    or _between(self.events, source, clip, _STEP, scaler)
-                    or _switched(clip, source, scaler, self.scaler_events)
-                    or _rebackward(self.events, source, clip)
-                ):
-                    continue
-                name = getattr(clip.node.func, "attr", None) or getattr(clip.node.func, "id", "clip_grad_norm_")
-                data = self._unscale_fix(clip, scaler)
-                self.ctx.report(AMP503, clip.node, fixable=data is not None, data=data, name=name, scaler=scaler)
-                break
-
-    def _unscale_fix(self, clip: _Event, scaler: str) -> dict | None:
-        """Insert ``scaler.unscale_(opt)`` before the clip when one optimizer is stepped after it
-        (``scaler.step(opt)`` or a direct ``opt.step()``), in the same block, and the body never
-        unscales."""
-        if clip.stmt is None or self.of(_UNSCALE, scaler):
-            return None
-        stepped = [
-            (s.arg if s.key == scaler else s.key, s)
-            for s in self.of(_STEP)
-            if s.index > clip.index and ((s.key == scaler and s.arg is not None) or s.key in self.optimizers)
-        ]
-        if len({opt for opt, _ in stepped}) != 1 or any(s.path != clip.path for _, s in stepped):
-            return None
-        return {"fix_before": f"{scaler}.unscale_({stepped[0][0]})"}
-
-    # AMP504
-    def unscale_twice_or_late(self) -> None:
-        for unscale in self.of(_UNSCALE):
-            scaler, opt = unscale.key, unscale.arg
-            if scaler not in self.scalers:
-                continue
-            detail, data = None, None
-            for earlier in self.of(_UNSCALE, scaler):
-                if earlier.arg == opt and _precedes(earlier, unscale) and not _between(self.events, earlier, unscale, _UPDATE, scaler):
-                    detail = f"is called twice for the same optimizer before {scaler}.update()"
-                    if unscale.stmt is not None and earlier.path == unscale.path:
-                        data = {"fix_remove": True}  # the first call always ran: the second only raises
-                    break
-            if detail is None:
-                for step in self.of(_STEP, scaler):
-                    if (
-                        step.arg == opt
-                        and _precedes(step, unscale)
-                        and not _between(self.events, step, unscale, _SCALED_BACKWARD, scaler)
-                    ):
-                        detail = f"comes after {scaler}.step(), too late for this step"
-                        break
-            if detail is None and self._loop_without_update(unscale):
-                detail = f"runs again on every iteration of a loop that never calls {scaler}.update()"
-            if detail is not None:
-                self.ctx.report(AMP504, unscale.node, fixable=data is not None, data=data, detail=detail, scaler=scaler)
-
-    def _loop_without_update(self, event: _Event) -> bool:
-        """``event`` is in a loop that neither updates the scaler nor hands it to a helper, while
-        the body steps or updates it after the loop (so the loop is not the whole step)."""
-        scaler = event.key
-        for stmt, arm, _ in reversed(event.path):
-            if arm != "loop":
-                continue
-            inside = [e for e in self.events if e.key == scaler and any(s is stmt for s, _, _ in e.path)]
-            after = [
-                e for e in self.events
-                if e.key == scaler and e.kind in (_STEP, _UPDATE) and e.index > event.index and e not in inside
-            ]
-            if any(e.kind == _UPDATE for e in inside) or not after or _hands_over(stmt.body, scaler):
-                return False
-            return True
-        return False
-
-    # AMP505
-    def update_missing_or_early(self) -> None:
-        for scaler in sorted(self.scalers):
-            steps = self.of(_STEP, scaler)
-            updates = self.of(_UPDATE, scaler)
-            for update in updates:
-                if not any(_precedes(s, update) for s in steps) and any(_precedes(update, s) for s in steps):
-                    detail = f"runs before {scaler}.step() in the same iteration"
-                    self.ctx.report(AMP505, update.node, detail=detail, scaler=scaler)
-            owned = any(e.key == scaler for e in self.scaled) or any(e.origin == "local scaler" for e in steps)
-            if not steps or not owned:
-                continue
-            if not updates:
-                if not _hands_over(self.body, scaler):
-                    data = self._update_fix(steps, scaler)
-                    detail = f"is missing after {scaler}.step() in this function"
-                    kwargs = dict(fixable=data is not None, data=data, detail=detail, scaler=scaler)
-                    if scaler.startswith("self."):
-                        self.pending.append((scaler, steps[-1].node, kwargs))
-                    else:
-                        self.ctx.report(AMP505, steps[-1].node, **kwargs)
-                continue
-            for step in steps:
-                if self._stepping_loop_without_update(step):
-                    detail = f"is missing from the loop that calls {scaler}.step()"
-                    self.ctx.report(AMP505, step.node, detail=detail, scaler=scaler)
-
-    def _update_fix(self, steps: list[_Event], scaler: str) -> dict | None:
-        last = steps[-1]
-        if last.stmt is None or any(s.path != last.path for s in steps):
-            return None
-        return {"fix_after": f"{scaler}.update()"}
-
-    def _stepping_loop_without_update(self, step: _Event) -> bool:
-        """``step`` is in the innermost loop that also runs the scaled backward, with no update."""
-        scaler = step.key
-        for stmt, arm, _ in reversed(step.path):
-            if arm != "loop":
-                continue
-            inside = [e for e in self.events if e.key == scaler and any(s is stmt for s, _, _ in e.path)]
-            if not any(e.kind == _SCALED_BACKWARD for e in inside):
-                continue  # `for opt in optimizers: scaler.step(opt)`: look further out
-            return not any(e.kind == _UPDATE for e in inside) and not _hands_over(stmt.body, scaler)
-        return False
-
-    # AMP506
-    def unscaled_grad_penalty(self) -> None:
-        in_use = [e.key for e in self.events if e.key in self.scalers and e.kind in (_SCALED_BACKWARD, _SCALED_GRAD, _STEP)]
-        if not in_use:
-            return
-        for grad in self.of(_GRAD):
-            self.ctx.report(AMP506, grad.node, scaler=in_use[0])
 
 
 # ---------------------------------------------------------------------------------------------
