@@ -41,7 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .capture import PATHS, capture, fake_copy, quiet_fake_tensor_logs
 from .costs import op_flops
-from .records import AuditReport, LayerRecord
+from .records import AuditReport, AuditTotals, LayerRecord
 
 __all__ = ["audit"]
 
@@ -620,7 +620,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     return report
 
 
-def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> dict[str, Any]:
+def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> AuditTotals:
     params = trainable = buffers = 0
     seen: set[tuple] = set()
     for t, is_param in auditor._module_tensors(auditor.copy, recurse=True):
@@ -633,21 +633,19 @@ def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> 
             trainable += t.numel() if t.requires_grad else 0
         else:
             buffers += t.numel()
-    return {
-        "params": params,
-        "trainable_params": trainable,
-        "frozen_params": params - trainable,
-        "buffers": buffers,
-        "unused_params": params - sum(r.params for r in records),
-        "macs": sum(r.macs for r in records),
-        "flops_forward": sum(r.flops_forward for r in records),
-        "flops_backward": sum(r.flops_backward for r in records),
-        "saved_bytes": sum(r.saved_bytes for r in records),
-        "peak_bytes": None,
-        "peak_phase": None,
-        "uncounted_op_calls": sum(sum(c.values()) for c in auditor.mode.uncounted.values()),
-        "op_calls": auditor.mode.op_calls,
-    }
+    return AuditTotals(
+        params=params,
+        trainable_params=trainable,
+        frozen_params=params - trainable,
+        buffers=buffers,
+        unused_params=params - sum(r.params for r in records),
+        macs=sum(r.macs for r in records),
+        flops_forward=sum(r.flops_forward for r in records),
+        flops_backward=sum(r.flops_backward for r in records),
+        saved_bytes=sum(r.saved_bytes for r in records),
+        uncounted_op_calls=sum(sum(c.values()) for c in auditor.mode.uncounted.values()),
+        op_calls=auditor.mode.op_calls,
+    )
 
 
 def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict, optimizer: str,
@@ -661,12 +659,10 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
         report.capture.notes.append("no trainable parameters: no training step to simulate")
         return
     memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
-    report.memory = memory
-    report.totals["peak_bytes"] = memory.peak_bytes
-    report.totals["peak_phase"] = memory.peak_phase
+    report.memory = memory  # also the totals' peak_bytes / peak_phase
     if memory_budget is not None:
         def make_inputs(batch: int) -> tuple:
             return tuple(_with_batch(a, batch) for a in args)
 
-        report.totals["max_batch_size"] = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
+        report.totals.max_batch_size = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
                                                          amp=amp)
