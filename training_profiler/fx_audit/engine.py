@@ -117,6 +117,8 @@ class _Auditor:
         self.modules = dict(self.copy.named_modules())
         self.dedup_blocks = True
         self.mirrored: list[tuple[int, int]] = []  # (record of a repeated block, record it copies)
+        self.block_copies: dict[str, str] = {}  # path of a repeated block that did not run -> block it copies
+        self.backward_ran = False
         self.notes: list[str] = []
 
     # ---------------------------------------------------------------- bookkeeping helpers
@@ -198,7 +200,7 @@ class _Auditor:
                 continue
             index_of[node] = len(self.records)
             self.records.append(_record_for(node, self.modules, gm))
-        mirror, blocks, first_blocks = _repeated_blocks(nodes, self.modules) if self.dedup_blocks else ({}, [], {})
+        mirror, blocks, first_blocks = _repeated_blocks(nodes, self.modules) if self.dedup_blocks else ({}, {}, {})
         values: dict[torch.fx.Node, Any] = {}  # outputs of the last nodes of blocks 0 and 1
         keep = set(first_blocks) | set(first_blocks.values())
 
@@ -262,7 +264,9 @@ class _Auditor:
                 raise failure from exc
             raise
         if self.mirrored:
-            self.notes.append(f"costed {len(blocks)} repeated blocks ({blocks[0]} to {blocks[-1]}) once each, as "
+            self.block_copies = blocks
+            first, last = list(blocks)[0], list(blocks)[-1]
+            self.notes.append(f"costed {len(blocks)} repeated blocks ({first} to {last}) once each, as "
                               "the block before them: same modules, graph and input shapes")
         return out
 
@@ -334,6 +338,24 @@ class _Auditor:
         self.mode.current = None
         self.mode.backward = True
         torch.autograd.backward(grads, [torch.ones_like(t) for t in grads])
+        self.backward_ran = True
+
+    def params_without_grad(self) -> dict[str, int] | None:
+        """Trainable parameters (name -> elements, tied ones once) that the backward over every
+        floating output left without ``.grad``: the parameters DDP would wait for. A parameter
+        of a repeated block that was costed as a copy has the verdict of its twin in the block it
+        copies (same graph, same relative name). ``None`` when no backward ran."""
+        if not self.backward_ran:
+            return None
+        out = {}
+        for name, param in self.copy.named_parameters():
+            if not param.requires_grad or param.grad is not None:
+                continue
+            block = next((b for b in self.block_copies if name.startswith(b + ".")), None)
+            if block is not None and self.copy.get_parameter(self.block_copies[block] + name[len(block):]).grad is not None:
+                continue
+            out[name] = param.numel()
+        return out
 
 
 def _tensor_meta(value: Any) -> list[tuple]:
@@ -374,10 +396,10 @@ def _block_signature(segment: list[torch.fx.Node], prefix: str, previous: torch.
     return signature
 
 
-def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) -> tuple[dict, list[str], dict]:
+def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) -> tuple[dict, dict[str, str], dict]:
     """Blocks 2, 3, ... of a ModuleList/Sequential that repeat block 1 exactly.
 
-    Returns ``{node of a repeated block: node of block 1}``, the repeated block paths and
+    Returns ``{node of a repeated block: node of block 1}``, ``{repeated block path: block 1 path}`` and
     ``{last node of block 1: last node of block 0}`` for the caller's shape check. A block
     qualifies when its modules have the same parameter shapes, its graph segment is the same
     (same ops and targets, fed by the previous block's output and the same shared nodes) and only
@@ -387,7 +409,7 @@ def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) 
     order = {n: i for i, n in enumerate(nodes)}
     paths = {n: _node_path(n) for n in nodes}
     mirror: dict[torch.fx.Node, torch.fx.Node] = {}
-    repeated: list[str] = []
+    repeated: dict[str, str] = {}
     first_blocks: dict[torch.fx.Node, torch.fx.Node] = {}  # last node of block 1 -> last node of block 0
     for cpath, container in modules.items():
         children = list(container.named_children()) if isinstance(container, (nn.ModuleList, nn.Sequential)) else []
@@ -410,7 +432,7 @@ def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) 
                     or any(u not in inside for n in seg[:-1] for u in n.users)):
                 break  # stop at the first block that differs: later ones would see other inputs
             mirror.update(zip(seg, segments[1]))
-            repeated.append(prefixes[k])
+            repeated[prefixes[k]] = prefixes[1]
             first_blocks[segments[1][-1]] = segments[0][-1]
     return mirror, repeated, first_blocks
 
@@ -609,6 +631,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
         totals=_totals(model, records, auditor),
         uncounted={op: n / max(auditor.mode.op_calls, 1) for op, n in uncounted_total.most_common()},
         source=_source(model),
+        params_without_grad=auditor.params_without_grad(),
     )
     if memory:
         _add_memory(report, model, args, kwargs, optimizer, amp, memory_budget)

@@ -167,9 +167,9 @@ class AuditReport:
     """Everything one audit found. ``totals`` is an :class:`AuditTotals` (a dict given here is
     converted); its peak always agrees with ``memory``.
 
-    ``params_without_grad``: trainable parameters (qualified names, tied ones once) that received
-    no gradient from the audit's backward pass over every floating output; ``None`` when no
-    backward ran. FXA108 reports them.
+    ``params_without_grad``: trainable parameters (qualified name -> elements, tied ones once)
+    that received no gradient from the audit's backward pass over every floating output, the
+    ones DDP would wait for; ``None`` when no backward ran. FXA108 reports them.
     ``rule_errors``: rules that raised instead of finishing (``[{"code": ..., "error": ...}]``);
     the other rules still ran.
     """
@@ -183,7 +183,7 @@ class AuditReport:
     findings: list[Finding] = field(default_factory=list)
     uncounted: dict[str, float] = field(default_factory=dict)  # op -> share of graph nodes without a formula
     source: dict[str, Any] = field(default_factory=dict)  # {"file": ..., "line": ...} where the model class is defined
-    params_without_grad: list[str] | None = None
+    params_without_grad: dict[str, int] | None = None
     rule_errors: list[dict[str, str]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 

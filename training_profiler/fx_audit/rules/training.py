@@ -47,33 +47,15 @@ FXA108 = Rule(
 
 @register(FXA108)
 def _check_unused_params(ctx: Context) -> Iterable[Finding]:
-    if ctx.model is None:
-        return
-    used_modules = {r.name for r in ctx.graph.layers if r.kind == "module"}
-    used_attrs = set()
-    for r in ctx.graph.layers:
-        if r.kind == "get_attr":
-            used_attrs.add(r.name)
-            used_attrs.add(str((r.extra or {}).get("target", "")))
-    unused = []
-    seen = set()
-    for name, param in ctx.model.named_parameters():
-        if id(param) in seen or not param.requires_grad:
-            continue
-        seen.add(id(param))
-        owner = name.rsplit(".", 1)[0] if "." in name else ""
-        parts = owner.split(".") if owner else []
-        covered = any(".".join(parts[:i]) in used_modules for i in range(1, len(parts) + 1))
-        if covered or name in used_attrs or name.replace(".", "_") in used_attrs:
-            continue
-        unused.append((name, param.numel()))
+    # the engine's verdict from the gradients, the same on every capture path (export graphs are
+    # aten-level: no module or get_attr record there says which parameter a node reads)
+    unused = ctx.report.params_without_grad
     if not unused:
         return
-    total = sum(n for _, n in unused)
-    example = unused[0][0]
+    total = sum(unused.values())
+    example = next(iter(unused))
     owner = example.rsplit(".", 1)[0] if "." in example else ""
-    yield FXA108.finding(ctx.locate(owner), {"count": len(unused), "params": total,
-                                             "names": [n for n, _ in unused[:20]]},
+    yield FXA108.finding(ctx.locate(owner), {"count": len(unused), "params": total, "names": list(unused)[:20]},
                          count=len(unused), params=f"{total:,}", example=example)
 
 
