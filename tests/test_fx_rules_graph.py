@@ -278,3 +278,24 @@ def test_totals_are_typed_and_read_the_peak_from_the_memory_report():
     assert again.totals == r.totals and again.totals["peak_bytes"] == 4096
     with pytest.raises(KeyError):
         r.totals["peak"]
+
+
+def test_over_budget_on_model_state_alone_suggests_sharding_not_checkpointing():
+    grad = TensorInfo("grad of fc.weight", [25_000, 4096], "float32", 409_600_000, "grads", "fc")
+    base = report([rec("fc", "Linear", ["x"], params=102_400_000)])
+    base.memory = MemoryReport(peak_bytes=1_700_000_000, peak_phase="optimizer", peak_module=None, top_tensors=[grad],
+                               breakdown={"params": 409_600_000, "grads": 409_600_000, "optimizer_state": 819_200_000,
+                                          "activations": 61_600_000})
+    def fxa106(budget):
+        return [f for f in check_report(base, config=AuditConfig(memory_budget=budget)) if f.code == "FXA106"]
+
+    (over,) = fxa106(2**30)
+    assert over.code == "FXA106" and over.data["model_state_bytes"] == 1_638_400_000
+    assert over.message.endswith(
+        ": parameters, gradients and optimizer state alone take 1.53 GiB, over the budget: shard the optimizer "
+        "state or the parameters (ZeRO, FSDP), use an 8-bit or factored optimizer (AdamW8bit, Adafactor) "
+        "or a smaller model")
+    assert "checkpointing" not in over.message
+    (fits,) = fxa106(1_650_000_000)  # the state fits, the peak does not
+    assert fits.message.endswith(": use activation checkpointing, a smaller batch or bf16 autocast")
+    assert "model_state_bytes" not in fits.data

@@ -24,11 +24,14 @@ FXA106 = Rule(
     fix=(
         "Use F.scaled_dot_product_attention for attention scores; otherwise activation checkpointing "
         "(torch.utils.checkpoint), a smaller batch (`training-profiler compare ... --memory` prints "
-        "the largest that fits), bf16 autocast, or an optimizer with foreach=False / fused=True."
+        "the largest that fits), bf16 autocast, or an optimizer with foreach=False / fused=True. When "
+        "parameters, gradients and optimizer state alone exceed the budget, only shrinking them helps: "
+        "shard them across devices (ZeRO, FSDP), an 8-bit or factored optimizer, or a smaller model."
     ),
     references=(
         f"{DOCS}/generated/torch.nn.functional.scaled_dot_product_attention.html",
         f"{DOCS}/checkpoint.html",
+        f"{DOCS}/distributed.optim.html",
     ),
     bad=(
         "class Attention(nn.Module):\n"
@@ -83,6 +86,12 @@ def _check_memory(ctx: Context) -> Iterable[Finding]:
             where = None  # e.g. the model's class name for ops run by the root module
     if budget is not None and peak > budget:
         data["budget_bytes"] = budget
+        state = sum(memory.breakdown.get(k, 0) for k in ("params", "grads", "optimizer_state"))
+        if state > budget:  # no activation saving can help: the model state itself must shrink
+            data["model_state_bytes"] = state
+            knob = (f"parameters, gradients and optimizer state alone take {human_bytes(state)}, over the budget: "
+                    "shard the optimizer state or the parameters (ZeRO, FSDP), use an 8-bit or factored optimizer "
+                    "(AdamW8bit, Adafactor) or a smaller model")
         yield FXA106.finding(ctx.locate(where), data, problem=f"predicted peak exceeds the budget of {human_bytes(budget)}",
                              peak=human_bytes(peak), phase=phase, top=top, knob=knob)
         return
