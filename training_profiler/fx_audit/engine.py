@@ -35,11 +35,11 @@ import torch.fx
 import torch.utils._pytree as pytree
 from torch.fx._pytree import tree_flatten_spec
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .capture import PATHS, capture, fake_copy, quiet_fake_tensor_logs
+from .capture import PATHS, capture, data_dependent_output, fake_copy, is_data_dependent, quiet_fake_tensor_logs
 from .costs import op_flops
 from .records import AuditReport, AuditTotals, LayerRecord
 
@@ -84,7 +84,16 @@ class _CostMode(TorchDispatchMode):
             self.assumptions.append(f"assumed a data-dependent value is 0 in {self.describe(self.current)}")
             dtype = args[0].dtype
             return False if dtype == torch.bool else (0.0 if dtype.is_floating_point else 0)
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except DynamicOutputShapeException:
+            out = data_dependent_output(func, args, kwargs)
+            if out is None:
+                raise
+            self.assumptions.append(
+                f"assumed the largest output of {func.overloadpacket.__name__} in {self.describe(self.current)} "
+                "(its size depends on the data: every element kept, every value distinct): the sizes after it are "
+                "upper bounds")
         if func.namespace == "aten":
             # views and allocation bookkeeping do not count as ops of the graph (AccumulateGrad's
             # first call in a process copies a gradient, later ones alias it)
@@ -125,8 +134,7 @@ class _Auditor:
     def _describe(self, index: int | None) -> str:
         if index is None:
             return "the model's top level"
-        rec = self.records[index]
-        return f"layer '{rec.name}' ({rec.op})"
+        return _where(self.records[index])
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         key = _storage_key(t)
@@ -180,6 +188,8 @@ class _Auditor:
         rec.output_bytes = sum(t.numel() * t.element_size() for t in tensors)
 
     def _fit_error(self, rec: LayerRecord, args: Any, exc: BaseException) -> ValueError:
+        if is_data_dependent(exc):
+            return _data_dependent_error(_where(rec), exc)
         shapes = [list(t.shape) for t in _tensors(args)]
         first = (str(exc).strip().splitlines() or [""])[0][:240].rstrip(".")
         return ValueError(
@@ -337,7 +347,12 @@ class _Auditor:
             return
         self.mode.current = None
         self.mode.backward = True
-        torch.autograd.backward(grads, [torch.ones_like(t) for t in grads])
+        try:
+            torch.autograd.backward(grads, [torch.ones_like(t) for t in grads])
+        except Exception as exc:
+            if is_data_dependent(exc):
+                raise _data_dependent_error(f"the backward of {self._describe(self.mode.current)}", exc) from exc
+            raise
         self.backward_ran = True
 
     def params_without_grad(self) -> dict[str, int] | None:
@@ -356,6 +371,26 @@ class _Auditor:
                 continue
             out[name] = param.numel()
         return out
+
+
+def _where(rec: LayerRecord) -> str:
+    """``layer 'gate' (_Gate)``; a function node also names the module that runs it."""
+    where = f"layer '{rec.name}' ({rec.op})"
+    if rec.kind != "module":
+        where += f" of module '{rec.module or '(root)'}' ({rec.module_type})"
+    return where
+
+
+def _data_dependent_error(where: str, exc: BaseException, also: str = "") -> ValueError:
+    """Why the fake run stopped, when an op needs real values: which op, where, what to do."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    op = next((w.rstrip(".:,") for w in first.split() if w.startswith("aten.")), type(exc).__name__)
+    op = op.rsplit(".", 1)[0] if op.count(".") > 1 else op  # aten.repeat_interleave.Tensor -> aten.repeat_interleave
+    what = "a Python value that depends" if "_local_scalar_dense" in op else "a tensor whose size depends"
+    return ValueError(
+        f"cannot audit on fake tensors: {op} in {where} returns {what} on the input values, which a "
+        "fake-tensor audit does not have. The inputs fit the model; leave out the inputs that lead to it (for "
+        f"example audit without labels){also}, or audit the submodule that does not use it")
 
 
 def _tensor_meta(value: Any) -> list[tuple]:
@@ -681,7 +716,13 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
     if not any(p.requires_grad for p in model.parameters()):
         report.capture.notes.append("no trainable parameters: no training step to simulate")
         return
-    memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
+    try:
+        memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
+    except ValueError as exc:
+        if exc.__cause__ is not None and is_data_dependent(exc.__cause__):
+            raise _data_dependent_error("the training-step memory simulation", exc.__cause__,
+                                        also=", skip the simulation (memory=False, --no-memory)") from exc
+        raise
     report.memory = memory  # also the totals' peak_bytes / peak_phase
     if memory_budget is not None:
         def make_inputs(batch: int) -> tuple:
