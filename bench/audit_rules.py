@@ -11,6 +11,7 @@ a small fraction of the audit.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ def main() -> None:
         start = time.perf_counter()
         report = audit(model, inputs, memory=False)
         audited = time.perf_counter() - start
+        gc.collect()  # the audit's garbage (fake tensors, graphs) is not the rules' cost
         start = time.perf_counter()
         findings = check_report(report, model)
         ruled = time.perf_counter() - start
