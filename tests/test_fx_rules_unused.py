@@ -155,3 +155,18 @@ def test_frozen_parameters_are_not_unused():
     model.old_head.requires_grad_(False)  # frozen on purpose: no gradient expected
     report = audit(model, torch.randn(2, 16), memory=False)
     assert "FXA108" not in {f.code for f in report.findings} and report.params_without_grad == {}
+
+
+def test_without_a_backward_the_check_says_it_did_not_run():
+    class Argmax(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(x).argmax(-1)  # an integer output: no gradient reaches any parameter
+
+    report = audit(Argmax(), torch.randn(2, 4), memory=False)
+    assert report.params_without_grad is None and "FXA108" not in {f.code for f in report.findings}
+    assert "FXA108 (unused parameters) not checked: no backward ran (no floating output needs a gradient)" \
+        in report.capture.notes

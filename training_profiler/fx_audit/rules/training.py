@@ -50,6 +50,9 @@ def _check_unused_params(ctx: Context) -> Iterable[Finding]:
     # the engine's verdict from the gradients, the same on every capture path (export graphs are
     # aten-level: no module or get_attr record there says which parameter a node reads)
     unused = ctx.report.params_without_grad
+    if unused is None and ctx.report.totals.trainable_params:
+        ctx.report.capture.notes.append(
+            "FXA108 (unused parameters) not checked: no backward ran (no floating output needs a gradient)")
     if not unused:
         return
     total = sum(unused.values())
