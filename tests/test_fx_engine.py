@@ -385,3 +385,79 @@ def test_hooks_path_names_the_failing_layer_too():
     model.narrow = nn.Linear(5, 2)  # the branch taken (value assumed 0) does not fit 4 features
     with pytest.raises(ValueError, match=r"layer 'narrow' \(Linear\) failed on input shapes \[\[3, 4\]\]"):
         audit(model, (3, 4), memory=False)
+
+
+class _DataDependent(nn.Module):
+    """The ops whose output size depends on tensor values, as a CTC-style loss uses them."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.emb = nn.Linear(8, 5), nn.Embedding(10, 8)
+
+    def forward(self, x, labels):
+        kept = labels >= 0
+        logits = self.fc(x + self.emb(torch.unique(labels)).sum(0))[kept]  # boolean indexing
+        targets = labels.masked_select(kept)
+        return nn.functional.cross_entropy(logits, targets) + x[(x > 0).nonzero()[:, 0]].sum()
+
+
+def test_data_dependent_ops_run_with_upper_bound_sizes():
+    labels = torch.tensor([1, 4, 0, 3])  # no padding: "every element kept" is exact here
+    report = audit(_DataDependent(), {"x": torch.randn(4, 8), "labels": labels}, memory=False)
+    assert report.capture.path == "export"
+    notes = [n for n in report.capture.notes if "depends on the data" in n]
+    assert [n.split(" of ")[1].split(" in ")[0] for n in notes] == ["_unique2", "index", "masked_select", "nonzero"]
+    assert notes[2] == ("assumed the largest output of masked_select in layer 'masked_select' (masked_select) of "
+                        "module '(root)' (_DataDependent) (its size depends on the data: every element kept, every "
+                        "value distinct): the sizes after it are upper bounds")
+    by_op = {}
+    for layer in report.layers:
+        by_op.setdefault(layer.op, layer)  # the first of each op
+    assert by_op["masked_select"].output_shape == [4] and by_op["_unique2"].output_shapes[0] == [4]
+    assert by_op["index"].output_shape == [4, 5]  # 4 rows of logits kept, the real count for these labels
+    assert by_op["nonzero"].output_shape == [32, 2]
+    assert report.params_without_grad == {} and report.totals["flops_backward"] > 0
+
+
+class _Repeats(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x, counts):
+        return self.fc(torch.repeat_interleave(x, counts, dim=0))
+
+
+def test_data_dependent_op_without_a_bound_names_op_module_and_remedy():
+    with pytest.raises(ValueError) as info:
+        audit(_Repeats(), {"x": torch.randn(3, 4), "counts": torch.tensor([1, 2, 3])}, memory=False)
+    message = str(info.value)
+    assert message.startswith("cannot audit on fake tensors: aten.repeat_interleave in layer 'repeat_interleave' "
+                              "(repeat_interleave) of module '(root)' (_Repeats) returns a tensor whose size "
+                              "depends on the input values")
+    assert message.endswith("leave out the inputs that lead to it (for example audit without labels), or audit "
+                            "the submodule that does not use it")
+    assert "example inputs do not fit" not in message
+
+
+def test_speech_model_with_ctc_labels_is_audited():
+    """HF's CTC loss calls labels.masked_select(labels >= 0); SpecAugment masks by boolean index."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Wav2Vec2Config(vocab_size=32, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=64, conv_dim=(16, 16), conv_stride=(5, 2),
+                                         conv_kernel=(10, 3), num_conv_pos_embeddings=16,
+                                         num_conv_pos_embedding_groups=2)
+    torch.manual_seed(0)
+    model = transformers.Wav2Vec2ForCTC(config)
+    labels = torch.randint(1, 32, (2, 10), generator=torch.Generator().manual_seed(0))
+    report = audit(model, {"input_values": torch.randn(2, 1600), "labels": labels}, memory=False)
+    assert report.capture.path == "hooks"  # export cannot guard on the masked_select size either
+    bounded = [note.split(" in ")[0] for note in report.capture.notes if note.endswith("upper bounds")]
+    assert bounded == ["assumed the largest output of _ctc_loss", "assumed the largest output of index",
+                       "assumed the largest output of masked_select"]
+    assert report.totals["params"] == sum(p.numel() for p in model.parameters()) and report.totals["flops_backward"]
+    assert report.params_without_grad == {}
+    with pytest.raises(ValueError, match=r"^cannot audit on fake tensors: aten._local_scalar_dense in the "
+                       r"training-step memory simulation returns a Python value that depends on the input values.* "
+                       r"\(for example audit without labels\), skip the simulation \(memory=False, --no-memory\)"):
+        audit(model, {"input_values": torch.randn(2, 1600), "labels": labels})

@@ -196,3 +196,28 @@ def test_rules_review_and_views_import_without_torch():
     assert out.returncode == 0, out.stderr
     codes = [line.split()[0] for line in out.stdout.splitlines()]
     assert [c for c in codes if c.startswith("FXA")] == [f"FXA10{i}" for i in range(1, 10)]
+
+
+def test_views_say_which_rule_failed_to_run():
+    from training_profiler.fx_audit.table import summary_lines
+
+    report = make_report(findings=[STEM])
+    report.rule_errors = [{"code": "FXA101", "error": "KeyError: 'fc'"}]
+    md = audit_to_markdown(report).splitlines()
+    assert "**Rules that failed to run** (their findings are missing): FXA101: KeyError: 'fc'" in md
+    run = json.loads(audit_to_sarif(report))["runs"][0]
+    assert run["properties"]["rule_errors"] == [{"code": "FXA101", "error": "KeyError: 'fc'"}]
+    assert summary_lines(report)[-1] == "Rule FXA101 failed to run (its findings are missing): KeyError: 'fc'"
+    data = json.loads(report.to_json())
+    jsonschema.validate(data, SCHEMA)
+    assert AuditReport.from_dict(data).rule_errors == report.rule_errors
+
+
+def test_peak_has_one_source_the_memory_report():
+    report = make_report(peak=3 * 2**30)
+    report.memory.peak_bytes = 2**30  # the totals follow: nothing to reconcile
+    assert report.totals["peak_bytes"] == 2**30 and report.to_dict()["totals"]["peak_bytes"] == 2**30
+    assert "| Peak memory (training step) | 1.00 GiB (backward at `fc`; adam) |" in audit_to_markdown(report)
+    report.memory = None
+    assert report.totals["peak_bytes"] is None
+    assert "| Peak memory (training step) | not simulated |" in audit_to_markdown(report)

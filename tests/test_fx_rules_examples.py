@@ -81,3 +81,18 @@ def test_audit_api_reports_architecture_findings():
     report = audit(model, (torch.empty(1, 3, 64, 64, device="meta"),), memory=False)
     assert [(f.code, f.location.module) for f in report.findings] == [("FXA101", "3"), ("FXA102", "0")]
     assert audit(model, (torch.empty(1, 3, 64, 64, device="meta"),), memory=False, rules=False).findings == []
+
+
+def test_a_crashing_rule_does_not_abort_the_audit(monkeypatch):
+    from training_profiler.fx_audit import audit
+    from training_profiler.fx_audit.rules import base
+
+    def crash(ctx):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setitem(base.REGISTRY, "FXA102", base.AuditRule(base.REGISTRY["FXA102"].rule, crash))
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 8, 11, padding=5), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 64 * 64, 100))
+    report = audit(model, (torch.empty(1, 3, 64, 64, device="meta"),), memory=False)
+    assert [(f.code, f.location.module) for f in report.findings] == [("FXA101", "3")]
+    assert report.rule_errors == [{"code": "FXA102", "error": "ZeroDivisionError: division by zero"}]

@@ -224,3 +224,78 @@ def test_rule_metadata_is_complete():
     assert [r.code for r in rules] == [f"FXA10{i}" for i in range(1, 10)]
     for r in rules:
         assert r.message and r.why and r.fix and r.references and r.bad and r.good, r.code
+
+
+def test_each_rule_keeps_metadata_examples_and_checker_in_one_module():
+    """`grep FXA103` lands on one module holding the rule's metadata, its examples and its checker."""
+    import inspect
+    import sys
+
+    from training_profiler.fx_audit.rules import audit_rules
+
+    for audit_rule in audit_rules():
+        module = sys.modules[audit_rule.check.__module__]
+        assert getattr(module, audit_rule.code) is audit_rule.rule, audit_rule.code
+        source = inspect.getsource(module)
+        assert source.count(f'code="{audit_rule.code}"') == 1 and f"@register({audit_rule.code})" in source
+        assert audit_rule.rule.bad and audit_rule.rule.good
+
+
+def _boom(ctx):
+    yield from ()
+    raise KeyError("fc7")
+
+
+def test_a_rule_that_raises_is_isolated_and_noted_in_the_report(monkeypatch):
+    from training_profiler.fx_audit.rules import base
+
+    monkeypatch.setitem(base.REGISTRY, "FXA104", base.AuditRule(base.REGISTRY["FXA104"].rule, _boom))
+    r = report(plain_mlp(21))
+    findings = check_report(r)
+    assert codes(findings) == ["FXA103"]  # FXA104 crashed, FXA103 and the others still ran
+    assert r.rule_errors == [{"code": "FXA104", "error": "KeyError: 'fc7'"}]
+    assert AuditReport.from_dict(r.to_dict()).rule_errors == r.rule_errors
+    monkeypatch.undo()
+    assert codes(check_report(r)) == ["FXA103", "FXA104"] and r.rule_errors == []  # a rerun starts clean
+
+
+def test_totals_are_typed_and_read_the_peak_from_the_memory_report():
+    from training_profiler.fx_audit.records import AuditTotals
+
+    r = report([rec("fc", "Linear", ["x"], params=72)], macs=1_000, peak_bytes=123, peak_phase="forward")
+    assert isinstance(r.totals, AuditTotals) and r.totals.params == 72 and r.totals["macs"] == 1_000
+    assert r.totals["peak_bytes"] is None and r.totals.get("peak_phase") is None  # no simulation: no peak
+    r.memory = memory_report(4096, [])
+    assert (r.totals.peak_bytes, r.totals["peak_bytes"], r.totals.get("peak_phase")) == (4096, 4096, "backward")
+    assert "max_batch_size" not in r.totals and r.totals.get("max_batch_size", "-") == "-"
+    r.totals.max_batch_size = 8
+    assert r.totals["max_batch_size"] == 8
+    assert list(r.to_dict()["totals"]) == [
+        "params", "trainable_params", "frozen_params", "buffers", "unused_params", "macs", "flops_forward",
+        "flops_backward", "saved_bytes", "peak_bytes", "peak_phase", "uncounted_op_calls", "op_calls",
+        "max_batch_size"]
+    again = AuditReport.from_dict(r.to_dict())
+    assert again.totals == r.totals and again.totals["peak_bytes"] == 4096
+    with pytest.raises(KeyError):
+        r.totals["peak"]
+
+
+def test_over_budget_on_model_state_alone_suggests_sharding_not_checkpointing():
+    grad = TensorInfo("grad of fc.weight", [25_000, 4096], "float32", 409_600_000, "grads", "fc")
+    base = report([rec("fc", "Linear", ["x"], params=102_400_000)])
+    base.memory = MemoryReport(peak_bytes=1_700_000_000, peak_phase="optimizer", peak_module=None, top_tensors=[grad],
+                               breakdown={"params": 409_600_000, "grads": 409_600_000, "optimizer_state": 819_200_000,
+                                          "activations": 61_600_000})
+    def fxa106(budget):
+        return [f for f in check_report(base, config=AuditConfig(memory_budget=budget)) if f.code == "FXA106"]
+
+    (over,) = fxa106(2**30)
+    assert over.code == "FXA106" and over.data["model_state_bytes"] == 1_638_400_000
+    assert over.message.endswith(
+        ": parameters, gradients and optimizer state alone take 1.53 GiB, over the budget: shard the optimizer "
+        "state or the parameters (ZeRO, FSDP), use an 8-bit or factored optimizer (AdamW8bit, Adafactor) "
+        "or a smaller model")
+    assert "checkpointing" not in over.message
+    (fits,) = fxa106(1_650_000_000)  # the state fits, the peak does not
+    assert fits.message.endswith(": use activation checkpointing, a smaller batch or bf16 autocast")
+    assert "model_state_bytes" not in fits.data

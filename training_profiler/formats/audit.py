@@ -18,16 +18,11 @@ AUDIT_FORMATS = ("markdown", "json", "sarif")
 
 def _memory_line(report) -> str:
     memory = report.memory
-    peak = report.totals.get("peak_bytes")
-    if peak is None and memory is not None:
-        peak = memory.peak_bytes
-    if peak is None:
+    if memory is None:
         return "not simulated"
-    where = report.totals.get("peak_phase") or (memory.peak_phase if memory else "")
-    if memory is not None and memory.peak_module:
-        where += f" at `{memory.peak_module}`"
-    extras = [x for x in ((memory.optimizer if memory else None), (f"amp {memory.amp}" if memory and memory.amp else None)) if x]
-    return f"{human_bytes(peak)} ({where}{'; ' + ', '.join(extras) if extras else ''})"
+    where = memory.peak_phase + (f" at `{memory.peak_module}`" if memory.peak_module else "")
+    extras = [x for x in (memory.optimizer, f"amp {memory.amp}" if memory.amp else None) if x]
+    return f"{human_bytes(memory.peak_bytes)} ({where}{'; ' + ', '.join(extras) if extras else ''})"
 
 
 def audit_to_markdown(report, top: int = 10) -> str:
@@ -51,6 +46,9 @@ def audit_to_markdown(report, top: int = 10) -> str:
         "",
         findings_to_markdown(report.findings).rstrip("\n"),
     ]
+    if report.rule_errors:
+        out += ["", "**Rules that failed to run** (their findings are missing): "
+                + "; ".join(f"{e['code']}: {_cell(e['error'])}" for e in report.rule_errors)]
     layers = sorted(report.layers, key=lambda r: -(r.flops_forward + r.flops_backward))[:top]
     layers = [r for r in layers if r.flops_forward + r.flops_backward > 0 or r.params > 0]
     if layers:
@@ -72,9 +70,12 @@ def audit_to_sarif(report) -> str:
     """SARIF 2.1.0 with one result per finding, located at the model's source."""
     from ..fx_audit.rules import all_rules
 
-    totals = {k: v for k, v in report.totals.items() if isinstance(v, (int, float, str))}
+    totals = {k: v for k, v in report.totals.to_dict().items() if isinstance(v, (int, float, str))}
+    properties = {"model": report.model, "totals": totals}
+    if report.rule_errors:
+        properties["rule_errors"] = report.rule_errors
     return findings_to_sarif(report.findings, rules=all_rules(), tool_name="training-profiler audit",
-                             run_properties={"model": report.model, "totals": totals})
+                             run_properties=properties)
 
 
 def render_audit(report, fmt: str) -> str:

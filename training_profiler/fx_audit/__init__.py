@@ -6,12 +6,12 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .records import AuditReport, CaptureInfo, LayerRecord, MemoryReport, TensorInfo
+from .records import AuditReport, AuditTotals, CaptureInfo, LayerRecord, MemoryReport, TensorInfo
 
 # public name -> engine module; loaded on first use so that the records stay torch-free
 _LAZY = {"audit": ".engine", "build_model": ".capture"}
 
-__all__ = ["AuditReport", "CaptureInfo", "LayerRecord", "MemoryReport", "TensorInfo", *_LAZY]
+__all__ = ["AuditReport", "AuditTotals", "CaptureInfo", "LayerRecord", "MemoryReport", "TensorInfo", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import logging
+import math
 from typing import Any, Callable, Iterator
 
 import torch
@@ -34,7 +35,8 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from .records import CaptureInfo
 
-__all__ = ["Captured", "build_model", "capture", "fake_copy", "neutral_init"]
+__all__ = ["Captured", "build_model", "capture", "data_dependent_output", "fake_copy", "is_data_dependent",
+           "neutral_init"]
 
 PATHS = ("symbolic_trace", "leaf_tracer", "export", "hooks")
 
@@ -125,6 +127,73 @@ def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dt
     except Exception as exc:
         raise TypeError(f"cannot audit {type(model).__name__}: copying its module tree failed ({exc}); "
                         "the model must be deep-copyable apart from its tensors") from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Ops whose output size depends on tensor values: fake tensors have no values, so FakeTensorMode
+# (without a ShapeEnv) raises DynamicOutputShapeException. Each op below answers with its largest
+# possible output instead (every element selected, every value distinct), which is the real size
+# whenever nothing is filtered out (labels without padding) and an upper bound otherwise.
+
+
+def _long(like: torch.Tensor, *shape: int) -> torch.Tensor:
+    return like.new_empty(shape, dtype=torch.long)
+
+
+def _index(x: torch.Tensor, indices: list, *_: Any) -> torch.Tensor:
+    """``x[mask]``: a boolean mask over k dims becomes k index tensors that select every element."""
+    full = []
+    for index in indices:
+        if index is not None and index.dtype in (torch.bool, torch.uint8):
+            full += [_long(index, index.numel())] * max(index.dim(), 1)
+        else:
+            full.append(index)
+    return torch.ops.aten.index.Tensor(x, full)
+
+
+def _unique(x: torch.Tensor, inverse: bool, counts: bool) -> tuple[torch.Tensor, ...]:
+    return (x.new_empty((x.numel(),)), _long(x, *(x.shape if inverse else (0,))),
+            _long(x, x.numel() if counts else 0))
+
+
+def _unique_dim(x: torch.Tensor, dim: int, inverse: bool, counts: bool) -> tuple[torch.Tensor, ...]:
+    n = x.shape[dim]
+    return x.new_empty(x.shape), _long(x, n if inverse else 0), _long(x, n if counts else 0)
+
+
+_UPPER_BOUNDS: dict[str, Callable[..., Any]] = {
+    "aten::nonzero": lambda x: _long(x, x.numel(), x.dim()),
+    "aten::masked_select": lambda x, mask: x.new_empty((math.prod(torch.broadcast_shapes(x.shape, mask.shape)),)),
+    "aten::index": _index,
+    "aten::_unique2": lambda x, sorted=True, return_inverse=False, return_counts=False: _unique(
+        x, return_inverse, return_counts),
+    "aten::unique_dim": lambda x, dim, sorted=True, return_inverse=False, return_counts=False: _unique_dim(
+        x, dim, return_inverse, return_counts),
+    # CTC: log_alpha is (batch, time, 2 * longest target + 1); a padded (batch, S) target is at most S long
+    "aten::_ctc_loss": lambda log_probs, targets, input_lengths, target_lengths, *_: (
+        log_probs.new_empty((log_probs.shape[1],)),
+        log_probs.new_empty((log_probs.shape[1], log_probs.shape[0], 2 * targets.shape[-1] + 1))),
+    "aten::_ctc_loss_backward": lambda grad, log_probs, *_: log_probs.new_empty(log_probs.shape),
+    "aten::unique_consecutive": lambda x, return_inverse=False, return_counts=False, dim=None: (
+        _unique(x, return_inverse, return_counts) if dim is None else _unique_dim(x, dim, return_inverse,
+                                                                                  return_counts)),
+}
+
+
+def is_data_dependent(exc: BaseException) -> bool:
+    """True for the errors fake tensors raise on ops whose output size or value needs real data."""
+    from torch._subclasses.fake_tensor import DataDependentOutputException, DynamicOutputShapeException
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    return isinstance(exc, (DynamicOutputShapeException, DataDependentOutputException, GuardOnDataDependentSymNode))
+
+
+def data_dependent_output(func: Any, args: tuple, kwargs: dict) -> Any:
+    """The fake output of a data-dependent op at its largest size, or ``None`` when the op has no
+    bound here (``repeat_interleave`` with tensor repeats). Call it from a dispatch mode running
+    above the FakeTensorMode, on fake arguments."""
+    bound = _UPPER_BOUNDS.get(func._schema.name)
+    return None if bound is None else bound(*args, **kwargs)
 
 
 class Captured:

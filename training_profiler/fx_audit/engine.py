@@ -34,15 +34,15 @@ import torch
 import torch.fx
 from torch.fx._pytree import tree_flatten_spec
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import DynamicOutputShapeException, FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..inputs import spec_to_tensor, split_inputs
 from ..inputs import tensors as _tensors
-from .capture import PATHS, capture, fake_copy, quiet_fake_tensor_logs
+from .capture import PATHS, capture, data_dependent_output, fake_copy, is_data_dependent, quiet_fake_tensor_logs
 from .costs import op_flops
-from .records import AuditReport, LayerRecord
+from .records import AuditReport, AuditTotals, LayerRecord
 
 __all__ = ["audit"]
 
@@ -81,7 +81,16 @@ class _CostMode(TorchDispatchMode):
             self.assumptions.append(f"assumed a data-dependent value is 0 in {self.describe(self.current)}")
             dtype = args[0].dtype
             return False if dtype == torch.bool else (0.0 if dtype.is_floating_point else 0)
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except DynamicOutputShapeException:
+            out = data_dependent_output(func, args, kwargs)
+            if out is None:
+                raise
+            self.assumptions.append(
+                f"assumed the largest output of {func.overloadpacket.__name__} in {self.describe(self.current)} "
+                "(its size depends on the data: every element kept, every value distinct): the sizes after it are "
+                "upper bounds")
         if func.namespace == "aten":
             # views and allocation bookkeeping do not count as ops of the graph (AccumulateGrad's
             # first call in a process copies a gradient, later ones alias it)
@@ -114,14 +123,15 @@ class _Auditor:
         self.modules = dict(self.copy.named_modules())
         self.dedup_blocks = True
         self.mirrored: list[tuple[int, int]] = []  # (record of a repeated block, record it copies)
+        self.block_copies: dict[str, str] = {}  # path of a repeated block that did not run -> block it copies
+        self.backward_ran = False
         self.notes: list[str] = []
 
     # ---------------------------------------------------------------- bookkeeping helpers
     def _describe(self, index: int | None) -> str:
         if index is None:
             return "the model's top level"
-        rec = self.records[index]
-        return f"layer '{rec.name}' ({rec.op})"
+        return _where(self.records[index])
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         key = _storage_key(t)
@@ -175,6 +185,8 @@ class _Auditor:
         rec.output_bytes = sum(t.numel() * t.element_size() for t in tensors)
 
     def _fit_error(self, rec: LayerRecord, args: Any, exc: BaseException) -> ValueError:
+        if is_data_dependent(exc):
+            return _data_dependent_error(_where(rec), exc)
         shapes = [list(t.shape) for t in _tensors(args)]
         first = (str(exc).strip().splitlines() or [""])[0][:240].rstrip(".")
         return ValueError(
@@ -195,7 +207,7 @@ class _Auditor:
                 continue
             index_of[node] = len(self.records)
             self.records.append(_record_for(node, self.modules, gm))
-        mirror, blocks, first_blocks = _repeated_blocks(nodes, self.modules) if self.dedup_blocks else ({}, [], {})
+        mirror, blocks, first_blocks = _repeated_blocks(nodes, self.modules) if self.dedup_blocks else ({}, {}, {})
         values: dict[torch.fx.Node, Any] = {}  # outputs of the last nodes of blocks 0 and 1
         keep = set(first_blocks) | set(first_blocks.values())
 
@@ -259,7 +271,9 @@ class _Auditor:
                 raise failure from exc
             raise
         if self.mirrored:
-            self.notes.append(f"costed {len(blocks)} repeated blocks ({blocks[0]} to {blocks[-1]}) once each, as "
+            self.block_copies = blocks
+            first, last = list(blocks)[0], list(blocks)[-1]
+            self.notes.append(f"costed {len(blocks)} repeated blocks ({first} to {last}) once each, as "
                               "the block before them: same modules, graph and input shapes")
         return out
 
@@ -330,7 +344,50 @@ class _Auditor:
             return
         self.mode.current = None
         self.mode.backward = True
-        torch.autograd.backward(grads, [torch.ones_like(t) for t in grads])
+        try:
+            torch.autograd.backward(grads, [torch.ones_like(t) for t in grads])
+        except Exception as exc:
+            if is_data_dependent(exc):
+                raise _data_dependent_error(f"the backward of {self._describe(self.mode.current)}", exc) from exc
+            raise
+        self.backward_ran = True
+
+    def params_without_grad(self) -> dict[str, int] | None:
+        """Trainable parameters (name -> elements, tied ones once) that the backward over every
+        floating output left without ``.grad``: the parameters DDP would wait for. A parameter
+        of a repeated block that was costed as a copy has the verdict of its twin in the block it
+        copies (same graph, same relative name). ``None`` when no backward ran."""
+        if not self.backward_ran:
+            return None
+        out = {}
+        for name, param in self.copy.named_parameters():
+            if not param.requires_grad or param.grad is not None:
+                continue
+            block = next((b for b in self.block_copies if name.startswith(b + ".")), None)
+            if block is not None and self.copy.get_parameter(self.block_copies[block] + name[len(block):]).grad is not None:
+                continue
+            out[name] = param.numel()
+        return out
+
+
+def _where(rec: LayerRecord) -> str:
+    """``layer 'gate' (_Gate)``; a function node also names the module that runs it."""
+    where = f"layer '{rec.name}' ({rec.op})"
+    if rec.kind != "module":
+        where += f" of module '{rec.module or '(root)'}' ({rec.module_type})"
+    return where
+
+
+def _data_dependent_error(where: str, exc: BaseException, also: str = "") -> ValueError:
+    """Why the fake run stopped, when an op needs real values: which op, where, what to do."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    op = next((w.rstrip(".:,") for w in first.split() if w.startswith("aten.")), type(exc).__name__)
+    op = op.rsplit(".", 1)[0] if op.count(".") > 1 else op  # aten.repeat_interleave.Tensor -> aten.repeat_interleave
+    what = "a Python value that depends" if "_local_scalar_dense" in op else "a tensor whose size depends"
+    return ValueError(
+        f"cannot audit on fake tensors: {op} in {where} returns {what} on the input values, which a "
+        "fake-tensor audit does not have. The inputs fit the model; leave out the inputs that lead to it (for "
+        f"example audit without labels){also}, or audit the submodule that does not use it")
 
 
 def _tensor_meta(value: Any) -> list[tuple]:
@@ -371,10 +428,10 @@ def _block_signature(segment: list[torch.fx.Node], prefix: str, previous: torch.
     return signature
 
 
-def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) -> tuple[dict, list[str], dict]:
+def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) -> tuple[dict, dict[str, str], dict]:
     """Blocks 2, 3, ... of a ModuleList/Sequential that repeat block 1 exactly.
 
-    Returns ``{node of a repeated block: node of block 1}``, the repeated block paths and
+    Returns ``{node of a repeated block: node of block 1}``, ``{repeated block path: block 1 path}`` and
     ``{last node of block 1: last node of block 0}`` for the caller's shape check. A block
     qualifies when its modules have the same parameter shapes, its graph segment is the same
     (same ops and targets, fed by the previous block's output and the same shared nodes) and only
@@ -384,7 +441,7 @@ def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) 
     order = {n: i for i, n in enumerate(nodes)}
     paths = {n: _node_path(n) for n in nodes}
     mirror: dict[torch.fx.Node, torch.fx.Node] = {}
-    repeated: list[str] = []
+    repeated: dict[str, str] = {}
     first_blocks: dict[torch.fx.Node, torch.fx.Node] = {}  # last node of block 1 -> last node of block 0
     for cpath, container in modules.items():
         children = list(container.named_children()) if isinstance(container, (nn.ModuleList, nn.Sequential)) else []
@@ -407,7 +464,7 @@ def _repeated_blocks(nodes: list[torch.fx.Node], modules: dict[str, nn.Module]) 
                     or any(u not in inside for n in seg[:-1] for u in n.users)):
                 break  # stop at the first block that differs: later ones would see other inputs
             mirror.update(zip(seg, segments[1]))
-            repeated.append(prefixes[k])
+            repeated[prefixes[k]] = prefixes[1]
             first_blocks[segments[1][-1]] = segments[0][-1]
     return mirror, repeated, first_blocks
 
@@ -583,6 +640,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
         totals=_totals(model, records, auditor),
         uncounted={op: n / max(auditor.mode.op_calls, 1) for op, n in uncounted_total.most_common()},
         source=_source(model),
+        params_without_grad=auditor.params_without_grad(),
     )
     if memory:
         _add_memory(report, model, args, kwargs, optimizer, amp, memory_budget)
@@ -594,7 +652,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     return report
 
 
-def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> dict[str, Any]:
+def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> AuditTotals:
     params = trainable = buffers = 0
     seen: set[tuple] = set()
     for t, is_param in auditor._module_tensors(auditor.copy, recurse=True):
@@ -607,21 +665,19 @@ def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> 
             trainable += t.numel() if t.requires_grad else 0
         else:
             buffers += t.numel()
-    return {
-        "params": params,
-        "trainable_params": trainable,
-        "frozen_params": params - trainable,
-        "buffers": buffers,
-        "unused_params": params - sum(r.params for r in records),
-        "macs": sum(r.macs for r in records),
-        "flops_forward": sum(r.flops_forward for r in records),
-        "flops_backward": sum(r.flops_backward for r in records),
-        "saved_bytes": sum(r.saved_bytes for r in records),
-        "peak_bytes": None,
-        "peak_phase": None,
-        "uncounted_op_calls": sum(sum(c.values()) for c in auditor.mode.uncounted.values()),
-        "op_calls": auditor.mode.op_calls,
-    }
+    return AuditTotals(
+        params=params,
+        trainable_params=trainable,
+        frozen_params=params - trainable,
+        buffers=buffers,
+        unused_params=params - sum(r.params for r in records),
+        macs=sum(r.macs for r in records),
+        flops_forward=sum(r.flops_forward for r in records),
+        flops_backward=sum(r.flops_backward for r in records),
+        saved_bytes=sum(r.saved_bytes for r in records),
+        uncounted_op_calls=sum(sum(c.values()) for c in auditor.mode.uncounted.values()),
+        op_calls=auditor.mode.op_calls,
+    )
 
 
 def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict, optimizer: str,
@@ -634,13 +690,17 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
     if not any(p.requires_grad for p in model.parameters()):
         report.capture.notes.append("no trainable parameters: no training step to simulate")
         return
-    memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
-    report.memory = memory
-    report.totals["peak_bytes"] = memory.peak_bytes
-    report.totals["peak_phase"] = memory.peak_phase
+    try:
+        memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
+    except ValueError as exc:
+        if exc.__cause__ is not None and is_data_dependent(exc.__cause__):
+            raise _data_dependent_error("the training-step memory simulation", exc.__cause__,
+                                        also=", skip the simulation (memory=False, --no-memory)") from exc
+        raise
+    report.memory = memory  # also the totals' peak_bytes / peak_phase
     if memory_budget is not None:
         def make_inputs(batch: int) -> tuple:
             return tuple(_with_batch(a, batch) for a in args)
 
-        report.totals["max_batch_size"] = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
+        report.totals.max_batch_size = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
                                                          amp=amp)

@@ -8,6 +8,7 @@ statistics and presentation apart (torchinfo's lesson): nothing here formats tex
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -91,24 +92,111 @@ class MemoryReport:
     timeline: list[dict[str, Any]] = field(default_factory=list)  # [{phase, module, live_bytes}], subsampled
 
 
+@dataclass(eq=False)
+class AuditTotals(Mapping):
+    """Model totals of one audit, typed. Also a read-only mapping of the JSON keys
+    (``totals["params"]``, ``totals.get("peak_bytes")``) for code written against the dict.
+
+    The peak is not stored here: ``peak_bytes`` / ``peak_phase`` read the report's
+    :class:`MemoryReport` (``None`` when no training step was simulated), so the two cannot
+    disagree. ``max_batch_size`` is a key only when a memory budget was solved for.
+    """
+
+    params: int = 0
+    trainable_params: int = 0
+    frozen_params: int = 0
+    buffers: int = 0
+    unused_params: int = 0  # parameter elements that no graph node reads (frozen ones included)
+    macs: int = 0
+    flops_forward: int = 0
+    flops_backward: int = 0
+    saved_bytes: int = 0
+    uncounted_op_calls: int = 0
+    op_calls: int = 0
+    max_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        self._memory: MemoryReport | None = None  # bound by the owning AuditReport
+
+    @property
+    def peak_bytes(self) -> int | None:
+        return self._memory.peak_bytes if self._memory is not None else None
+
+    @property
+    def peak_phase(self) -> str | None:
+        return self._memory.peak_phase if self._memory is not None else None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON ``totals`` object (docs/audit-report.schema.json), keys in their historical order."""
+        return {key: getattr(self, key) for key in _TOTALS_KEYS
+                if not (key == "max_batch_size" and self.max_batch_size is None)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AuditTotals":
+        """From the JSON object or a hand-written dict; missing counts are 0. ``peak_bytes`` and
+        ``peak_phase`` are ignored: they come from the report's ``memory``."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in _TOTALS_KEYS or (key == "max_batch_size" and self.max_batch_size is None):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.to_dict())
+
+    def __len__(self) -> int:
+        return len(self.to_dict())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return self.to_dict() == dict(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dict it replaces
+
+
+_TOTALS_KEYS = ("params", "trainable_params", "frozen_params", "buffers", "unused_params", "macs", "flops_forward",
+                "flops_backward", "saved_bytes", "peak_bytes", "peak_phase", "uncounted_op_calls", "op_calls",
+                "max_batch_size")
+
+
 @dataclass
 class AuditReport:
-    """Everything one audit found. ``totals`` keys: params, trainable_params, frozen_params,
-    buffers, macs, flops_forward, flops_backward, peak_bytes, peak_phase (+ others)."""
+    """Everything one audit found. ``totals`` is an :class:`AuditTotals` (a dict given here is
+    converted); its peak always agrees with ``memory``.
+
+    ``params_without_grad``: trainable parameters (qualified name -> elements, tied ones once)
+    that received no gradient from the audit's backward pass over every floating output, the
+    ones DDP would wait for; ``None`` when no backward ran. FXA108 reports them.
+    ``rule_errors``: rules that raised instead of finishing (``[{"code": ..., "error": ...}]``);
+    the other rules still ran.
+    """
 
     model: str  # class name or factory spec
     inputs: list[dict[str, Any]]  # [{"shape": [...], "dtype": "float32"}]
     capture: CaptureInfo
     layers: list[LayerRecord]
-    totals: dict[str, Any]
+    totals: AuditTotals
     memory: MemoryReport | None = None
     findings: list[Finding] = field(default_factory=list)
     uncounted: dict[str, float] = field(default_factory=dict)  # op -> share of graph nodes without a formula
     source: dict[str, Any] = field(default_factory=dict)  # {"file": ..., "line": ...} where the model class is defined
+    params_without_grad: dict[str, int] | None = None
+    rule_errors: list[dict[str, str]] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "totals" and not isinstance(value, AuditTotals):
+            value = AuditTotals.from_dict(value)
+        object.__setattr__(self, name, value)
+        if name in ("totals", "memory") and "totals" in self.__dict__:
+            self.totals._memory = self.__dict__.get("memory")  # one source of truth for the peak
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
+        out["totals"] = self.totals.to_dict()
         out["findings"] = [f.to_dict() for f in self.findings]
         return out
 
@@ -143,9 +231,11 @@ class AuditReport:
             inputs=data.get("inputs", []),
             capture=CaptureInfo(**data["capture"]),
             layers=[LayerRecord(**{k: v for k, v in layer.items() if k in known}) for layer in data.get("layers", [])],
-            totals=data.get("totals", {}),
+            totals=AuditTotals.from_dict(data.get("totals", {})),
             memory=memory,
             findings=findings,
             uncounted=data.get("uncounted", {}),
             source=data.get("source", {}),
+            params_without_grad=data.get("params_without_grad"),
+            rule_errors=data.get("rule_errors", []),
         )

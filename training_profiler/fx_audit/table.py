@@ -7,7 +7,6 @@ computes nothing that the report does not hold, apart from grouping rows by modu
 from __future__ import annotations
 
 import io
-from typing import Any
 
 from ..units import human_bytes
 from ..units import human_quantity as human_count
@@ -84,7 +83,7 @@ def render_table(report: AuditReport, *, depth: int | None = None, all_nodes: bo
 
 
 def summary_lines(report: AuditReport) -> list[str]:
-    t: dict[str, Any] = report.totals
+    t = report.totals
     lines = [
         f"Graph: {len(report.layers)} records, captured by {report.capture.path}",
         f"Params: {t['params']:,} ({t['trainable_params']:,} trainable, {t['frozen_params']:,} frozen), "
@@ -113,4 +112,5 @@ def summary_lines(report: AuditReport) -> list[str]:
     if capture.leaf_modules:
         lines.append(f"Capture: kept as opaque leaves: {', '.join(capture.leaf_modules)}")
     lines.extend(f"Capture: {note}" for note in capture.notes)
+    lines.extend(f"Rule {e['code']} failed to run (its findings are missing): {e['error']}" for e in report.rule_errors)
     return lines
