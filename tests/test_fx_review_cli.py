@@ -112,15 +112,16 @@ def test_audit_json_then_diff_end_to_end(project, capsys):
 
 
 def test_audit_sarif_and_markdown_views(project, capsys):
-    assert main(["audit", "models:flattened", "--input", "2,3,32,32", "--format", "sarif", "--no-memory"]) == 0
+    # FXA101 is an error: at the default --fail-level error the audit exits 1
+    assert main(["audit", "models:flattened", "--input", "2,3,32,32", "--format", "sarif", "--no-memory"]) == 1
     doc = json.loads(capsys.readouterr().out)
     schema = sarif_schema()
     jsonschema.Draft4Validator(schema).validate(doc)
     (result,) = doc["runs"][0]["results"]
     assert result["ruleId"] == "FXA101"
     assert result["locations"][0]["physicalLocation"] == {"artifactLocation": {"uri": "models.py"}, "region": {"startLine": 13}}
-    assert main(["audit", "models:flattened", "--input", "2,3,32,32", "--format", "markdown", "--no-memory"]) == 0
-    assert "| HIGH | `FXA101` | `models.py:13 module '4'` |" in capsys.readouterr().out
+    assert main(["audit", "models:flattened", "--input", "2,3,32,32", "--format", "markdown", "--no-memory"]) == 1
+    assert "| error | `FXA101` | `models.py:13 module '4'` |" in capsys.readouterr().out
 
 
 def test_compare_side_by_side(project, capsys):

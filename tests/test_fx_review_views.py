@@ -12,6 +12,7 @@ from conftest import sarif_schema
 
 from training_profiler.cli import main
 from training_profiler.findings import Location
+from training_profiler.inputs import InputSpec
 from training_profiler.formats.audit import audit_to_markdown, audit_to_sarif, human_bytes, human_count
 from training_profiler.fx_audit.records import AuditReport, CaptureInfo, LayerRecord, MemoryReport, TensorInfo
 from training_profiler.fx_audit.review import Budget, check_budget, diff_reports, load_config
@@ -67,7 +68,7 @@ def test_markdown_view_has_totals_findings_and_top_layers():
     assert "| Params | 2,000,448 (trainable 2,000,448) |" in lines
     assert "| Peak memory (training step) | 3.00 GiB (backward at `fc`; adam) |" in lines
     assert "#### Findings (2, 1 error)" in lines
-    assert ("| HIGH | `FXA101` | `models/net.py:15 module 'fc'` | Linear 'fc' holds 2,000,000 params (100% of the model): "
+    assert ("| error | `FXA101` | `models/net.py:15 module 'fc'` | Linear 'fc' holds 2,000,000 params (100% of the model): "
             "add a bottleneck or shrink it | " + BIG_FC.fix + " |") in lines
     top = lines[lines.index("#### Top 2 layers by training FLOPs") + 4:]
     assert top[0] == "| `fc` | Linear | 8x10 | 2,000,000 | 32.00M | 64.00M |"
@@ -116,7 +117,7 @@ def test_diff_lists_changed_totals_and_new_and_fixed_findings():
     assert "new findings (1):" in text and "fixed findings (1):" in text
     md = result.to_markdown()
     assert "| Params | 2,000,448 | 3,000,448 | +1,000,000 (+50.0%) |" in md
-    assert "- **HIGH** `FXA101` `fc`: Linear 'fc' holds 2,000,000 params" in md
+    assert "- **error** `FXA101` `fc`: Linear 'fc' holds 2,000,000 params" in md
 
 
 def test_budgets_only_newly_exceeded_ones_count():
@@ -170,7 +171,7 @@ def test_load_config_and_its_errors(tmp_path):
         """))
     config, (spec,) = load_config(cfg)
     assert config.max_plain_depth == 30
-    assert spec.name == "vit" and spec.inputs == ((2, 3, 224, 224),) and spec.amp == "bf16"
+    assert spec.name == "vit" and spec.inputs == (InputSpec((2, 3, 224, 224)),) and spec.amp == "bf16"
     assert spec.budget == Budget(max_params=None, max_peak_memory=8 * 2**30, max_flops=2e10,
                                  fail_on=(FXA101.severity, FXA102.severity))
     cfg.write_text('[tool.training-profiler.audit.models.x]\nfactory = "a:b"\ninputs = ["1,2"]\nmax-param = 3\n')

@@ -10,7 +10,8 @@ torch = pytest.importorskip("torch")
 
 from training_profiler.findings import Severity  # noqa: E402
 from training_profiler.fx_audit.capture import build_model  # noqa: E402
-from training_profiler.fx_audit.review import audit_model, audit_museum  # noqa: E402
+from training_profiler.demo import audit_museum  # noqa: E402
+from training_profiler.fx_audit.review import audit_model  # noqa: E402
 from training_profiler.fx_audit.zoo import ZOO  # noqa: E402
 
 MUSEUM = Path(__file__).resolve().parent.parent / "examples" / "failure_museum" / "models"

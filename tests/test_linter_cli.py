@@ -47,10 +47,10 @@ def test_text_report_groups_by_file(project, capsys):
     assert code == 1
     lines = out.splitlines()
     assert lines[0] == "File: model.py"
-    assert lines[1].startswith("  Line 6: [HIGH] AMP301 binary_cross_entropy is unsafe in fp16")
+    assert lines[1].startswith("  Line 6: [error] AMP301 binary_cross_entropy is unsafe in fp16")
     assert lines[2].startswith("    -> why: binary_cross_entropy takes probabilities")
     assert lines[3].startswith("    -> fix: Drop the sigmoid")
-    assert lines[-1] == "1 finding (1 HIGH)"
+    assert lines[-1] == "1 finding (1 error)"
 
 
 def test_json_report_fields(project, capsys):

@@ -44,7 +44,7 @@ def test_amp_lint_hook_with_pre_commit_try_repo(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "amp-lint" in out and "Failed" in out
-    assert "File: train.py" in out and "Line 4: [HIGH] AMP301" in out
+    assert "File: train.py" in out and "Line 4: [error] AMP301" in out
     assert "unstaged.py" not in out and "ok.py" not in out  # only staged Python files are linted
 
     # Fixing the file makes the hook pass.

@@ -152,7 +152,7 @@ def test_cli_usage_errors(capsys):
     assert main(["precision", f"{TRANSFORMER}:make_model", "--input", "2xq"]) == 2
     assert "--input '2xq' is not a shape: write comma-separated sizes" in capsys.readouterr().err
     assert main(["precision", f"{TRANSFORMER}:make_model", "--input", "2,16:float"]) == 2
-    assert "the part after ':' must be intN" in capsys.readouterr().err
+    assert "the part after ':' must be a dtype" in capsys.readouterr().err
     assert main(["precision", f"{TRANSFORMER}:nothing"]) == 2
     assert "has no callable 'nothing'" in capsys.readouterr().err
     assert main(["precision", f"{TRANSFORMER}:make_model", "--input", "2x16"]) == 2  # floats into nn.Embedding

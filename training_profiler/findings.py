@@ -12,11 +12,12 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-__all__ = ["Severity", "Location", "Finding", "Rule"]
+__all__ = ["SEVERITY_NAMES", "Severity", "Location", "Finding", "Rule"]
 
 
 class Severity(str, enum.Enum):
-    """How bad a finding is. Ordered: ``ERROR > WARNING > INFO``."""
+    """How bad a finding is. Ordered: ``ERROR > WARNING > INFO``. These three words are the one
+    vocabulary of every view (flake8, text, JSON, SARIF, Markdown) and of ``--fail-level``."""
 
     ERROR = "error"
     WARNING = "warning"
@@ -28,19 +29,27 @@ class Severity(str, enum.Enum):
 
     @property
     def label(self) -> str:
-        """The seed report's label: ``[HIGH]``, ``[MEDIUM]``, ``[LOW]``."""
-        return {"error": "HIGH", "warning": "MEDIUM", "info": "LOW"}[self.value]
+        """The word the views print: the value (``error``, ``warning``, ``info``)."""
+        return self.value
 
     @classmethod
     def parse(cls, text: str) -> "Severity":
+        """``"error"``; the 0.1 report words ``high``/``medium``/``low`` are accepted as aliases."""
+        word = str(text).strip().lower()
         try:
-            return cls(text.strip().lower())
+            return cls(_ALIASES.get(word, word))
         except ValueError:
             names = ", ".join(s.value for s in cls)
             raise ValueError(f"unknown severity {text!r}: use one of {names}") from None
 
     def __str__(self) -> str:
         return self.value
+
+
+_ALIASES = {"high": "error", "medium": "warning", "low": "info"}  # the labels of 0.1's text report
+
+# what --fail-level accepts: the severities, then the old aliases
+SEVERITY_NAMES = (*(s.value for s in Severity), *_ALIASES)
 
 
 @dataclass(frozen=True)

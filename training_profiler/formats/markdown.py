@@ -18,6 +18,6 @@ def findings_to_markdown(findings: Iterable[Finding]) -> str:
     lines = ["| Severity | Code | Where | Message | Fix |", "|---|---|---|---|---|"]
     for f in ordered:
         lines.append(
-            f"| {f.severity.label} | `{f.code}` | `{_cell(str(f.location))}` | {_cell(f.message)} | {_cell(f.fix)} |"
+            f"| {f.severity.value} | `{f.code}` | `{_cell(str(f.location))}` | {_cell(f.message)} | {_cell(f.fix)} |"
         )
     return "\n".join(lines) + "\n"

@@ -1,7 +1,7 @@
 """The grouped terminal report (seed 004's layout)::
 
     File: model.py
-      Line 45: [HIGH] AMP301 binary_cross_entropy is unsafe under autocast ...
+      Line 45: [error] AMP301 binary_cross_entropy is unsafe under autocast ...
         -> why: ...
         -> fix: ...
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from itertools import groupby
 from typing import Iterable
 
-from ..findings import Finding
+from ..findings import Finding, Severity
 
 
 def findings_to_text(findings: Iterable[Finding]) -> str:
@@ -23,7 +23,7 @@ def findings_to_text(findings: Iterable[Finding]) -> str:
         out.append(f"File: {path}")
         for f in group:
             where = f"Line {f.line}" if f.line is not None else (f"Module {f.location.module}" if f.location.module else "Model")
-            out.append(f"  {where}: [{f.severity.label}] {f.code} {f.message}")
+            out.append(f"  {where}: [{f.severity.value}] {f.code} {f.message}")
             if f.why:
                 out.append(f"    -> why: {f.why}")
             if f.fix:
@@ -31,7 +31,8 @@ def findings_to_text(findings: Iterable[Finding]) -> str:
         out.append("")
     counts = {}
     for f in ordered:
-        counts[f.severity.label] = counts.get(f.severity.label, 0) + 1
-    summary = ", ".join(f"{counts[k]} {k}" for k in ("HIGH", "MEDIUM", "LOW") if k in counts)
+        counts[f.severity] = counts.get(f.severity, 0) + 1
+    summary = ", ".join(f"{counts[s]} {s.value}{'s' if counts[s] != 1 and s is not Severity.INFO else ''}"
+                        for s in Severity if s in counts)
     out.append(f"{len(ordered)} finding{'s' if len(ordered) != 1 else ''} ({summary})")
     return "\n".join(out) + "\n"

@@ -1,19 +1,25 @@
-"""`training-profiler audit pkg.module:factory --input 8,3,224,224`: audit a model from the shell.
+"""`training-profiler audit | diff | compare`: the auditor from the shell.
 
-Importable without torch (the parser is built for every subcommand); torch is imported in ``run``.
+Importable without torch (the parser is built for every subcommand); torch is imported in ``run_*``.
+Every ``--input`` is one token ``SHAPE[:DTYPE|:intN]`` (:mod:`training_profiler.inputs`).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from typing import Any, Callable
 
-from ..cli import UsageError, load_factory, parse_shape
+from ..findings import SEVERITY_NAMES, Severity
+from ..inputs import DTYPES, UsageError, load_factory, load_input, parse_input_spec, require_torch
+from ..units import parse_bytes
 
-__all__ = ["demo_audit", "register", "run"]
+__all__ = ["register", "run_audit", "run_compare", "run_diff"]
 
-_DTYPES = ("float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8", "uint8", "bool")
+_INPUT_HELP = ("one positional input (repeat for several): SHAPE such as 8,3,224,224 (float32), SHAPE:DTYPE such "
+               "as 8,1024:int64, SHAPE:intN such as 8,1024:int1000 (token ids in [0, N)), or a .pt file")
+_AMP = ("bf16", "fp16", "pure-bf16", "pure-fp16")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,19 +29,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "forward/backward FLOPs per layer and simulate one training step's peak memory.")
     audit.add_argument("model", metavar="MODULE:FACTORY", nargs="?",
                        help="a function or nn.Module class that builds the model: pkg.module:factory or path/file.py:factory")
-    audit.add_argument("--input", action="append", default=[], metavar="SHAPE",
-                       help="shape of one positional input, e.g. 8,3,224,224 (repeat for several inputs; "
-                            "optional for the built-in zoo models)")
-    audit.add_argument("--dtype", action="append", default=[], choices=_DTYPES,
-                       help="dtype of the inputs: once for all, or once per --input (default float32; token ids: int64)")
+    audit.add_argument("--input", action="append", default=[], metavar="SPEC",
+                       help=_INPUT_HELP + " (optional for the built-in zoo models)")
+    audit.add_argument("--dtype", action="append", default=[], choices=DTYPES, help=argparse.SUPPRESS)  # deprecated
     audit.add_argument("--batch-size", type=int, default=None, help="replace the leading dimension of every input")
     audit.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "sgd-momentum"),
                        help="optimizer of the simulated training step (default adam)")
-    audit.add_argument("--amp", default=None, choices=("bf16", "fp16", "pure-bf16", "pure-fp16"),
-                       help="autocast precision (bf16/fp16) or pure low-precision weights")
+    audit.add_argument("--amp", default=None, choices=_AMP, help="autocast precision (bf16/fp16) or pure low-precision weights")
     audit.add_argument("--memory", default=None, metavar="BUDGET",
                        help="memory budget, e.g. 24GiB: report the largest batch that fits; exit 1 if the step does not")
     audit.add_argument("--no-memory", action="store_true", help="skip the training-step memory simulation (faster)")
+    audit.add_argument("--fail-level", choices=SEVERITY_NAMES, default=None,
+                       help="exit 1 when a finding of at least this severity is reported (default: error; "
+                            "with --config only when given)")
     audit.add_argument("--format", choices=("table", "json", "markdown", "sarif"), default="table")
     audit.add_argument("--config", default=None, metavar="PYPROJECT",
                        help="audit every [tool.training-profiler.audit.models.NAME] of this pyproject.toml; exit 1 "
@@ -43,7 +49,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--depth", type=int, default=None, metavar="N",
                        help="table: one row per module path cut to N components (e.g. 2: layers.0, layers.1, ...)")
     audit.add_argument("--all", action="store_true", help="table: also list zero-cost nodes (views, elementwise ops)")
-    audit.set_defaults(run=run)
+    audit.set_defaults(run=run_audit)
+
+    diff = sub.add_parser("diff", help="what changed between two audit reports (JSON from `audit --format json`)")
+    diff.add_argument("base", help="audit report of the base revision (JSON)")
+    diff.add_argument("head", help="audit report of the new revision (JSON)")
+    diff.add_argument("--format", choices=("text", "markdown"), default="text")
+    diff.add_argument("--config", default=None, help="pyproject.toml whose budgets apply: exit 1 when one is newly exceeded")
+    diff.add_argument("--model", default=None, help="which [tool.training-profiler.audit.models.NAME] budget to use")
+    diff.set_defaults(run=run_diff)
+
+    compare = sub.add_parser("compare", help="side-by-side params, FLOPs, peak memory and max batch of several models")
+    compare.add_argument("factories", nargs="+", metavar="MODULE:FACTORY", help="model factories, e.g. mypkg.models:resnet18")
+    compare.add_argument("--input", action="append", required=True, metavar="SPEC", help=_INPUT_HELP)
+    compare.add_argument("--optimizer", default="adam")
+    compare.add_argument("--amp", default=None, choices=_AMP)
+    compare.add_argument("--memory", default=None, help="device memory, e.g. 24GiB: adds the largest batch that fits")
+    compare.add_argument("--format", choices=("text", "markdown"), default="text")
+    compare.set_defaults(run=run_compare)
+
+
+def _usage(call: Callable[[], Any]) -> Any:
+    """``call()``, with a ValueError/TypeError from reading the user's input as a one-line UsageError."""
+    try:
+        return call()
+    except (ValueError, TypeError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _fail_level(text: str | None) -> Severity:
+    return Severity.parse(text or "error")
+
+
+def _input_dtypes(args: argparse.Namespace) -> list[str]:
+    """The dtype of each --input that names none: the deprecated --dtype, else float32."""
+    if not args.dtype:
+        return ["float32"] * len(args.input)
+    print("training-profiler audit: warning: --dtype is deprecated: write the dtype into the input, "
+          "e.g. --input 8,1024:int64", file=sys.stderr)
+    if len(args.dtype) not in (1, len(args.input)):
+        raise UsageError(f"got {len(args.dtype)} --dtype for {len(args.input)} --input: give one for all or one per input")
+    return args.dtype * len(args.input) if len(args.dtype) == 1 else args.dtype
 
 
 def _example_inputs(args: argparse.Namespace, factory: Callable[..., Any]) -> tuple:
@@ -53,49 +99,36 @@ def _example_inputs(args: argparse.Namespace, factory: Callable[..., Any]) -> tu
         from .zoo import LLAMA_7B, ZOO
 
         for entry in (*ZOO.values(), LLAMA_7B):
-            if entry.factory is factory:
+            if entry.factory is inspect.unwrap(factory):
                 with torch.device("meta"):
                     return entry.make_inputs(1)
         raise UsageError("--input is required: give the shape of each input, e.g. --input 8,3,224,224")
-    if len(args.dtype) not in (0, 1, len(args.input)):
-        raise UsageError(f"got {len(args.dtype)} --dtype for {len(args.input)} --input: give one for all or one per input")
-    dtypes = args.dtype or ["float32"]
-    if len(dtypes) == 1:
-        dtypes = dtypes * len(args.input)
-    return tuple(torch.empty(parse_shape(shape), dtype=getattr(torch, dtype), device="meta")
-                 for shape, dtype in zip(args.input, dtypes))
+    return tuple(load_input(token, "meta", dtype) for token, dtype in zip(args.input, _input_dtypes(args)))
 
 
-def run(args: argparse.Namespace) -> int:
+def run_audit(args: argparse.Namespace) -> int:
     if args.config:
-        from .review import run_audit_config
+        from .review import run_config
 
-        return run_audit_config(args)
+        code = _usage(lambda: run_config(args.config, args.format if args.format in ("json", "markdown", "sarif") else "text",
+                                         fail_level=Severity.parse(args.fail_level) if args.fail_level else None))
+        return code
     if not args.model:
         raise UsageError("give the model as MODULE:FACTORY, or --config pyproject.toml")
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise UsageError("the audit needs torch: pip install 'training-profiler[audit]'") from None
+    require_torch("the audit")
     from rich.console import Console
 
     from .capture import build_model
     from .engine import audit
-    from ..units import parse_bytes
+    from .review import architecture_findings
+    from .rules import AuditConfig
     from .table import render_table
 
-    budget = None
-    if args.memory is not None:
-        try:
-            budget = parse_bytes(args.memory)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+    fail_level = _fail_level(args.fail_level)
+    budget = _usage(lambda: parse_bytes(args.memory)) if args.memory is not None else None
     factory = load_factory(args.model)
     inputs = _example_inputs(args, factory)
-    try:
-        model = build_model(factory)
-    except TypeError as exc:
-        raise UsageError(str(exc)) from None
+    model = _usage(lambda: build_model(factory))
 
     status_console = Console(file=sys.stderr)
     with status_console.status(f"auditing {args.model}", spinner="dots") as status:
@@ -103,15 +136,9 @@ def run(args: argparse.Namespace) -> int:
             status.update(f"auditing {args.model}: {done}/{total} nodes ({layer})"
                           + (", then the training-step memory simulation" if done == total and not args.no_memory else ""))
 
-        try:
-            report = audit(model, inputs, optimizer=args.optimizer, amp=args.amp, batch_size=args.batch_size,
-                           memory=not args.no_memory, memory_budget=budget, progress=progress, rules=False)
-        except (TypeError, ValueError) as exc:
-            raise UsageError(str(exc)) from None
+        report = _usage(lambda: audit(model, inputs, optimizer=args.optimizer, amp=args.amp, batch_size=args.batch_size,
+                                      memory=not args.no_memory, memory_budget=budget, progress=progress, rules=False))
     report.model = args.model
-    from .review import architecture_findings
-    from .rules import AuditConfig
-
     report.findings += architecture_findings(report, model, AuditConfig(memory_budget=budget), factory)
     if args.format in ("markdown", "sarif"):
         from ..formats.audit import render_audit
@@ -127,24 +154,30 @@ def run(args: argparse.Namespace) -> int:
             from ..formats import findings_to_text
 
             sys.stdout.write("\n" + findings_to_text(report.findings))
-    if budget is not None and report.totals.get("peak_bytes") is not None and report.totals["peak_bytes"] > budget:
-        return 1
+    peak = report.totals.get("peak_bytes")
+    over_budget = budget is not None and peak is not None and peak > budget
+    return 1 if over_budget or any(f.severity.rank >= fail_level.rank for f in report.findings) else 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    from .config import budget_for
+    from .diff import diff_reports, read_report
+
+    def diff():
+        base, head = read_report(args.base), read_report(args.head)
+        return diff_reports(base, head, budget_for(args.config, args.model, head))
+
+    result = _usage(diff)
+    sys.stdout.write(result.to_markdown() if args.format == "markdown" else result.to_text())
+    return 1 if result.new_violations else 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    require_torch("compare")
+    from .compare import compare_models, compare_table
+
+    specs = [parse_input_spec(token) for token in args.input]
+    memory = _usage(lambda: parse_bytes(args.memory)) if args.memory else None
+    rows = _usage(lambda: compare_models(args.factories, specs, args.optimizer, args.amp, memory))
+    sys.stdout.write(compare_table(rows, markdown=args.format == "markdown"))
     return 0
-
-
-def demo_audit() -> None:
-    """The demo's audit section: ResNet-18 from the zoo at batch 8, one row per top-level module."""
-    try:
-        import torch
-    except ImportError:
-        print("(skipped: the audit needs torch; pip install 'training-profiler[audit]')")
-        return
-    from .capture import build_model
-    from .engine import audit
-    from .table import render_table
-    from .zoo import resnet18_like
-
-    print("$ training-profiler audit training_profiler.fx_audit.zoo:resnet18_like --input 8,3,224,224 --depth 1\n")
-    report = audit(build_model(resnet18_like), torch.empty(8, 3, 224, 224, device="meta"))
-    report.model = "resnet18_like"
-    sys.stdout.write(render_table(report, depth=1))

@@ -32,13 +32,14 @@ from typing import Any, Callable, Iterable
 
 import torch
 import torch.fx
-import torch.utils._pytree as pytree
 from torch.fx._pytree import tree_flatten_spec
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..inputs import spec_to_tensor, split_inputs
+from ..inputs import tensors as _tensors
 from .capture import PATHS, capture, fake_copy, quiet_fake_tensor_logs
 from .costs import op_flops
 from .records import AuditReport, LayerRecord
@@ -53,10 +54,6 @@ Progress = Callable[[int, int, str], None]  # (done, total, what)
 
 def _storage_key(t: torch.Tensor) -> int:
     return StorageWeakRef(t.untyped_storage()).cdata
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    return [v for v in pytree.tree_leaves(value) if isinstance(v, torch.Tensor)]
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -474,36 +471,13 @@ def _module_extra(module: nn.Module) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------- inputs
 def _normalize_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, dict) and "shape" not in example_inputs:
-        args, kwargs = (), dict(example_inputs)
-    elif isinstance(example_inputs, dict):
-        args, kwargs = (example_inputs,), {}
-    elif isinstance(example_inputs, torch.Tensor):
-        args, kwargs = (example_inputs,), {}
-    elif isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-            isinstance(v, int) for v in example_inputs):
-        args, kwargs = (torch.Size(example_inputs),), {}  # one shape given as a flat tuple of ints
-    elif isinstance(example_inputs, (tuple, list)):
-        args, kwargs = tuple(example_inputs), {}
-    else:
-        raise TypeError(f"example_inputs must be a tensor, a tuple of tensors or shapes, or a dict of keyword "
-                        f"inputs, not {type(example_inputs).__name__}")
+    """Split the inputs; shapes and {"shape", "dtype"} specs become meta tensors, other values stay."""
+    args, kwargs = split_inputs(example_inputs)
 
     def spec(value: Any, where: str) -> Any:
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) or value is None or isinstance(value, (bool, int, float, str)):
             return value
-        if isinstance(value, dict) and "shape" in value:  # {"shape": [...], "dtype": "int64"}
-            dtype = getattr(torch, str(value.get("dtype", "float32")), None)
-            if not isinstance(dtype, torch.dtype):
-                raise ValueError(f"example input {where} has dtype {value.get('dtype')!r}: use a torch dtype name "
-                                 "such as 'float32', 'bfloat16' or 'int64'")
-            return torch.empty(tuple(value["shape"]), dtype=dtype, device="meta")
-        if isinstance(value, (torch.Size, tuple, list)) and all(isinstance(v, int) and v >= 0 for v in value):
-            return torch.empty(tuple(value), device="meta")  # a bare shape means float32
-        if value is None or isinstance(value, (bool, int, float, str)):
-            return value
-        raise TypeError(f"example input {where} is a {type(value).__name__}: pass tensors (any device, meta is "
-                        "cheapest), shapes as tuples of non-negative ints, or {'shape': [...], 'dtype': 'int64'}")
+        return spec_to_tensor(value, "meta", where=where)
 
     return (tuple(spec(v, f"#{i}") for i, v in enumerate(args)),
             {k: spec(v, repr(k)) for k, v in kwargs.items()})

@@ -25,6 +25,8 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..inputs import spec_to_tensor as _spec_to_tensor
+from ..inputs import split_inputs as _split_inputs
 from ..units import parse_bytes
 from .records import MemoryReport, TensorInfo
 
@@ -156,55 +158,6 @@ def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase
 
 # --------------------------------------------------------------------------------------------
 # fake copies of the model and the inputs
-
-
-def _spec_to_tensor(spec: Any, device, dtype_override=None):
-    """A tensor, a shape (tuple/list of ints, torch.Size) or {"shape": [...], "dtype": "float32"}
-    -> an empty tensor of that layout on ``device`` (call under FakeTensorMode)."""
-    import torch
-
-    if isinstance(spec, torch.Tensor):
-        shape, stride, dtype = tuple(spec.shape), tuple(spec.stride()), spec.dtype
-    elif isinstance(spec, dict) and "shape" in spec:
-        shape, stride = tuple(spec["shape"]), None
-        dtype = spec.get("dtype", torch.float32)
-        dtype = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(
-                f"input spec {spec!r} has an unknown dtype: use a torch dtype name like 'float32' or 'int64'"
-            )
-    elif isinstance(spec, (tuple, list, torch.Size)) and all(isinstance(d, int) for d in spec):
-        shape, stride, dtype = tuple(spec), None, torch.float32
-    else:
-        raise TypeError(
-            f"cannot make an example input from {type(spec).__name__} {spec!r}: pass tensors (real, meta or fake), "
-            "shapes like (8, 3, 224, 224), or {'shape': [...], 'dtype': 'int64'}"
-        )
-    if any(d < 0 for d in shape):
-        raise ValueError(f"input shape {list(shape)} has a negative dimension")
-    if dtype_override is not None and dtype.is_floating_point:
-        dtype, stride = dtype_override, None
-    if stride is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.empty_strided(shape, stride, dtype=dtype, device=device)
-
-
-def _split_inputs(example_inputs: Any) -> tuple[tuple, dict]:
-    """Positional inputs (one item or a tuple/list of items) or keyword inputs (a dict name -> item)."""
-    import torch
-
-    if isinstance(example_inputs, dict) and "shape" not in example_inputs:
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, torch.Tensor) or (isinstance(example_inputs, dict)):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, (tuple, list, torch.Size)):
-        if all(isinstance(d, int) for d in example_inputs) and example_inputs:
-            return (example_inputs,), {}  # one shape
-        return tuple(example_inputs), {}
-    raise TypeError(
-        f"example_inputs must be a tensor, a shape, a tuple/list of those, or a dict of keyword inputs; "
-        f"got {type(example_inputs).__name__}"
-    )
 
 
 def _simulation_device(model) -> str:

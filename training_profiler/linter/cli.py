@@ -18,7 +18,7 @@ import fnmatch
 import os
 import sys
 
-from ..findings import Severity
+from ..findings import SEVERITY_NAMES, Severity
 
 _CONFIG_KEYS = {"select", "extend-select", "ignore", "fail-level", "exclude"}
 
@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lint.add_argument("--select", default=None, help="comma-separated codes or prefixes to run (replaces the default set)")
     lint.add_argument("--extend-select", default=None, help="codes or prefixes to add, e.g. AMP203 (info rules are off by default)")
     lint.add_argument("--ignore", default=None, help="codes or prefixes to skip")
-    lint.add_argument("--fail-level", choices=[s.value for s in Severity], default=None,
+    lint.add_argument("--fail-level", choices=SEVERITY_NAMES, default=None,
                       help="exit 1 when a finding of at least this severity remains (default: warning)")
     lint.add_argument("--config", default=None, help="pyproject.toml to read [tool.training-profiler.lint] from")
     lint.set_defaults(run=run_lint)

@@ -8,12 +8,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ..cli import UsageError, load_factory, parse_shape
+from ..inputs import UsageError, load_factory, load_input, require_torch
 
 __all__ = ["register", "run_precision", "print_bbox_demo"]
 
@@ -32,8 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(model, example inputs)")
     p.add_argument("--input", action="append", default=[], metavar="SPEC",
                    help="a positional input (repeatable): SHAPE such as 2,16,32 (float32 normal values), "
-                        "SHAPE:intN such as 2,16:int1000 (integers in [0, N)), or a .pt file "
-                        "(default: the example inputs the factory returns)")
+                        "SHAPE:DTYPE such as 2,16:int64 (integers: zeros), SHAPE:intN such as 2,16:int1000 "
+                        "(integers in [0, N)), or a .pt file (default: the example inputs the factory returns)")
     p.add_argument("--dtype", choices=_DTYPES, default="bf16", help="autocast dtype (default: bf16)")
     p.add_argument("--device", default=None, help="device to run on, e.g. cpu or cuda (default: the model's)")
     p.add_argument("--tolerance", type=float, default=None,
@@ -46,24 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_precision)
 
 
-def _parse_input(spec: str) -> Any:
-    import torch
-
-    if spec.endswith(".pt"):
-        if not os.path.isfile(spec):
-            raise UsageError(f"no input file {spec!r}")
-        return torch.load(spec, weights_only=True)
-    shape_text, _, kind = spec.partition(":")
-    shape = parse_shape(shape_text)
-    generator = torch.Generator().manual_seed(0)
-    if not kind:
-        return torch.randn(shape, generator=generator)
-    if kind.startswith("int") and kind[3:].isdigit() and int(kind[3:]) > 0:
-        return torch.randint(0, int(kind[3:]), shape, generator=generator)
-    raise UsageError(f"--input {spec!r}: the part after ':' must be intN, e.g. int1000")
-
-
 def run_precision(args: argparse.Namespace) -> int:
+    require_torch("precision")
     import torch
 
     from .precision import ModelRunError, compare_precision
@@ -73,7 +56,7 @@ def run_precision(args: argparse.Namespace) -> int:
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{args.factory} returned {type(model).__name__}, not a torch.nn.Module or (model, inputs)")
     if args.input:
-        parsed = [_parse_input(s) for s in args.input]
+        parsed = [load_input(token, "cpu") for token in args.input]
         inputs = parsed[0] if len(parsed) == 1 and not isinstance(parsed[0], torch.Tensor) else tuple(parsed)
     if inputs is None:
         raise UsageError(f"{args.factory} returned no example inputs: pass --input SHAPE")

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
+
+from ..inputs import split_inputs as _split_inputs
+from ..inputs import tensors as _tensors
 
 __all__ = [
     "FORMATS",
@@ -588,33 +591,10 @@ def compare_precision(model: torch.nn.Module, inputs: Any, dtype: torch.dtype | 
         rounds=rounds, peak_stored_bytes=peak, gradients=grad_layers)
 
 
-def _split_inputs(inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(inputs, torch.Tensor):
-        return (inputs,), {}
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    raise TypeError(f"compare_precision inputs must be a tensor, a tuple of arguments or a dict of keyword "
-                    f"arguments, got {type(inputs).__name__}")
-
-
 def _device_type(model: torch.nn.Module, args: tuple, kwargs: dict) -> str:
     for t in [*model.parameters(), *_tensors((args, kwargs))]:
         return t.device.type
     return "cpu"
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    """Every tensor inside nested tuples/lists/dicts (model outputs, module inputs)."""
-    if isinstance(value, torch.Tensor):
-        yield value
-    elif isinstance(value, (tuple, list)):
-        for v in value:
-            yield from _tensors(v)
-    elif isinstance(value, Mapping):
-        for v in value.values():
-            yield from _tensors(v)
 
 
 def _float_copies(value: Any) -> list[torch.Tensor]:
