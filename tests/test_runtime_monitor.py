@@ -484,7 +484,7 @@ def test_a_layer_without_gradients_is_not_measured_rather_than_vanishing():
 
 
 class _LaggingTransfer:
-    """Stands in for the CUDA path of monitor._Transfer: a copy lands in host memory only `lag`
+    """Stands in for the CUDA path of device_stats.HostMirror: a copy lands in host memory only `lag`
     steps after it was issued (as if the GPU ran behind the host), or when waited for."""
 
     cuda = True
@@ -517,8 +517,9 @@ def test_async_host_copies_report_nan_with_its_own_step_once_the_device_catches_
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = TrainingMonitor(model, opt, warmup_steps=10, transfer_every=5)
     clock = lambda: monitor.step_count  # noqa: E731
-    monitor._fast = _LaggingTransfer(monitor._fast.host, clock, lag)
-    monitor._transfer = _LaggingTransfer(monitor._buf, clock, lag)
+    stats = monitor._stats
+    stats.fast = _LaggingTransfer(stats.fast.host, clock, lag)
+    stats.transfer = _LaggingTransfer(stats.buf, clock, lag)
     losses = []
     with monitor:
         for step in range(1, 41):
