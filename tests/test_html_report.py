@@ -346,7 +346,6 @@ def test_monitor_report_of_a_live_monitor(tmp_path, one_thread):
     from torch import nn
 
     from training_profiler.runtime import watch_training
-    from training_profiler.runtime.report import write_monitor_report
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
@@ -359,7 +358,7 @@ def test_monitor_report_of_a_live_monitor(tmp_path, one_thread):
             loss.backward()
             optimizer.step()
             monitor.step(loss)
-    path = write_monitor_report(monitor, tmp_path / "run.html")
+    path = monitor.report(tmp_path / "run.html")
     page = Page(path.read_text())
     assert page.charts["chart-series"]["loss"]["steps"] == list(range(1, 21))
     assert page.charts["chart-heatmap"]["layers"] == ["0", "2"]
@@ -378,3 +377,64 @@ def test_monitor_report_rejects_bad_history(tmp_path, content, match):
         read_history(path)
     with pytest.raises(ValueError, match="no history file"):
         read_history(tmp_path / "missing.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+MODELS = """
+from torch import nn
+
+
+def small():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def wide():
+    return nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 2))
+"""
+
+
+def test_cli_writes_each_report_kind(tmp_path, capsys, one_thread):
+    from training_profiler.cli import main
+
+    models = tmp_path / "models.py"
+    models.write_text(MODELS)
+    out = tmp_path / "audit.html"
+    assert main(["audit", f"{models}:small", "--input", "2,4", "--optimizer", "sgd", "--format", "html", "-o", str(out)]) == 0
+    assert capsys.readouterr().err.strip().endswith(f"wrote {out}")
+    assert Page(out.read_text()).charts["chart-breakdown"]["series"]["params"] == [232]
+
+    assert main(["compare", f"{models}:small", f"{models}:wide", "--input", "2,4", "--format", "html"]) == 0
+    page = Page(capsys.readouterr().out)  # no -o: stdout
+    assert page.charts["chart-breakdown"]["labels"] == [f"{models}:small", f"{models}:wide"]
+
+    base, head = tmp_path / "base.json", tmp_path / "head.json"
+    base.write_text(hand_report().to_json())
+    head.write_text(hand_report(fc_params=500_000).to_json())
+    out = tmp_path / "diff.html"
+    assert main(["diff", str(base), str(head), "--format", "html", "-o", str(out)]) == 0
+    assert Page(out.read_text()).charts["chart-changed-params"]["series"] == {"base": [2_000_000], "head": [500_000]}
+
+    out = tmp_path / "run.html"
+    assert main(["report", str(write_history(tmp_path / "run.jsonl")), "-o", str(out)]) == 0
+    assert Page(out.read_text()).charts["chart-heatmap"]["layers"] == ["embed", "block", "head"]
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
+    assert "error: no history file" in capsys.readouterr().err
+
+
+def test_demo_writes_an_audit_and_a_monitor_report(tmp_path, monkeypatch, capsys, one_thread):
+    import tempfile
+
+    from training_profiler import demo
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert demo._html_reports(demo.MUSEUM) == 0
+    folder = tmp_path / "training-profiler-demo"
+    audit_page, monitor_page = folder / "audit-conv_into_huge_linear.html", folder / "monitor-lr_too_high.html"
+    assert capsys.readouterr().out == f"audit report:   {audit_page}\nmonitor report: {monitor_page}\n"
+    assert Page(audit_page.read_text()).tables["findings"][1][1] == "FXA101"
+    alerts = Page(monitor_page.read_text()).charts["chart-series"]["alerts"]
+    assert [(a["metric"], a["kind"]) for a in alerts][:2] == [("grad_norm", "rising"), ("loss", "spike")]

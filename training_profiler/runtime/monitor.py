@@ -258,6 +258,13 @@ class TrainingMonitor:
         fig.savefig(path, dpi=100)
         return path
 
+    def report(self, path: str | Path) -> Path:
+        """Write a self-contained HTML report of this run: loss and gradient norm with the learned
+        baseline and the alerts, per-layer gradient norms, fp16/bf16 overflow (needs matplotlib)."""
+        from .report import write_monitor_report
+
+        return write_monitor_report(self, path)
+
     # -- setup -------------------------------------------------------------------------------------
     def _find_objects(self, args: tuple, kwargs: dict) -> None:
         values = [*args, *kwargs.values()]

@@ -150,8 +150,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
     from ..formats.html import monitor_to_html
+    from ..inputs import UsageError
 
     try:
         page = monitor_to_html(read_history(args.history))
