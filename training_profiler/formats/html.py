@@ -222,7 +222,7 @@ def _bar_chart(name: str, title: str, labels: Sequence[str], series: Mapping[str
             titles[f"bar-{j}-{i}"] = f"{labels[i]}{' (' + sname + ')' if k > 1 else ''}: {fmt(values[i])}"
     ax.set_yticks(range(n - 1, -1, -1), [_short(label, 30) for label in labels])
     ax.xaxis.set_major_formatter(_axis_formatter(fmt))
-    ax.set_title(title, loc="left")
+    fig.suptitle(title, x=0.01, ha="left", fontsize=10)  # the figure's width: long labels leave the axes narrow
     if k > 1:
         ax.legend(loc="lower right")
     data = {"labels": list(labels), "unit": unit, "series": {s: list(v) for s, v in series.items()}}
@@ -296,19 +296,27 @@ def _timeline_chart(name: str, runs: Sequence[tuple[str, Any]], caption: str) ->
 
 def _layer_groups(layers) -> list[dict[str, Any]]:
     """Repeated layers merged: the same op with the same costs at paths that differ only in their
-    numbers (``layers.*.mlp.up`` for 32 identical blocks), costs summed, ``count`` the number merged."""
+    numbers (32 identical transformer blocks), costs summed, ``count`` the number merged, named
+    ``layers.*.mlp.up`` (or ``features.{4,5}.conv`` for up to three different numbers)."""
     groups: dict[tuple, dict[str, Any]] = {}
     for r in layers:
-        pattern = ".".join("*" if part.isdigit() else part for part in r.name.split("."))
+        parts = r.name.split(".")
+        pattern = tuple("*" if part.isdigit() else part for part in parts)
         costs = (r.params, r.flops_forward + r.flops_backward, r.saved_bytes)
-        g = groups.setdefault((pattern, r.op, costs),
-                              {"name": r.name, "op": r.op, "count": 0, "params": 0, "flops": 0, "saved_bytes": 0})
+        g = groups.setdefault((pattern, r.op, costs), {"names": [], "op": r.op, "count": 0, "params": 0, "flops": 0,
+                                                        "saved_bytes": 0})
+        g["names"].append(parts)
         g["count"] += 1
-        if g["count"] == 2:
-            g["name"] = pattern
         g["params"] += costs[0]
         g["flops"] += costs[1]
         g["saved_bytes"] += costs[2]
+    for g in groups.values():
+        names = g.pop("names")
+        merged = []
+        for column in zip(*names):
+            values = list(dict.fromkeys(column))
+            merged.append(values[0] if len(values) == 1 else "{" + ",".join(values) + "}" if len(values) <= 3 else "*")
+        g["name"] = ".".join(merged)
     return list(groups.values())
 
 
@@ -484,11 +492,11 @@ def compare_to_html(reports: Sequence[Any], top: int = TOP_N) -> str:
             charts.append(_timeline_chart("timeline", timelines, "live bytes over one training step of each model"))
     groups = {r.model: _layer_groups(r.layers) for r in reports}
     layer_charts = []
-    for key, title, unit in _LAYER_METRICS[1:2] + _LAYER_METRICS[:1]:
+    for (key, _, unit), short in zip(_LAYER_METRICS[:2], ("parameters", "training FLOPs")):
         for i, r in enumerate(reports):
             best = sorted((g for g in groups[r.model] if g[key] > 0), key=lambda g: -g[key])[:top]
             if best:
-                layer_charts.append(_bar_chart(f"top-{key}-{i}", f"{r.model}: top layers by {title}",
+                layer_charts.append(_bar_chart(f"top-{key}-{i}", f"{_short(r.model, 30)}: by {short}",
                                                [_label(g) for g in best], {key: [g[key] for g in best]}, unit, ""))
     return _page(
         "training-profiler compare: " + ", ".join(names), f"{len(reports)} models; changes are against {names[0]}",
