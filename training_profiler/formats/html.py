@@ -181,7 +181,8 @@ def _stacked_chart(name: str, title: str, labels: Sequence[str], breakdowns: Seq
     titles = {}
     for c in categories:
         values = [b.get(c, 0) / 2**30 for b in breakdowns]
-        bars = ax.barh(y, values, left=left, color=_PALETTE[order.index(c) % len(_PALETTE)], label=c.replace("_", " "), height=0.62)
+        bars = ax.barh(y, values, left=left, height=0.62, color=_PALETTE[order.index(c) % len(_PALETTE)],
+                       label=c.replace("_", " "))
         for i, bar in enumerate(bars):
             bar.set_gid(f"seg-{c}-{i}")
             titles[f"seg-{c}-{i}"] = f"{labels[i]}: {c.replace('_', ' ')} {human_bytes(breakdowns[i].get(c, 0))}"
@@ -303,8 +304,8 @@ def _layer_groups(layers) -> list[dict[str, Any]]:
         parts = r.name.split(".")
         pattern = tuple("*" if part.isdigit() else part for part in parts)
         costs = (r.params, r.flops_forward + r.flops_backward, r.saved_bytes)
-        g = groups.setdefault((pattern, r.op, costs), {"names": [], "op": r.op, "count": 0, "params": 0, "flops": 0,
-                                                        "saved_bytes": 0})
+        g = groups.setdefault((pattern, r.op, costs),
+                              {"names": [], "op": r.op, "count": 0, "params": 0, "flops": 0, "saved_bytes": 0})
         g["names"].append(parts)
         g["count"] += 1
         g["params"] += costs[0]
@@ -396,7 +397,7 @@ def _notes(report) -> str:
         notes.append("ops without a cost formula: " + ", ".join(f"{op} ({share:.0%})" for op, share in report.uncounted.items()))
     if report.source.get("file"):
         notes.append(f"model defined at {report.source['file']}:{report.source.get('line', '')}")
-    return "<ul class=\"notes\">" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>" if notes else "<p>None.</p>"
+    return _notes_list(notes) or "<p>None.</p>"
 
 
 def _tensors_table(memory) -> str:
@@ -513,20 +514,19 @@ def diff_to_html(diff) -> str:
     base, head = diff.base, diff.head
     rows = [[_e(label), _e(_fmt_metric(key, a)), _e(_fmt_metric(key, b)), _change_html(a, b, _metric_fmt(key)) or "0"]
             for key, label, a, b in diff.metrics]
-    sections = [_section("totals", "Totals", _table(["", "base", "head", "change"], rows, numeric=(1, 2, 3), raw=True,
-                                                   table_id="metrics"))]
+    table = _table(["", "base", "head", "change"], rows, numeric=(1, 2, 3), raw=True, table_id="metrics")
+    sections = [_section("totals", "Totals", table)]
     if diff.new_violations:
-        sections.append(_section("budget", "Budget newly exceeded",
-                                 "<ul class=\"notes\">" + "".join(f"<li class=\"up\">{_e(v)}</li>" for v in diff.new_violations) + "</ul>"))
+        sections.append(_section("budget", "Budget newly exceeded", _notes_list(diff.new_violations)))
     if base.memory is not None and head.memory is not None:
-        cats = _categories([base.memory.breakdown, head.memory.breakdown])
-        change_rows = [[c.replace("_", " "), human_bytes(base.memory.breakdown.get(c, 0)), human_bytes(head.memory.breakdown.get(c, 0)),
-                        _change_html(base.memory.breakdown.get(c, 0), head.memory.breakdown.get(c, 0), human_bytes) or "0"]
-                       for c in cats]
-        charts = [_stacked_chart("breakdown", "Memory at the peak: base and head", ["base", "head"],
-                                 [base.memory.breakdown, head.memory.breakdown], "before (base) and after (head)"),
-                  _table(["category", "base", "head", "change"], [[_e(c) for c in r[:3]] + [r[3]] for r in change_rows],
-                         numeric=(1, 2, 3), raw=True, table_id="breakdown-change")]
+        before, after = base.memory.breakdown, head.memory.breakdown
+        change_rows = [[_e(c.replace("_", " ")), _e(human_bytes(before.get(c, 0))), _e(human_bytes(after.get(c, 0))),
+                        _change_html(before.get(c, 0), after.get(c, 0), human_bytes) or "0"]
+                       for c in _categories([before, after])]
+        charts = [_stacked_chart("breakdown", "Memory at the peak: base and head", ["base", "head"], [before, after],
+                                 "before (base) and after (head)"),
+                  _table(["category", "base", "head", "change"], change_rows, numeric=(1, 2, 3), raw=True,
+                         table_id="breakdown-change")]
         if base.memory.timeline and head.memory.timeline:
             charts.append(_timeline_chart("timeline", [("base", base.memory), ("head", head.memory)],
                                           "live bytes over one training step, before and after"))
