@@ -281,7 +281,8 @@ def test_plan_bars_per_rank_against_the_budget():
 
 def write_history(path: Path, steps: int = 160, spike: int = 140, meta: bool = True, alerts: bool = False) -> Path:
     """A loss that alternates 1.0/1.1 and a gradient norm 0.5/0.55, both 100x at ``spike``; the
-    second of three layers blows up first; an Inf gradient norm at the last step."""
+    second of three layers blows up first; at the last step the gradient norm is Inf (the second
+    layer's too) and the first layer's gradient is exactly 0."""
     lines = []
     if meta:
         lines.append({"meta": {"layers": ["embed", "block", "head"], "warmup_steps": 100, "alert_window": 50}})
@@ -289,7 +290,8 @@ def write_history(path: Path, steps: int = 160, spike: int = 140, meta: bool = T
         wiggle = 1.0 + 0.1 * (step % 2)
         factor = 100.0 if step == spike else 1.0
         grad = 0.5 * wiggle * factor if step < steps else math.inf
-        row = {"step": step, "loss": wiggle * factor, "grad_norm": grad, "layer_grad_norms": [0.1, 0.4 * factor, 0.2]}
+        layers = [0.1, 0.4 * factor, 0.2] if step < steps else [0.0, math.inf, 0.2]
+        row = {"step": step, "loss": wiggle * factor, "grad_norm": grad, "layer_grad_norms": layers}
         if step % 50 == 1:
             row.update(activation_overflow=[0.0, 0.02 if step > 100 else 0.0], activation_underflow=[0.001, 0.0])
         lines.append(row)
@@ -323,6 +325,7 @@ def test_monitor_report_replays_the_baseline_and_marks_alerts(tmp_path):
     assert page.titles["series-alert-1"].startswith("#1 step 140: loss: 100")
     heat = page.charts["chart-heatmap"]
     assert heat["layers"] == ["embed", "block", "head"] and heat["steps"] == [1, 160] and heat["columns"] == 160
+    assert (heat["inf_cells"], heat["zero_cells"]) == (1, 1)  # drawn red and black, not as missing
     precision = page.charts["chart-precision"]["activation overflow (worst layer)"]
     assert precision == {"steps": [1, 51, 101, 151], "values": [0.0, 0.0, 0.02, 0.02]}
     assert page.tables["alerts"][1][:4] == ["1", "140", "loss", "spike"]

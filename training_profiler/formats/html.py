@@ -694,7 +694,7 @@ def _heatmap_chart(run) -> str:
         return ""
     norms = np.array([[v if v is not None else np.nan for v in r["layer_grad_norms"]] for r in rows], dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        logn = np.log10(np.where(np.isfinite(norms) & (norms > 0), norms, np.where(np.isinf(norms), 1e30, np.nan)))
+        logn = np.log10(np.abs(norms))  # 0 -> -inf (vanished), Inf -> inf, NaN (no gradient) stays
     steps = [r["step"] for r in rows]
     columns = min(len(rows), 400)  # the largest norm of each bin of steps: a short blow-up stays visible
     edges = np.linspace(0, len(rows), columns + 1).astype(int)
@@ -710,11 +710,13 @@ def _heatmap_chart(run) -> str:
     n_layers = len(run.layers)
     fig = _figure(min(2.2 + 0.1 * n_layers, 7.0), 5.6)
     ax = fig.subplots()
-    cmap = _matplotlib().colormaps["viridis"].with_extremes(bad="#d5d8dc", over="#e74c3c")  # over: Inf
-    shown = np.ma.masked_invalid(np.where(np.isposinf(binned), vmax + 1.0, binned))
+    cmap = _matplotlib().colormaps["viridis"].with_extremes(bad="#d5d8dc", over="#e74c3c", under="#000000")
+    shown = np.ma.masked_invalid(np.where(np.isposinf(binned), vmax + 1.0, np.where(np.isneginf(binned), vmin - 1.0, binned)))
     image = ax.imshow(shown, aspect="auto", cmap=cmap, vmin=vmin, vmax=vmax,
                       extent=(steps[0] - 0.5, steps[-1] + 0.5, n_layers - 0.5, -0.5), interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="log10 gradient norm", shrink=0.9, extend="max" if np.isposinf(binned).any() else "neither")
+    extend = {(True, True): "both", (True, False): "max", (False, True): "min"}.get(
+        (bool(np.isposinf(binned).any()), bool(np.isneginf(binned).any())), "neither")
+    fig.colorbar(image, ax=ax, label="log10 gradient norm", shrink=0.9, extend=extend)
     every = max(1, math.ceil(n_layers / 30))
     ticks = list(range(0, n_layers, every))
     ax.set_yticks(ticks, [_short(run.layers[i], 22) for i in ticks], fontsize=7)
@@ -728,8 +730,9 @@ def _heatmap_chart(run) -> str:
             mark.set_gid(f"alert-{i + 1}")
             titles[f"alert-{i + 1}"] = f"#{i + 1} step {a['step']}: layer {a['layer']} ({a['kind']})"
     data = {"layers": list(run.layers), "steps": [steps[0], steps[-1]], "columns": columns,
+            "inf_cells": int(np.isposinf(binned).sum()), "zero_cells": int(np.isneginf(binned).sum()),
             "first_alert_layers": [a["layer"] for a in run.alerts if a.get("layer")]}
-    return _chart(fig, "heatmap", "each column: the largest norm over its steps; red: Inf; grey: no gradient; circles: the layer "
+    return _chart(fig, "heatmap", "each column: the largest norm over its steps; red: Inf; black: exactly 0; grey: no gradient; circles: the layer "
                   "an alert names (the first layer off its baseline)", data, titles)
 
 
