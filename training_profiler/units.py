@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["human_bytes", "human_count", "parse_bytes"]
+__all__ = ["human_bytes", "human_count", "human_quantity", "parse_bytes"]
 
 
 def human_count(n: float | None) -> str:
@@ -15,6 +15,16 @@ def human_count(n: float | None) -> str:
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
     return f"{n:.0f}" if float(n).is_integer() else f"{n:.2f}"
+
+
+def human_quantity(n: float | None, unit: str = "") -> str:
+    """11689512 -> "11.69 M": decimal prefixes after a space, as the audit table's columns print them."""
+    if n is None:
+        return "-"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= factor:
+            return f"{n / factor:.2f} {prefix}{unit}"
+    return f"{int(n)} {unit}".rstrip()
 
 
 def human_bytes(n: float | None) -> str:

@@ -90,10 +90,6 @@ def _emit(args: argparse.Namespace, text: str) -> None:
         sys.stdout.write(text)
 
 
-def _fail_level(text: str | None) -> Severity:
-    return Severity.parse(text or "error")
-
-
 def _input_dtypes(args: argparse.Namespace) -> list[str]:
     """The dtype of each --input that names none: the deprecated --dtype, else float32."""
     if not args.dtype:
@@ -123,9 +119,9 @@ def run_audit(args: argparse.Namespace) -> int:
     if args.config:
         from .review import run_config
 
-        code = _usage(lambda: run_config(args.config, args.format if args.format in ("json", "markdown", "sarif") else "text",
-                                         fail_level=Severity.parse(args.fail_level) if args.fail_level else None))
-        return code
+        fmt = args.format if args.format in ("json", "markdown", "sarif") else "text"
+        fail_level = Severity.parse(args.fail_level) if args.fail_level else None  # budgets decide by default
+        return _usage(lambda: run_config(args.config, fmt, fail_level=fail_level))
     if not args.model:
         raise UsageError("give the model as MODULE:FACTORY, or --config pyproject.toml")
     require_torch("the audit")
@@ -137,7 +133,7 @@ def run_audit(args: argparse.Namespace) -> int:
     from .rules import AuditConfig
     from .table import render_table
 
-    fail_level = _fail_level(args.fail_level)
+    fail_level = Severity.parse(args.fail_level or "error")
     budget = _usage(lambda: parse_bytes(args.memory)) if args.memory is not None else None
     factory = load_factory(args.model)
     inputs = _example_inputs(args, factory)

@@ -10,19 +10,10 @@ import io
 from typing import Any
 
 from ..units import human_bytes
+from ..units import human_quantity as human_count
 from .records import AuditReport, LayerRecord
 
-__all__ = ["human_count", "render_table", "summary_lines"]
-
-
-def human_count(n: int | float | None, unit: str = "") -> str:
-    """``11689512`` -> ``"11.69 M"``; decimal prefixes, as FLOPs and params are usually quoted."""
-    if n is None:
-        return "-"
-    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= factor:
-            return f"{n / factor:.2f} {prefix}{unit}"
-    return f"{int(n)} {unit}".rstrip()
+__all__ = ["render_table", "summary_lines"]
 
 
 def _shown(layer: LayerRecord) -> bool:
