@@ -214,3 +214,21 @@ def test_gradients_measured_at_the_end_of_a_step_follow_the_precision_cadence():
             monitor.step()
             model.zero_grad()
     assert [r["step"] for r in monitor.history if "grad_underflow" in r] == [1, 6, 11]
+
+
+def test_reading_alerts_in_the_middle_of_a_step_does_not_mix_in_stale_values():
+    # context-manager mode: a step is always in progress between step() calls; reading
+    # monitor.alerts ships the finished steps, and the step in progress must start from a clean row
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with watch_training(model=model, optimizer=opt, warmup_steps=10, precision_every=3) as monitor:
+        for step in range(1, 7):
+            model(torch.randn(4, 8)).pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            monitor.step()
+            if step == 2:
+                assert monitor.alerts == []  # flushes steps 1-2 while step 3 is in progress
+    history = monitor.history
+    assert [r["step"] for r in history] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in history if "update_ratio" in r] == [1, 4]  # precision steps only

@@ -503,9 +503,12 @@ class TrainingMonitor:
         self._row, self._row_meta = 0, []  # first: whatever fails below, the next step has a row
         stats = self._stats
         if self._batch is not None and not self._draining:  # the previous copy: long done unless the GPU is far behind
-            stats.transfer.wait(0)
-            self._process_batch()
-            if self._stopped:  # agreed in the previous collective: no rank joins this one
+            try:
+                stats.transfer.wait(0)
+                self._process_batch()
+            except Exception as exc:  # noqa: BLE001 - this rank must still join the collective below
+                self._fail(exc)
+            if self._stopped:  # agreed in the previous collective (or single process): no collective
                 return
         if self._world > 1:  # reduced statistics: the mean over ranks (DDP grads are already equal)
             try:
@@ -524,6 +527,8 @@ class TrainingMonitor:
         self._batch = meta
         if stats.transfer.ready(0):
             self._process_batch()
+        if self._in_step and 0 < n < self.transfer_every:  # a flush inside a step: its row moves to row 0,
+            stats.buf[0].copy_(stats.buf[n])  # after the copy above (on CPU the buffer is the host side)
 
     def _judge_all(self) -> None:
         """Judge every step recorded so far (single process: ships a partial batch; one sync)."""
