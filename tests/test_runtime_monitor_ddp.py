@@ -22,6 +22,23 @@ from torch.nn.parallel import DistributedDataParallel
 STEPS, SPIKE_STEP = 60, 45
 
 
+def _ddp_training(watch_training, **options):
+    """A small DDP regression model and its watched train step (same initial weights on every rank)."""
+    torch.manual_seed(0)
+    model = DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+
+    @watch_training(warmup_steps=20, transfer_every=5, **options)
+    def train_step(model, x, y):
+        opt.zero_grad()
+        loss = F.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return model, train_step
+
+
 def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -33,18 +50,7 @@ def _worker(rank, world, port, out_dir):
         handler = logging.Handler()
         handler.emit = lambda record: logged.append(record.getMessage())
         logging.getLogger("training_profiler").addHandler(handler)
-        torch.manual_seed(0)  # same initial weights on both ranks
-        model = DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)))
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-        @watch_training(warmup_steps=20, transfer_every=5)
-        def train_step(model, x, y):
-            opt.zero_grad()
-            loss = F.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            return loss
-
+        model, train_step = _ddp_training(watch_training)
         g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard of the data
         local = []
         for step in range(1, STEPS + 1):
@@ -149,18 +155,7 @@ def _fault_worker(rank, world, port, out_dir):
             logger.addHandler(handler)
             state = {"step": 0}
             undo = _inject(fault, rank, state)
-            torch.manual_seed(0)
-            model = DistributedDataParallel(nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1)))
-            opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-            @watch_training(warmup_steps=20, transfer_every=5, log_every=5)
-            def train_step(model, x, y):
-                opt.zero_grad()
-                loss = F.mse_loss(model(x), y)
-                loss.backward()
-                opt.step()
-                return loss
-
+            model, train_step = _ddp_training(watch_training, log_every=5)
             g = torch.Generator().manual_seed(100 + rank)
             done = 0
             for step in range(1, FAULT_STEPS + 1):

@@ -19,12 +19,7 @@ from training_profiler.runtime import TrainingMonitor
 from training_profiler.runtime.device_stats import HostMirror, StatsBuffer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
 
 
 def _tiny(seed=0):
@@ -45,6 +40,21 @@ def _train(step_fn, steps, **kwargs):
     return model
 
 
+def _step_fn(nan_at=(), spikes=()):
+    """A train step of ``_train``: inputs x30 at the ``spikes`` steps, a NaN loss returned at ``nan_at``."""
+    opt_holder = {}
+
+    def train_step(model, x, i):
+        opt = opt_holder.setdefault("opt", torch.optim.SGD(model.parameters(), lr=0.001))
+        opt.zero_grad()
+        loss = (model(x) * (30.0 if i in spikes else 1.0)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        return loss.detach() * (math.nan if i in nan_at else 1.0)  # a NaN loss, the weights stay fine
+
+    return train_step
+
+
 def test_a_failed_host_transfer_stops_the_monitor_but_never_the_training(monkeypatch, caplog):
     # the second periodic copy to the host fails (a CUDA error, say); the buffer must not be
     # indexed past its end afterwards, and the steps judged before the failure stay
@@ -59,17 +69,7 @@ def test_a_failed_host_transfer_stops_the_monitor_but_never_the_training(monkeyp
         return original(self, key, src, dst_index)
 
     monkeypatch.setattr(HostMirror, "copy", flaky_copy)
-    opt_holder = {}
-
-    @watch_training(warmup_steps=10, transfer_every=5)
-    def train_step(model, x, i):
-        opt = opt_holder.setdefault("opt", torch.optim.SGD(model.parameters(), lr=0.01))
-        opt.zero_grad()
-        loss = model(x).pow(2).mean()
-        loss.backward()
-        opt.step()
-        return loss
-
+    train_step = watch_training(_step_fn(), warmup_steps=10, transfer_every=5)
     with caplog.at_level(logging.WARNING, logger="training_profiler"):
         _train(train_step, 30)  # raised IndexError at step 11 before the fix
         history = train_step.monitor.history
@@ -82,18 +82,6 @@ def test_a_failed_host_transfer_stops_the_monitor_but_never_the_training(monkeyp
     assert not any(m._forward_hooks for m in monitor.model.modules())
 
 
-def _spiky_step(opt_holder, nan_at=(), spikes=()):
-    def train_step(model, x, i):
-        opt = opt_holder.setdefault("opt", torch.optim.SGD(model.parameters(), lr=0.001))
-        opt.zero_grad()
-        loss = (model(x) * (30.0 if i in spikes else 1.0)).pow(2).mean()
-        loss.backward()
-        opt.step()
-        return loss.detach() * (math.nan if i in nan_at else 1.0)  # a NaN loss, the weights stay fine
-
-    return train_step
-
-
 def test_an_on_alert_that_raises_reaches_neither_training_nor_detection(caplog):
     received = []
 
@@ -101,9 +89,7 @@ def test_an_on_alert_that_raises_reaches_neither_training_nor_detection(caplog):
         received.append((alert.step, alert.metric, alert.kind))
         raise ValueError("my dashboard is down")
 
-    opt_holder = {}
-    train_step = watch_training(_spiky_step(opt_holder, nan_at={60}, spikes={45, 130}),
-                                model=None, warmup_steps=20, on_alert=on_alert)
+    train_step = watch_training(_step_fn(nan_at={60}, spikes={45, 130}), warmup_steps=20, on_alert=on_alert)
     with caplog.at_level(logging.WARNING, logger="training_profiler"):
         _train(train_step, 150)  # the NaN alert's callback raised into the step before the fix
         alerts = [(a.step, a.metric, a.kind) for a in train_step.monitor.alerts]
@@ -118,8 +104,7 @@ def test_an_on_alert_that_raises_reaches_neither_training_nor_detection(caplog):
 
 def test_on_alert_may_read_the_monitor_it_belongs_to():
     seen = []
-    opt_holder = {}
-    train_step = watch_training(_spiky_step(opt_holder, spikes={45}), warmup_steps=20,
+    train_step = watch_training(_step_fn(spikes={45}), warmup_steps=20,
                                 on_alert=lambda alert: seen.append(len(train_step.monitor.alerts)))
     _train(train_step, 50)
     grad = [a for a in train_step.monitor.alerts if a.metric == "grad_norm"]
@@ -193,8 +178,7 @@ def test_alerts_are_logged_and_handed_out_in_step_order(caplog):
     # step 55's spike is judged when its batch (51-60) reaches the host; step 57's NaN loss is
     # seen at once: it used to be logged first
     received = []
-    opt_holder = {}
-    train_step = watch_training(_spiky_step(opt_holder, nan_at={57}, spikes={55}), warmup_steps=20,
+    train_step = watch_training(_step_fn(nan_at={57}, spikes={55}), warmup_steps=20,
                                 transfer_every=10, on_alert=lambda a: received.append(a.step))
     with caplog.at_level(logging.WARNING, logger="training_profiler"):
         _train(train_step, 58)

@@ -9,8 +9,9 @@ module's output (strided sample). Each step's values are one row of a small devi
 at once (non-blocking) so a NaN/Inf is reported with the exact step it happened, and the whole
 buffer every ``transfer_every`` steps, when the host runs the detectors of :mod:`.detectors`.
 This module ties them together: it finds the model, owns the hooks and the step cycle, and emits
-the alerts (:mod:`.alerts`). Nothing here ever raises into the training loop: an internal error
-is logged once and that metric is switched off.
+the alerts (:mod:`.alerts`), in step order. Nothing here ever raises into the training loop: an
+internal error is logged once and switches that statistic off (or, outside any one statistic,
+stops the monitor); under ``torch.distributed`` the ranks agree on it in the periodic all-reduce.
 """
 
 from __future__ import annotations
