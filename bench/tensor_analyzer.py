@@ -43,10 +43,10 @@ def main() -> None:
             start = time.perf_counter()
             precision._dim_stats(precision._as_rows(tensor, None))
             stats_times.append(time.perf_counter() - start)
-        s = report["sample"]
+        s = report.sample
         print(f"shape {tuple(tensor.shape)!s:<18} analyze_tensor {min(times):6.2f} s  (full-tensor range pass "
               f"{min(stats_times):5.2f} s; precision on a sample of {s['elements']:,} elements, {s['rows']:,} rows)  "
-              f"risk {report['risk_level']}")
+              f"risk {report.risk_level}")
         del x, tensor
 
 

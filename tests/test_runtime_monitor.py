@@ -183,6 +183,35 @@ def test_context_manager_records_exact_norms_even_when_grads_are_cleared_after_s
     assert monitor.layers == ["0", "2"]
 
 
+def test_framework_hooks_drive_the_monitor_without_the_decorator():
+    # what a Lightning / Hugging Face callback does: begin_step at batch start, observe_step after
+    # backward; the first observe_step attaches the model it is given
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = TrainingMonitor(warmup_steps=10, precision_every=2)
+    expected = []
+    for i in range(4):
+        monitor.begin_step()  # a no-op until the model is known
+        x = torch.randn(16, 8, generator=torch.Generator().manual_seed(i))
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        expected.append((loss.item(), torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()))
+        opt.step()
+        monitor.observe_step({"loss": loss}, model=model, optimizer=opt)
+        opt.zero_grad(set_to_none=True)
+    history = monitor.history
+    assert monitor.model is model and monitor.optimizer is opt and monitor.layers == ["0", "2"]
+    assert [r["step"] for r in history] == [1, 2, 3, 4]
+    for rec, (loss, norm) in zip(history, expected):
+        assert rec["loss"] == pytest.approx(loss, rel=1e-6)
+        assert rec["grad_norm"] == pytest.approx(norm, rel=1e-5)
+    # step 3 is a precision step begun after attaching: its optimizer step was seen
+    assert "update_ratio" in history[2] and "update_ratio" not in history[1]
+    monitor.close()
+    with pytest.raises(ValueError, match=r"no model yet.*observe_step\(loss, model=model\)"):
+        TrainingMonitor().observe_step(1.0)
+
+
 def test_hooks_are_removed_on_close():
     from torch.optim import optimizer as optim_module
 
@@ -484,7 +513,7 @@ def test_a_layer_without_gradients_is_not_measured_rather_than_vanishing():
 
 
 class _LaggingTransfer:
-    """Stands in for the CUDA path of monitor._Transfer: a copy lands in host memory only `lag`
+    """Stands in for the CUDA path of device_stats.HostMirror: a copy lands in host memory only `lag`
     steps after it was issued (as if the GPU ran behind the host), or when waited for."""
 
     cuda = True
@@ -517,8 +546,9 @@ def test_async_host_copies_report_nan_with_its_own_step_once_the_device_catches_
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = TrainingMonitor(model, opt, warmup_steps=10, transfer_every=5)
     clock = lambda: monitor.step_count  # noqa: E731
-    monitor._fast = _LaggingTransfer(monitor._fast.host, clock, lag)
-    monitor._transfer = _LaggingTransfer(monitor._buf, clock, lag)
+    stats = monitor._stats
+    stats.fast = _LaggingTransfer(stats.fast.host, clock, lag)
+    stats.transfer = _LaggingTransfer(stats.buf, clock, lag)
     losses = []
     with monitor:
         for step in range(1, 41):
@@ -534,12 +564,13 @@ def test_async_host_copies_report_nan_with_its_own_step_once_the_device_catches_
                 continue
             if step < 28:
                 assert nan_alerts == []  # the copy of step 25 has not landed yet
-            elif step == 28:
+            elif step == 28:  # landed: the steps before it are judged first (one sync), in step order
                 assert [(a.step, a.metric) for a in nan_alerts] == [(25, "loss")]
-            if step == 32:  # steps 1-25 are judged; the copy of 26-30 lands at step 33
-                assert [r["step"] for r in monitor._history] == list(range(1, 26))
-            if step == 33:
-                assert [r["step"] for r in monitor._history] == list(range(1, 31))
+                assert [r["step"] for r in monitor._history] == list(range(1, 29))
+            if step == 35:  # back to periodic batches: the copy of 29-33 lands at step 36
+                assert [r["step"] for r in monitor._history] == list(range(1, 29))
+            if step == 36:
+                assert [r["step"] for r in monitor._history] == list(range(1, 34))
     history = monitor.history
     assert [(a.step, a.metric) for a in monitor.alerts if a.kind == "nonfinite"] == [(25, "loss")]
     assert [r["step"] for r in history] == list(range(1, 41))

@@ -95,41 +95,41 @@ def test_e4m3fn_cast_saturates_on_cpu():
     out = torch.tensor([447.0, 464.0, 465.0, 1000.0, math.inf, -1e9]).to(torch.float8_e4m3fn).float()
     assert out.tolist() == [448.0, 448.0, 448.0, 448.0, 448.0, -448.0]
     report = analyze_tensor(torch.tensor([447.0, 464.0, 465.0, 1000.0]))
-    assert report["precision"]["float8_e4m3fn"]["overflow"] == 0.5  # 465 and 1000 land > 16 away from 448
+    assert report.precision["float8_e4m3fn"]["overflow"] == 0.5  # 465 and 1000 land > 16 away from 448
 
 
 def test_fp16_overflow_underflow_fractions_exact():
     x = torch.tensor([65504.0, 65520.0, 6e-8, 3e-8, 2e-8, 1.0])
-    fp16 = analyze_tensor(x)["precision"]["float16"]
+    fp16 = analyze_tensor(x).precision["float16"]
     assert fp16["overflow"] == 1 / 6  # 65520 rounds to inf; 65504 is the largest finite value
     assert fp16["underflow"] == 1 / 6  # 2e-8 < 2**-25 rounds to 0
     assert fp16["subnormal"] == 2 / 6  # 6e-8 and 3e-8 both round to 2**-24 (3e-8 > 2**-25: not zero)
     assert fp16["mean_rel_error"] == 0.0 and fp16["max_rel_error"] == 0.0  # 65504 and 1.0 are exact
     assert fp16["max_finite"] == 65504.0 and fp16["unit_roundoff"] == 2.0**-11
-    assert analyze_tensor(x)["risk_level"] == "HIGH"
-    assert "float16 range" in analyze_tensor(x)["suggestion"]
+    assert analyze_tensor(x).risk_level == "HIGH"
+    assert "float16 range" in analyze_tensor(x).suggestion
 
 
 def test_bbox_seed_case(bbox, bbox_report):
     r = bbox_report
-    assert r["shape"] == [1000, 2] and r["dtype"] == "float32" and r["name"] == "bbox_pred"
-    assert r["dim_stats"][0]["min"] == -1000.0 and r["dim_stats"][0]["max"] == 1200.0
-    assert r["dim_stats"][1]["min"] == -1.5 and r["dim_stats"][1]["max"] == pytest.approx(0.8)
-    assert r["dim_stats"][0]["mean"] == pytest.approx(100.0, abs=1e-3)  # mean of linspace(-1000, 1200)
-    assert r["dim_stats"][1]["abs_max"] == 1.5 and r["dim_stats"][0]["zeros"] == 0.0
-    assert r["dim_ratio"] == {"ratio": 800.0, "large": 0, "small": 1, "measure": "abs_max"}
-    assert r["risk_level"] == "HIGH"
-    assert r["suggestion"].startswith("dimension 1 is 800x smaller than dimension 0")
-    assert "keep this reduction in fp32 or normalise dimension 0" in r["suggestion"]
+    assert r.shape == [1000, 2] and r.dtype == "float32" and r.name == "bbox_pred"
+    assert r.dim_stats[0]["min"] == -1000.0 and r.dim_stats[0]["max"] == 1200.0
+    assert r.dim_stats[1]["min"] == -1.5 and r.dim_stats[1]["max"] == pytest.approx(0.8)
+    assert r.dim_stats[0]["mean"] == pytest.approx(100.0, abs=1e-3)  # mean of linspace(-1000, 1200)
+    assert r.dim_stats[1]["abs_max"] == 1.5 and r.dim_stats[0]["zeros"] == 0.0
+    assert r.dim_ratio == {"ratio": 800.0, "large": 0, "small": 1, "measure": "abs_max"}
+    assert r.risk_level == "HIGH"
+    assert r.suggestion.startswith("dimension 1 is 800x smaller than dimension 0")
+    assert "keep this reduction in fp32 or normalise dimension 0" in r.suggestion
     # the research figures (16.8% in fp16, 78.3% in bf16) within sampling noise of 1000 rows
-    pair = r["reduction_risk"]["pairwise"]
+    pair = r.reduction_risk["pairwise"]
     assert abs(pair["float16"]["lost_rows"] - 0.168) < 0.03
     assert abs(pair["bfloat16"]["lost_rows"] - 0.783) < 0.03
 
 
 def test_bbox_absorption_against_float64_reference(bbox, bbox_report):
     a, b = bbox[:, 0].tolist(), bbox[:, 1].tolist()
-    pair = bbox_report["reduction_risk"]["pairwise"]
+    pair = bbox_report.reduction_risk["pairwise"]
     for fmt in ("float16", "bfloat16"):
         ra, rb = ref_round(a, fmt), ref_round(b, fmt)
         kept = [ref_round_one(x + y, fmt) - x for x, y in zip(ra, rb)]
@@ -142,20 +142,20 @@ def test_bbox_absorption_against_float64_reference(bbox, bbox_report):
 def test_bbox_precision_against_float64_reference(bbox, bbox_report):
     values = bbox.double().flatten().tolist()
     for fmt in SPEC:
-        got, want = bbox_report["precision"][fmt], ref_stats(values, fmt)
+        got, want = bbox_report.precision[fmt], ref_stats(values, fmt)
         for key in ("overflow", "underflow", "subnormal"):
             assert got[key] == pytest.approx(want[key], abs=1e-15), (fmt, key)
         for key in ("mean_rel_error", "max_rel_error"):
             assert got[key] == pytest.approx(want[key], rel=1e-9), (fmt, key)
-    e4m3 = bbox_report["precision"]["float8_e4m3fn"]
+    e4m3 = bbox_report.precision["float8_e4m3fn"]
     assert e4m3["overflow"] == mean(abs(v) > 464 for v in values)  # clamped by more than half a step
-    assert bbox_report["precision"]["float16"]["max_rel_error"] <= 2.0**-11
+    assert bbox_report.precision["float16"]["max_rel_error"] <= 2.0**-11
 
 
 def test_fp8_one_scale_underflows_small_column_per_column_scales_fix_it(bbox):
     gen = torch.Generator().manual_seed(0)
     tensor = torch.cat([bbox, torch.randn(1000, 1, generator=gen) * 0.01], dim=1)
-    e4m3 = analyze_tensor(tensor)["precision"]["float8_e4m3fn"]
+    e4m3 = analyze_tensor(tensor).precision["float8_e4m3fn"]
     columns = tensor.t().tolist()
     one_scale = torch.tensor(448.0 / max(abs(v) for col in columns for v in col), dtype=torch.float32)
     # independent: scale in float32 as the analyser documents, round with the reference model
@@ -172,12 +172,12 @@ def test_fp8_one_scale_underflows_small_column_per_column_scales_fix_it(bbox):
         assert got == pytest.approx(ref_err, rel=1e-9)
         assert 0.018 < got < 0.028  # research: about 2.3% for every column
         assert e4m3["scaled_per_column"]["column_underflow"][c] == 0.0
-    reasons = [x["text"] for x in analyze_tensor(tensor)["reasons"]]
+    reasons = [x["text"] for x in analyze_tensor(tensor).reasons]
     assert any("of dimension 2 flushes to zero: use per-column fp8 scales" in t for t in reasons)
 
 
 def test_running_fp16_sum_of_0_01_stalls_at_32():
-    run = analyze_tensor(torch.full((10000,), 0.01))["reduction_risk"]["running_sum"]
+    run = analyze_tensor(torch.full((10000,), 0.01)).reduction_risk["running_sum"]
     fp16 = run["float16"]
     assert fp16["reaches"] == 32.0 and fp16["exact"] == pytest.approx(100.0)
     # independent: IEEE half rounding by Python's struct module, step by step
@@ -194,11 +194,11 @@ def test_running_fp16_sum_of_0_01_stalls_at_32():
 def test_dims_argument_and_1d_tensor():
     x = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)  # x[i, c, j] = 12 i + 4 c + j
     r = analyze_tensor(x, dims=1)
-    assert r["dims"] == [1] and len(r["dim_stats"]) == 3
-    assert [(s["min"], s["max"]) for s in r["dim_stats"]] == [(0, 15), (4, 19), (8, 23)]
-    assert r["dim_stats"][0]["zeros"] == 1 / 8 and r["dim_stats"][1]["mean"] == 11.5
-    assert len(analyze_tensor(x, dims=(0, 2))["dim_stats"]) == 8
-    assert analyze_tensor(torch.ones(5))["dim_ratio"] is None  # one feature: no ratio
+    assert r.dims == [1] and len(r.dim_stats) == 3
+    assert [(s["min"], s["max"]) for s in r.dim_stats] == [(0, 15), (4, 19), (8, 23)]
+    assert r.dim_stats[0]["zeros"] == 1 / 8 and r.dim_stats[1]["mean"] == 11.5
+    assert len(analyze_tensor(x, dims=(0, 2)).dim_stats) == 8
+    assert analyze_tensor(torch.ones(5)).dim_ratio is None  # one feature: no ratio
 
 
 def test_large_tensor_is_sampled_deterministically_but_ranges_are_exact():
@@ -206,22 +206,22 @@ def test_large_tensor_is_sampled_deterministically_but_ranges_are_exact():
     x[123_457, 3] = 5e4  # an outlier the range statistics must see even if the sample misses it
     r1 = analyze_tensor(x, max_elements=50_000)
     r2 = analyze_tensor(x, max_elements=50_000)
-    assert r1["sample"] == {"elements": 50_000, "rows": 10_000, "of_elements": 2_000_000, "nonfinite": 0.0}
-    assert r1["dim_stats"][3]["max"] == 5e4
-    assert r1["precision"] == r2["precision"]
+    assert r1.sample == {"elements": 50_000, "rows": 10_000, "of_elements": 2_000_000, "nonfinite": 0.0}
+    assert r1.dim_stats[3]["max"] == 5e4
+    assert r1.precision == r2.precision
 
 
 def test_nonfinite_values_are_counted_and_excluded():
     r = analyze_tensor(torch.tensor([[1.0, math.nan], [2.0, 3.0], [math.inf, 4.0], [5.0, 6.0]]))
-    assert r["sample"]["nonfinite"] == 0.25
-    assert r["dim_stats"][0]["max"] == 5.0 and r["dim_stats"][1]["min"] == 3.0
-    assert r["precision"]["float16"]["overflow"] == 0.0
+    assert r.sample["nonfinite"] == 0.25
+    assert r.dim_stats[0]["max"] == 5.0 and r.dim_stats[1]["min"] == 3.0
+    assert r.precision["float16"]["overflow"] == 0.0
 
 
 def test_low_risk_tensor_and_readable_text(bbox_report):
     r = analyze_tensor(torch.linspace(0.5, 1.0, 64).reshape(16, 4))
-    assert r["risk_level"] == "LOW"
-    assert "no measured risk" in r["suggestion"]
+    assert r.risk_level == "LOW"
+    assert "no measured risk" in r.suggestion
     text = str(bbox_report)
     assert text.splitlines()[1].startswith("risk HIGH: dimension 1 is 800x smaller")
     assert "largest ratio: dimension 0 / dimension 1 = 800x" in text
@@ -244,30 +244,35 @@ def test_tiny_values_are_blamed_on_fp16_subnormals_not_on_a_dimension_gap():
     x = torch.randn(64, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 1e-6
     r = analyze_tensor(x)
     want = ref_stats(x.flatten().tolist(), "float16")
-    assert r["precision"]["float16"]["subnormal"] == want["subnormal"] > 0.9
-    assert r["risk_level"] == "MEDIUM"
-    texts = [t["text"] for t in r["reasons"]]
+    assert r.precision["float16"]["subnormal"] == want["subnormal"] > 0.9
+    assert r.risk_level == "MEDIUM"
+    texts = [t["text"] for t in r.reasons]
     assert any("float16 subnormals (below 6.1e-05)" in t for t in texts)
     assert not any("smaller than dimension" in t for t in texts)  # ratio < 10: not "big eats small"
 
 
-def test_report_is_plain_json_data_and_scalars_work(bbox_report):
+def test_report_is_a_record_with_plain_json_data_and_scalars_work(bbox_report):
     import json
 
-    assert isinstance(bbox_report, dict)
-    assert json.loads(json.dumps(bbox_report))["dim_ratio"]["ratio"] == 800.0
+    from training_profiler.runtime.precision import TensorReport
+
+    data = bbox_report.to_dict()
+    assert list(data) == ["name", "shape", "dtype", "dims", "sample", "dim_stats", "dim_ratio", "precision",
+                          "reduction_risk", "reasons", "risk_level", "suggestion"]
+    assert json.loads(json.dumps(data))["dim_ratio"]["ratio"] == 800.0
+    assert TensorReport(**data) == bbox_report  # the record round-trips through its plain data
     scalar = analyze_tensor(torch.tensor(3.0))
-    assert scalar["shape"] == [] and scalar["risk_level"] == "LOW" and len(scalar["dim_stats"]) == 1
+    assert scalar.shape == [] and scalar.risk_level == "LOW" and len(scalar.dim_stats) == 1
     with pytest.raises(ValueError, match="0-d tensor, which has no dimensions"):
         analyze_tensor(torch.tensor(3.0), dims=0)
 
 
 def test_nan_input_and_fp16_overflowing_large_column_are_high_risk():
-    assert analyze_tensor(torch.full((3, 2), math.nan))["risk_level"] == "HIGH"
+    assert analyze_tensor(torch.full((3, 2), math.nan)).risk_level == "HIGH"
     x = torch.stack([torch.linspace(1e5, 2e5, 100), torch.linspace(0.5, 1.0, 100)], dim=1)
     r = analyze_tensor(x)
-    pair = r["reduction_risk"]["pairwise"]
-    assert r["precision"]["float16"]["overflow"] == 0.5  # column 0 is all beyond 65504
+    pair = r.reduction_risk["pairwise"]
+    assert r.precision["float16"]["overflow"] == 0.5  # column 0 is all beyond 65504
     assert pair["float16"]["lost_rows"] is None and pair["float16"]["absorbed"] is None  # no finite row left
     assert pair["bfloat16"]["lost_rows"] == 1.0  # bf16 spacing near 1e5 is 512: 0.5..1 vanishes
-    assert r["suggestion"].startswith("50.00% of values exceed the float16 range")
+    assert r.suggestion.startswith("50.00% of values exceed the float16 range")

@@ -29,6 +29,7 @@ EXIT_CODES = {
 _COMMAND_MODULES = (
     "training_profiler.linter.cli",
     "training_profiler.runtime.cli",
+    "training_profiler.runtime.report",
     "training_profiler.fx_audit.cli",
     "training_profiler.demo",
 )

@@ -115,6 +115,34 @@ def _precision(museum: Path) -> int:
     return 0
 
 
+def _html_reports(museum: Path) -> int:
+    """An audit report and a monitor report of the museum, as HTML files to open in a browser."""
+    import logging
+    import tempfile
+
+    import torch
+
+    from .formats.html import audit_to_html
+    from .fx_audit.review import audit_model, build
+    from .inputs import import_user_module
+
+    folder = Path(tempfile.gettempdir()) / "training-profiler-demo"
+    folder.mkdir(exist_ok=True)
+    name, factory, shapes, _ = next(m for m in museum_models(museum / "models") if m[0] == "conv_into_huge_linear")
+    report = audit_model(build(factory), [torch.empty(s, device="meta") for s in shapes], factory=factory, name=name)
+    audit_path = folder / f"audit-{name}.html"
+    audit_path.write_text(audit_to_html(report), encoding="utf-8")
+    logger = logging.getLogger("training_profiler")
+    was_disabled, logger.disabled = logger.disabled, True  # section 4 printed these alerts already
+    try:
+        monitor = import_user_module(str(museum / "runtime" / "lr_too_high.py")).run(steps=400, high_lr=2.0)
+    finally:
+        logger.disabled = was_disabled
+    monitor_path = monitor.report(folder / "monitor-lr_too_high.html")
+    print(f"audit report:   {audit_path}\nmonitor report: {monitor_path}")
+    return 0
+
+
 SECTIONS = (
     ("1. Linter: AMP pitfalls in examples/failure_museum/amp/ (training-profiler lint)", _lint),
     ("2. Graph audit: ResNet-18 from the model zoo, nothing allocated (training-profiler audit)", _audit_zoo),
@@ -122,6 +150,7 @@ SECTIONS = (
     ("4. Monitor: @watch_training on the runs in examples/failure_museum/runtime/", _monitor),
     ("5. Precision: the bbox tensor and a transformer with an fp16-unsafe exp (analyze_tensor, compare_precision)",
      _precision),
+    ("6. HTML reports: open these in a browser (audit --format html, monitor.report())", _html_reports),
 )
 
 

@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--fail-level", choices=SEVERITY_NAMES, default=None,
                        help="exit 1 when a finding of at least this severity is reported (default: error; "
                             "with --config only when given)")
-    audit.add_argument("--format", choices=("table", "json", "markdown", "sarif"), default="table")
+    audit.add_argument("--format", choices=("table", "json", "markdown", "sarif", "html"), default="table")
+    audit.add_argument("-o", "--output", default=None, metavar="FILE", help="write the report to FILE (default: stdout)")
     audit.add_argument("--config", default=None, metavar="PYPROJECT",
                        help="audit every [tool.training-profiler.audit.models.NAME] of this pyproject.toml; exit 1 "
                             "when a budget is exceeded (replaces MODULE:FACTORY)")
@@ -54,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     diff = sub.add_parser("diff", help="what changed between two audit reports (JSON from `audit --format json`)")
     diff.add_argument("base", help="audit report of the base revision (JSON)")
     diff.add_argument("head", help="audit report of the new revision (JSON)")
-    diff.add_argument("--format", choices=("text", "markdown"), default="text")
+    diff.add_argument("--format", choices=("text", "markdown", "html"), default="text")
+    diff.add_argument("-o", "--output", default=None, metavar="FILE", help="write the report to FILE (default: stdout)")
     diff.add_argument("--config", default=None, help="pyproject.toml whose budgets apply: exit 1 when one is newly exceeded")
     diff.add_argument("--model", default=None, help="which [tool.training-profiler.audit.models.NAME] budget to use")
     diff.set_defaults(run=run_diff)
@@ -65,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--optimizer", default="adam")
     compare.add_argument("--amp", default=None, choices=_AMP)
     compare.add_argument("--memory", default=None, help="device memory, e.g. 24GiB: adds the largest batch that fits")
-    compare.add_argument("--format", choices=("text", "markdown"), default="text")
+    compare.add_argument("--format", choices=("text", "markdown", "html"), default="text")
+    compare.add_argument("-o", "--output", default=None, metavar="FILE", help="write the report to FILE (default: stdout)")
     compare.set_defaults(run=run_compare)
 
 
@@ -75,6 +78,16 @@ def _usage(call: Callable[[], Any]) -> Any:
         return call()
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
+
+
+def _emit(args: argparse.Namespace, text: str) -> None:
+    """The report to ``--output`` (said on stderr) or stdout."""
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
 
 
 def _input_dtypes(args: argparse.Namespace) -> list[str]:
@@ -139,17 +152,22 @@ def run_audit(args: argparse.Namespace) -> int:
     if args.format in ("markdown", "sarif"):
         from ..formats.audit import render_audit
 
-        sys.stdout.write(render_audit(report, args.format))
+        _emit(args, render_audit(report, args.format))
     elif args.format == "json":
-        sys.stdout.write(report.to_json() + "\n")
+        _emit(args, report.to_json() + "\n")
+    elif args.format == "html":
+        from ..formats.html import audit_to_html
+
+        _emit(args, audit_to_html(report))
     else:
-        width = Console().width if sys.stdout.isatty() else 120
-        sys.stdout.write(render_table(report, depth=args.depth, all_nodes=args.all, width=max(width, 100),
-                                      color=sys.stdout.isatty()))
+        tty = sys.stdout.isatty() and not args.output
+        text = render_table(report, depth=args.depth, all_nodes=args.all, width=max(Console().width if tty else 120, 100),
+                            color=tty)
         if report.findings:
             from ..formats import findings_to_text
 
-            sys.stdout.write("\n" + findings_to_text(report.findings))
+            text += "\n" + findings_to_text(report.findings)
+        _emit(args, text)
     peak = report.totals.get("peak_bytes")
     over_budget = budget is not None and peak is not None and peak > budget
     return 1 if over_budget or any(f.severity.rank >= fail_level.rank for f in report.findings) else 0
@@ -164,16 +182,26 @@ def run_diff(args: argparse.Namespace) -> int:
         return diff_reports(base, head, budget_for(args.config, args.model, head))
 
     result = _usage(diff)
-    sys.stdout.write(result.to_markdown() if args.format == "markdown" else result.to_text())
+    if args.format == "html":
+        from ..formats.html import diff_to_html
+
+        _emit(args, diff_to_html(result))
+    else:
+        _emit(args, result.to_markdown() if args.format == "markdown" else result.to_text())
     return 1 if result.new_violations else 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
     require_torch("compare")
-    from .compare import compare_models, compare_table
+    from .compare import audit_models, compare_rows, compare_table
 
     specs = [parse_input_spec(token) for token in args.input]
     memory = _usage(lambda: parse_bytes(args.memory)) if args.memory else None
-    rows = _usage(lambda: compare_models(args.factories, specs, args.optimizer, args.amp, memory))
-    sys.stdout.write(compare_table(rows, markdown=args.format == "markdown"))
+    reports = _usage(lambda: audit_models(args.factories, specs, args.optimizer, args.amp, memory))
+    if args.format == "html":
+        from ..formats.html import compare_to_html
+
+        _emit(args, compare_to_html(reports))
+    else:
+        _emit(args, compare_table(compare_rows(reports), markdown=args.format == "markdown"))
     return 0

@@ -8,26 +8,38 @@ from typing import Any
 from ..inputs import InputSpec, load_factory
 from ..units import human_bytes, human_count
 
-__all__ = ["compare_models", "compare_table"]
+__all__ = ["audit_models", "compare_models", "compare_rows", "compare_table"]
+
+
+def audit_models(factories: list[str], inputs: list[InputSpec], optimizer: str = "adam", amp: str | None = None,
+                 memory: int | None = None) -> list[Any]:
+    """One audit report per ``module:factory``: each model built and audited on the meta device."""
+    from .review import audit_model, build
+
+    reports = []
+    for spec in factories:
+        factory = load_factory(spec)
+        reports.append(audit_model(build(factory), [i.make("meta") for i in inputs], optimizer=optimizer, amp=amp,
+                                   factory=factory, name=spec, memory_budget=memory))
+    return reports
+
+
+def compare_rows(reports: list[Any]) -> list[dict[str, Any]]:
+    """The comparison table's row of each report."""
+    rows = []
+    for report in reports:
+        t = report.totals
+        rows.append({"model": report.model, "params": t.get("params"), "macs": t.get("macs"),
+                     "flops": (t.get("flops_forward") or 0) + (t.get("flops_backward") or 0),
+                     "peak_bytes": t.get("peak_bytes"), "max_batch": t.get("max_batch_size", "-"),
+                     "findings": sorted({f.code for f in report.findings})})
+    return rows
 
 
 def compare_models(factories: list[str], inputs: list[InputSpec], optimizer: str = "adam", amp: str | None = None,
                    memory: int | None = None) -> list[dict[str, Any]]:
     """One row per ``module:factory``: each model built and audited on the meta device."""
-    from .review import audit_model, build
-
-    rows = []
-    for spec in factories:
-        factory = load_factory(spec)
-        model = build(factory)
-        report = audit_model(model, [i.make("meta") for i in inputs], optimizer=optimizer, amp=amp, factory=factory,
-                             name=spec, memory_budget=memory)
-        t = report.totals
-        rows.append({"model": spec, "params": t.get("params"), "macs": t.get("macs"),
-                     "flops": (t.get("flops_forward") or 0) + (t.get("flops_backward") or 0),
-                     "peak_bytes": t.get("peak_bytes"), "max_batch": t.get("max_batch_size", "-"),
-                     "findings": sorted({f.code for f in report.findings})})
-    return rows
+    return compare_rows(audit_models(factories, inputs, optimizer, amp, memory))
 
 
 def compare_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:

@@ -4,12 +4,14 @@ cheaply.
 Per step, on the device and without a host sync: the loss, per-layer gradient norms (one fused
 ``torch._foreach_norm``) and their global norm, the GradScaler's scale; on a cadence also the
 update-to-weight ratio per layer and the fp16/bf16 overflow / underflow fractions of every leaf
-module's output (strided sample). Each step's values are one row of a small device buffer; the
-loss and the global norm of each row are copied to pinned host memory at once (non-blocking) so a
-NaN/Inf is reported with the exact step it happened, and the whole buffer every
-``transfer_every`` steps, when the host runs the robust detectors of :mod:`.baseline`.
-Nothing here ever raises into the training loop: an internal error is logged once and that metric
-is switched off.
+module's output (strided sample). Each step's values are one row of a small device buffer
+(:mod:`.device_stats`); the loss and the global norm of each row are copied to pinned host memory
+at once (non-blocking) so a NaN/Inf is reported with the exact step it happened, and the whole
+buffer every ``transfer_every`` steps, when the host runs the detectors of :mod:`.detectors`.
+This module ties them together: it finds the model, owns the hooks and the step cycle, and emits
+the alerts (:mod:`.alerts`), in step order. Nothing here ever raises into the training loop: an
+internal error is logged once and switches that statistic off (or, outside any one statistic,
+stops the monitor); under ``torch.distributed`` the ranks agree on it in the periodic all-reduce.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import json
 import logging
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,114 +30,44 @@ import torch
 import torch.optim.optimizer as _optim_hooks
 from torch import nn
 
-from .baseline import AdaptiveDetector
+from .alerts import Alert
+from .detectors import HostDetectors
+from .device_stats import FIXED, LOW_PRECISION, StatsBuffer, low_precision_fractions
 
 __all__ = ["Alert", "TrainingMonitor", "watch_training"]
 
 logger = logging.getLogger("training_profiler")
 
-_FIXED = ("loss", "grad_norm", "loss_scale")  # first columns of a row; then per-layer columns
-_LOW_PRECISION = {torch.float16: 65504.0, torch.bfloat16: 3.3895e38}
-_SMALLEST_NORMAL = {torch.float16: 6.1035e-05, torch.bfloat16: 1.1755e-38}
-_SAMPLE = 65536  # activation elements inspected per module on a precision step
-_ADVICE = {
-    "grad_norm": "lower the learning rate, add warm-up or clip gradients (clip_grad_norm_)",
-    "loss": "lower the learning rate; check the data of this step (outliers, label errors)",
-    "nonfinite": "check inputs and masks for NaN/Inf, lower the learning rate; under fp16 use loss "
-                 "scaling (GradScaler) or bf16",
-    "vanishing": "add residual connections or normalization, use Kaiming init or a non-saturating "
-                 "activation (ReLU/GELU instead of sigmoid/tanh)",
-    "overflow": "use bf16 instead of fp16, or keep this layer in fp32 / normalize its input",
-    "underflow": "use loss scaling (GradScaler) or bf16 instead of fp16",
-    "gradient_overflow": "use bf16, or mixed precision (fp32 weights, torch.autocast and a GradScaler) "
-                         "instead of a pure fp16 model",
-    "skipped_steps": "the GradScaler keeps skipping steps: look for Inf in the forward pass, lower "
-                     "the learning rate, or use bf16",
-}
-
-
-@dataclass(frozen=True)
-class Alert:
-    """One alert: what left its baseline, when, by how much, and what to try."""
-
-    step: int
-    metric: str  # loss | grad_norm | layer_grad_norm | activation_overflow | activation_underflow | loss_scale
-    kind: str  # nonfinite | spike | rising | divergence | vanishing | overflow | underflow | skipped_steps
-    value: float
-    baseline: float
-    spread: float
-    deviation: float  # robust sigmas (log space); inf for NaN/Inf
-    layer: str | None
-    message: str  # the ``[ALERT] ...`` line as logged
-    advice: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.3g}" if math.isfinite(x) else str(x)
-
-
-def _low_precision_fractions(t: torch.Tensor) -> torch.Tensor:
-    """[overflow, underflow] of an fp16/bf16 tensor, on the device: the fraction of values at or
-    beyond half the format's maximum (or Inf), and of non-zero values below its smallest normal."""
-    flat = t.detach().reshape(-1)
-    if flat.numel() > _SAMPLE:  # strided sample: cheap, and spread over the whole tensor
-        flat = flat[:: flat.numel() // _SAMPLE]
-    a = flat.abs().float()
-    near_max = (a >= 0.5 * _LOW_PRECISION[t.dtype]) | ~torch.isfinite(a)
-    nonzero = a > 0
-    subnormal = nonzero & (a < _SMALLEST_NORMAL[t.dtype])
-    return torch.stack([near_max.float().mean(), subnormal.float().sum() / nonzero.sum().clamp_(min=1).float()])
-
-
-def _baseline_text(center: float, spread: float) -> str:
-    return "no baseline yet" if math.isnan(center) else f"baseline: {_fmt(center)}±{_fmt(spread)}"
-
-
-def _layer_name(param_name: str) -> str:
-    parts = [p for p in param_name.split(".")[:-1] if p not in ("module", "_orig_mod")]
-    return ".".join(parts) or "<root>"
-
-
-class _Transfer:
-    """A device buffer's host mirror: pinned memory + a CUDA event per copy on GPU, the buffer
-    itself elsewhere (a CPU "copy" is already done). Host reads go through a numpy view, so they
-    never dispatch a torch op."""
-
-    def __init__(self, device_buf: torch.Tensor) -> None:
-        self.cuda = device_buf.is_cuda
-        if self.cuda:
-            self.host = torch.empty(device_buf.shape, dtype=device_buf.dtype, pin_memory=True)
-        else:
-            self.host = device_buf
-        self.view = self.host.numpy()
-        self.events: dict[int, Any] = {}
-
-    def copy(self, key: int, src: torch.Tensor, dst_index) -> None:
-        if not self.cuda:
-            return
-        self.host[dst_index].copy_(src, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.events[key] = event
-
-    def ready(self, key: int) -> bool:
-        event = self.events.get(key)
-        return event is None or event.query()
-
-    def wait(self, key: int) -> None:
-        event = self.events.pop(key, None)
-        if event is not None:
-            event.synchronize()
+# what one rank's switch-off changes in the reduced statistics of every rank: agreed in the
+# control row of the periodic all-reduce ("monitor": this rank's monitor stopped altogether)
+_AGREED = ("loss", "grad_norm", "loss_scale", "update_ratio", "activation_precision", "monitor")
+_RECORD_KEYS = {"loss": ("loss",), "grad_norm": ("grad_norm", "layer_grad_norms", "grad_overflow", "grad_underflow"),
+                "loss_scale": ("loss_scale",), "update_ratio": ("update_ratio",),
+                "activation_precision": ("activation_overflow", "activation_underflow")}
 
 
 class TrainingMonitor:
-    """The monitor behind :func:`watch_training`; use it as a decorator or a context manager.
+    """The monitor behind :func:`watch_training`; use it as a decorator, a context manager, or
+    from a framework's hooks (:meth:`begin_step` / :meth:`observe_step`).
 
     ``alerts`` and ``history`` are read after :meth:`flush` (they flush on access); hooks are
     removed by :meth:`close` (or on leaving the ``with`` block).
+
+    ``on_alert(alert)`` is called once per :class:`Alert`, on the training thread inside a
+    training step (or inside flush/close), in step order, after the alert has been logged and
+    added to ``alerts``; on rank 0 only unless ``all_ranks``. An alert is handed out once every
+    earlier step has been judged: a NaN/Inf at once (single process: the monitor judges the
+    steps before it first, one host sync), the others when their batch reaches the host (at the
+    latest every ``transfer_every`` steps; distributed, NaN/Inf waits for that too). Keep the
+    callback quick. It may read ``monitor.alerts`` / ``monitor.history`` (they do not flush from
+    inside it). An exception it raises is logged once and otherwise ignored: it never reaches
+    the training loop, detection goes on and later alerts still reach the callback. To stop
+    training on an alert, set a flag in the callback and check it in your loop.
+
+    The monitor never raises into training: an internal error in one statistic is logged once
+    (logger ``training_profiler``) and switches that statistic off; any other internal error
+    stops the monitor. Under ``torch.distributed`` every rank switches off what any rank
+    switched off, agreed in the periodic all-reduce, so the collectives stay in step.
     """
 
     def __init__(
@@ -180,28 +111,28 @@ class TrainingMonitor:
         self.step_count = 0  # completed steps
         self._alerts: list[Alert] = []
         self._history: deque[dict[str, Any]] = deque(maxlen=history_size)
-        self._detectors = {m: AdaptiveDetector(warmup_steps=warmup_steps, alert_window=alert_window)
-                           for m in ("loss", "grad_norm")}
+        self._stats: StatsBuffer | None = None  # the device side, once a model is attached
+        self._detectors: HostDetectors | None = None  # the host side
         self._disabled: set[str] = set()
         self._hooks: list[Any] = []
         self._cadence_hooks: list[Any] = []
         self._closed = False
         self._in_step = False
-        self._nan_last: dict[str, int] = {}  # metric -> last NaN/Inf step (one alert per episode)
-        self._episodes: dict[str, int] = {}  # alert key -> step of the last alert (one per episode)
-        self._skips: deque[int] = deque()
-        self._last_scale = math.nan
-        self._layer_hist: deque[np.ndarray] = deque(maxlen=256)
-        self._under_hist: deque[np.ndarray] = deque(maxlen=64)
-        self._last_grad_alert = -(10**9)
+        self._stopped = False  # after an internal error outside any one statistic
+        self._draining = False  # distributed: stopped here, still joining the next collective to say so
+        self._queue: list[Alert] = []  # found, waiting for every earlier step to be judged
+        self._judged = 0  # every step up to this one has been judged
+        self._catch_up = False  # a NaN/Inf alert waits for earlier steps: judge them now
+        self._emitting = False
+        self._on_alert_failed = False
+        self._rank, self._world = 0, 1
         if model is not None:
             self._attach(model)
 
     # -- public API ------------------------------------------------------------------------------
     @property
     def alerts(self) -> list[Alert]:
-        """Every alert so far, by step (NaN/Inf alerts are raised at once, the others when their
-        batch reaches the host)."""
+        """Every alert so far, in step order (see the class docstring for when each is handed out)."""
         self.flush()
         return sorted(self._alerts, key=lambda a: a.step)
 
@@ -215,7 +146,7 @@ class TrainingMonitor:
     @property
     def layers(self) -> list[str]:
         """Layer names, in parameter order, that the per-layer lists of ``history`` refer to."""
-        return list(self._layers) if self.model is not None else []
+        return list(self._stats.layers) if self._stats is not None else []
 
     def __call__(self, fn: Callable) -> Callable:
         """Decorate a train-step function; the wrapper has this monitor as ``.monitor``."""
@@ -248,35 +179,59 @@ class TrainingMonitor:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def step(self, loss: Any = None) -> None:
-        """Context-manager mode: mark the end of one training step (pass its loss)."""
+    def begin_step(self) -> None:
+        """Mark the start of a training step, before its forward pass (a framework's batch-start
+        hook): on a precision step this hooks the activations. Optional: without it, a step is
+        only measured from its gradients on."""
+        self._begin_step()
+
+    def observe_step(self, loss: Any = None, *, model: nn.Module | None = None,
+                     optimizer: torch.optim.Optimizer | None = None, scaler: Any = None) -> None:
+        """Record one training step, once per step after its backward pass (a framework's
+        pre-optimizer-step or batch-end hook). ``loss``: a scalar tensor, a number, or a dict
+        with "loss". ``model`` / ``optimizer`` / ``scaler`` attach the monitor on the first
+        call when it was created without them."""
+        if self.model is None and not self._closed:
+            if model is None:
+                raise ValueError("observe_step: the monitor has no model yet: pass observe_step(loss, model=model)")
+            self.optimizer = self.optimizer if optimizer is None else optimizer
+            self.scaler = self.scaler if scaler is None else scaler
+            self._attach(model)
         if not self._in_step:
             self._begin_step()
         self._end_step(loss)
+
+    def step(self, loss: Any = None) -> None:
+        """Context-manager mode: mark the end of one training step (pass its loss)."""
+        self.observe_step(loss)
         self._begin_step()
 
     def flush(self) -> None:
-        """Process every step recorded so far (waits for the device: one sync)."""
-        if self.model is None or self._closed:
+        """Judge every step recorded so far (waits for the device: one sync). Never raises;
+        distributed, a partial batch waits for its collective."""
+        if self.model is None or self._closed or self._stopped or self._draining or self._emitting:
             return
-        self._drain_fast(wait=True)
-        if self._row and self._world == 1:  # distributed: partial batches stay until the next full one
-            self._transfer_batch()
-        if self._batch is not None:
-            self._transfer.wait(0)
-            self._process_batch()
+        try:
+            self._judge_all()
+        except Exception as exc:  # noqa: BLE001 - never mask the caller's own error
+            self._fail(exc)
 
     def close(self) -> None:
-        """Process what is pending and remove every hook; training code is left untouched."""
+        """Judge what is pending and remove every hook; training code is left untouched. Never
+        raises, so it cannot mask an exception that is leaving a ``with`` block."""
         if self._closed:
             return
         self._in_step = False
-        self._remove_cadence_hooks()
         self.flush()
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
         self._closed = True
+        self._release_queue()  # alerts whose earlier steps will never be judged (a partial distributed batch)
+        for handle in [*self._cadence_hooks, *self._hooks]:
+            try:
+                handle.remove()
+            except Exception:  # noqa: BLE001, S110 - a hook that cannot be removed is already gone
+                pass
+        self._cadence_hooks.clear()
+        self._hooks.clear()
 
     def export_history(self, path: str | Path) -> Path:
         """Write ``history`` to ``path``: ``.jsonl`` (one object per step) or ``.csv`` (one column
@@ -288,20 +243,20 @@ class TrainingMonitor:
                 for row in rows:
                     f.write(json.dumps(row) + "\n")
         elif path.suffix == ".csv":
-            scalars = ("step", *_FIXED, "grad_overflow", "grad_underflow")
+            scalars = ("step", *FIXED, "grad_overflow", "grad_underflow")
             columns = list(scalars)
             for key in ("layer_grad_norms", "update_ratio"):
-                columns += [f"{key}/{name}" for name in self._layers]
+                columns += [f"{key}/{name}" for name in self._stats.layers]
             for key in ("activation_overflow", "activation_underflow"):
-                columns += [f"{key}/{name}" for name in self._act_layers]
+                columns += [f"{key}/{name}" for name in self._stats.act_layers]
             with path.open("w", newline="") as f:
                 writer = csv.DictWriter(f, columns, restval="")
                 writer.writeheader()
                 for row in rows:
                     flat = {k: row[k] for k in scalars if k in row}
-                    for key, names in (("layer_grad_norms", self._layers), ("update_ratio", self._layers),
-                                       ("activation_overflow", self._act_layers),
-                                       ("activation_underflow", self._act_layers)):
+                    for key, names in (("layer_grad_norms", self._stats.layers), ("update_ratio", self._stats.layers),
+                                       ("activation_overflow", self._stats.act_layers),
+                                       ("activation_underflow", self._stats.act_layers)):
                         for name, v in zip(names, row.get(key, ())):
                             flat[f"{key}/{name}"] = v
                     writer.writerow(flat)
@@ -330,13 +285,20 @@ class TrainingMonitor:
         ax1.set(xlabel="layer (input → output)", ylabel="log10 gradient norm", title="gradient flow over depth")
         ax1.legend()
         im = ax2.imshow(logn.T, aspect="auto", origin="lower", cmap="viridis",
-                        extent=(rows[0]["step"], rows[-1]["step"], 0, len(self._layers)))
+                        extent=(rows[0]["step"], rows[-1]["step"], 0, len(self._stats.layers)))
         ax2.set(xlabel="step", ylabel="layer", title="log10 gradient norm per layer over time")
         fig.colorbar(im, ax=ax2)
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path, dpi=100)
         return path
+
+    def report(self, path: str | Path) -> Path:
+        """Write a self-contained HTML report of this run: loss and gradient norm with the learned
+        baseline and the alerts, per-layer gradient norms, fp16/bf16 overflow (needs matplotlib)."""
+        from .report import write_monitor_report
+
+        return write_monitor_report(self, path)
 
     # -- setup -------------------------------------------------------------------------------------
     def _find_objects(self, args: tuple, kwargs: dict) -> None:
@@ -352,60 +314,25 @@ class TrainingMonitor:
             self.scaler = next((v for v in values if isinstance(v, torch.amp.GradScaler)), None)
 
     def _attach(self, model: nn.Module) -> None:
+        self._stats = StatsBuffer(model, self.transfer_every, flags=_AGREED)
         self.model = model
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        if not named:
-            raise ValueError(f"watch_training: {type(model).__name__} has no trainable parameters to watch")
-        self._params = [p for _, p in named]
-        self._param_ids = {id(p) for p in self._params}
-        self._layers: list[str] = []
-        index: list[int] = []
-        for name, _ in named:
-            layer = _layer_name(name)
-            if not self._layers or self._layers[-1] != layer:
-                if layer in self._layers:
-                    index.append(self._layers.index(layer))
-                    continue
-                self._layers.append(layer)
-            index.append(len(self._layers) - 1)
-        # a torch.compile'd model recompiles whenever forward hooks come and go: no activation stats there
-        compiled = hasattr(model, "_orig_mod")
-        self._act_modules = [] if compiled else [
-            (n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
-        self._act_layers = [".".join(p for p in n.split(".") if p not in ("module", "_orig_mod")) or "<root>"
-                            for n, _ in self._act_modules]
-        device = self._params[0].device
-        self._device = device
-        self._param_layer = torch.tensor(index, device=device)
-        self._param_layer_list = index
-        n_layers, n_act = len(self._layers), len(self._act_layers)
-        self._c_layer = len(_FIXED)
-        self._c_update = self._c_layer + n_layers
-        self._c_over = self._c_update + n_layers
-        self._c_under = self._c_over + n_act
-        self._c_grad_precision = self._c_under + n_act  # overflow, underflow of fp16/bf16 gradients
-        width = self._c_grad_precision + 2
-        self._buf = torch.full((self.transfer_every, width), math.nan, dtype=torch.float32, device=device)
-        self._transfer = _Transfer(self._buf)
-        self._fast = _Transfer(torch.empty((self.transfer_every, 2), device=device))
+        self._detectors = HostDetectors(self._stats.layers, self._stats.act_layers, warmup_steps=self.warmup_steps,
+                                        alert_window=self.alert_window, vanishing_floor=self.vanishing_floor)
         self._row = 0
         self._row_meta: list[tuple[int, bool, bool, bool]] = []  # (step, has_loss, has_grad, precision)
         self._batch: list[tuple[int, bool, bool, bool]] | None = None  # row meta of the copy in flight
         self._pending_fast: deque[tuple[int, int, bool, bool]] = deque()  # (row, step, has_loss, has_grad)
-        self._layer_base: np.ndarray | None = None
         self._grads_done = False
         self._snapshot: list[torch.Tensor] | None = None
         self._act_stats: dict[int, torch.Tensor] = {}
-        self._idx_cache: tuple[tuple[int, ...], Any] | None = None
-        self._act_idx: tuple[tuple[int, ...], torch.Tensor] | None = None
         self._hooks.append(_optim_hooks.register_optimizer_step_pre_hook(self._optimizer_pre_hook))
         self._hooks.append(_optim_hooks.register_optimizer_step_post_hook(self._optimizer_post_hook))
-        self._rank, self._world = 0, 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self._rank, self._world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 
     # -- never break training ------------------------------------------------------------------
     def _guarded(self, metric: str, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)``; an error switches ``metric`` off (logged once), never reaches training."""
         if metric in self._disabled:
             return None
         try:
@@ -414,7 +341,38 @@ class TrainingMonitor:
             self._disabled.add(metric)
             logger.warning("[Monitor] internal error while computing %s (%s: %s); this metric is disabled, "
                            "training continues", metric, type(exc).__name__, exc)
+            if metric in _AGREED and self._world > 1:
+                try:
+                    self._stats.raise_flag(metric)  # the other ranks switch it off at the next collective
+                except Exception as flag_exc:  # noqa: BLE001
+                    self._fail(flag_exc)
             return None
+
+    def _fail(self, exc: Exception) -> None:
+        """An internal error outside any one statistic: monitoring stops (on every rank), training
+        goes on. Distributed, this rank still joins the next periodic collective, which tells the
+        others, so none is left waiting in it."""
+        if self._stopped or self._draining:
+            return
+        logger.warning("[Monitor] internal error (%s: %s); monitoring stops, training continues",
+                       type(exc).__name__, exc)
+        self._snapshot = None
+        try:
+            self._remove_cadence_hooks()
+        except Exception:  # noqa: BLE001, S110 - close() tries again
+            pass
+        if self._world > 1 and not self._closed:
+            try:
+                self._stats.raise_flag("monitor")
+                self._draining = True
+                return
+            except Exception:  # noqa: BLE001 - cannot tell the others: nothing more to do here
+                pass
+        self._stop()
+
+    def _stop(self) -> None:
+        self._stopped, self._draining = True, False
+        self._release_queue()  # what was found before the stop is still true
 
     # -- per step (device side, no host sync) -----------------------------------------------------
     def _precision_step(self, step: int) -> bool:
@@ -423,146 +381,113 @@ class TrainingMonitor:
     def _begin_step(self) -> None:
         if self._closed or self.model is None:
             return
-        self._in_step = True
-        self._buf[self._row].fill_(math.nan)
+        self._in_step = True  # counted even when stopped: step_count stays the number of steps
         self._grads_done = False
         self._snapshot = None
         self._act_stats = {}
-        if self._precision_step(self.step_count + 1):
-            self._guarded("activation_precision", self._add_cadence_hooks)
+        if self._draining or self._stopped:
+            return
+        try:
+            self._stats.buf[self._row].fill_(math.nan)
+            if self._precision_step(self.step_count + 1):
+                self._guarded("activation_precision", self._add_cadence_hooks)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
 
     def _abandon_step(self) -> None:
         self._in_step = False
         self._snapshot = None
-        self._remove_cadence_hooks()
+        try:
+            self._remove_cadence_hooks()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
 
     def _end_step(self, out: Any) -> None:
         if self._closed or self.model is None or not self._in_step:
             return
         self._in_step = False
         self.step_count += 1
-        step = self.step_count
+        if self._stopped:
+            return
+        if not self._draining:
+            try:
+                self._record_row(self.step_count, out)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+                if self._stopped:
+                    return
+        self._row += 1  # on every rank, whatever failed: the collectives depend on it
+        try:
+            self._after_row()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _record_row(self, step: int, out: Any) -> None:
         self._remove_cadence_hooks()
-        row = self._buf[self._row]
-        has_loss = self._guarded("loss", self._write_loss, row, out) or False
+        stats = self._stats
+        row = stats.buf[self._row]
+        has_loss = self._guarded("loss", stats.write_loss, row, out) or False
         if not self._grads_done:
-            self._guarded("grad_norm", self._write_grads, row)
+            self._write_grads(row, step)
         if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
-            self._guarded("loss_scale", row[2].copy_, self.scaler._scale.reshape(()))
+            self._guarded("loss_scale", stats.write_scale, row, self.scaler._scale)
         precision = self._precision_step(step)
         if precision and self._act_stats:
-            self._guarded("activation_precision", self._write_act_stats, row)
+            self._guarded("activation_precision", stats.write_act_stats, row, self._act_stats)
         self._drain_fast(wait=False)  # before the copy below reuses the host slot of step - transfer_every
-        self._fast.copy(self._row, row[:2], self._row)
+        stats.fast.copy(self._row, row[:2], self._row)
         self._pending_fast.append((self._row, step, has_loss, self._grads_done))
         self._row_meta.append((step, has_loss, self._grads_done, precision))
-        self._row += 1
-        if not self._fast.cuda:
-            self._drain_fast(wait=False)  # a CPU "copy" has landed already: report this step now
+
+    def _after_row(self) -> None:
+        """The periodic work after a step's row is complete."""
+        if not self._draining:
+            if not self._stats.fast.cuda:
+                self._drain_fast(wait=False)  # a CPU "copy" has landed already: check this step now
+            if self._catch_up and self._world == 1:  # a NaN/Inf alert waits: judge the steps before it
+                self._judge_all()
+                return
         if self._row == self.transfer_every:
-            self._guarded("transfer", self._transfer_batch)
-        elif self._batch is not None and self._transfer.ready(0):
-            self._guarded("transfer", self._process_batch)
+            self._transfer_batch()
+        elif self._batch is not None and not self._draining and self._stats.transfer.ready(0):
+            self._process_batch()
 
-    def _write_loss(self, row: torch.Tensor, out: Any) -> bool:
-        loss = out
-        if isinstance(out, dict):
-            loss = out.get("loss")
-        elif isinstance(out, (tuple, list)):
-            loss = next((v for v in out if isinstance(v, (torch.Tensor, float))), None)
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            row[0].copy_(loss.detach().reshape(()))
-            return True
-        if isinstance(loss, (float, int)) and not isinstance(loss, bool):
-            row[0].fill_(float(loss))
-            return True
-        return False
-
-    def _layer_index(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer of each parameter that has a gradient, and a mask of the layers without any."""
-        key = tuple(id(p) for p in params)
-        if self._idx_cache is None or self._idx_cache[0] != key:
-            position = {id(p): i for i, p in enumerate(self._params)}  # by identity: tensors' == is elementwise
-            pos = [position[id(p)] for p in params] if len(params) < len(self._params) else None
-            idx = self._param_layer if pos is None else self._param_layer[torch.tensor(pos, device=self._device)]
-            missing = None
-            if pos is not None:
-                covered = {int(self._param_layer_list[i]) for i in pos}
-                if len(covered) < len(self._layers):
-                    missing = torch.tensor([i not in covered for i in range(len(self._layers))], device=self._device)
-            self._idx_cache = (key, (idx, missing))
-        return self._idx_cache[1]
-
-    def _write_grads(self, row: torch.Tensor) -> None:
-        params = [p for p in self._params if p.grad is not None]
-        if not params:
-            return
-        grads = [p.grad for p in params]
-        if all(g.dtype == torch.float32 for g in grads):
-            norms = torch._foreach_norm(grads)
-        else:  # fp16 norms overflow at 65504: accumulate in fp32
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        sq = torch.stack(norms).square_()
-        layers = row[self._c_layer : self._c_update]
-        idx, missing = self._layer_index(params)
-        layers.zero_().index_add_(0, idx, sq)
-        row[1].copy_(layers.sum().sqrt_())
-        layers.sqrt_()
-        if self._precision_step(self.step_count + 1):
-            low = [g for g in grads if g.dtype in _LOW_PRECISION]
-            if low:  # pure fp16/bf16 training: the mean fractions over the gradient tensors
-                c = self._c_grad_precision
-                row[c : c + 2].copy_(torch.stack([_low_precision_fractions(g) for g in low]).mean(0))
-        if missing is not None:  # a layer without gradients is "not measured", not "vanished"
-            layers.masked_fill_(missing, math.nan)
-        self._grads_done = True
-
-    def _write_act_stats(self, row: torch.Tensor) -> None:
-        key = tuple(self._act_stats)
-        if self._act_idx is None or self._act_idx[0] != key:  # a host->device copy: only when it changes
-            self._act_idx = (key, torch.tensor(key, device=self._device))
-        idx = self._act_idx[1]
-        stats = torch.stack(list(self._act_stats.values()))
-        row[self._c_over : self._c_under].index_copy_(0, idx, stats[:, 0])
-        row[self._c_under : self._c_grad_precision].index_copy_(0, idx, stats[:, 1])
+    def _write_grads(self, row: torch.Tensor, step: int) -> None:
+        if self._guarded("grad_norm", self._stats.write_grads, row, self._precision_step(step)):
+            self._grads_done = True
 
     # optimizer hooks are global (they see every optimizer): act only for ours
     def _is_ours(self, optimizer: torch.optim.Optimizer) -> bool:
         if self.optimizer is not None:
             return optimizer is self.optimizer
-        if any(id(p) in self._param_ids for g in optimizer.param_groups for p in g["params"]):
+        if any(id(p) in self._stats.param_ids for g in optimizer.param_groups for p in g["params"]):
             self.optimizer = optimizer  # discovered: the step function used a global optimizer
             return True
         return False
 
     def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self._in_step or not self._is_ours(optimizer):
+        if not self._in_step or self._draining or self._stopped:
             return
-        self._guarded("grad_norm", self._write_grads, self._buf[self._row])
-        if self._precision_step(self.step_count + 1):
-            self._guarded("update_ratio", self._take_snapshot)
-
-    def _take_snapshot(self) -> None:
-        self._snapshot = [p.detach().clone() for p in self._params]
+        try:
+            if not self._is_ours(optimizer):
+                return
+            self._write_grads(self._stats.buf[self._row], self.step_count + 1)
+            if self._precision_step(self.step_count + 1):
+                self._snapshot = self._guarded("update_ratio", self._stats.snapshot)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._snapshot is None or not self._in_step or optimizer is not self.optimizer:
             return
-        self._guarded("update_ratio", self._write_update_ratio)
+        try:
+            self._guarded("update_ratio", self._stats.write_update_ratio, self._stats.buf[self._row], self._snapshot)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
         self._snapshot = None
 
-    def _write_update_ratio(self) -> None:
-        params = [p.detach() for p in self._params]
-        delta = torch._foreach_norm(torch._foreach_sub(params, self._snapshot), 2, dtype=torch.float32)
-        weight = torch._foreach_norm(params, 2, dtype=torch.float32)
-        idx = self._param_layer
-        n = len(self._layers)
-        d = torch.zeros(n, device=self._device).index_add_(0, idx, torch.stack(delta).square_())
-        w = torch.zeros(n, device=self._device).index_add_(0, idx, torch.stack(weight).square_())
-        self._buf[self._row, self._c_update : self._c_over].copy_((d / w).sqrt_())
-
     def _add_cadence_hooks(self) -> None:
-        for i, (_, module) in enumerate(self._act_modules):
+        for i, (_, module) in enumerate(self._stats.act_modules):
             self._cadence_hooks.append(module.register_forward_hook(functools.partial(self._act_hook, i)))
 
     def _remove_cadence_hooks(self) -> None:
@@ -571,266 +496,152 @@ class TrainingMonitor:
         self._cadence_hooks.clear()
 
     def _act_hook(self, index: int, module: nn.Module, inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dtype in _LOW_PRECISION:
+        if isinstance(output, torch.Tensor) and output.dtype in LOW_PRECISION:
             self._guarded("activation_precision", self._act_stat, index, output.detach())
 
     def _act_stat(self, index: int, out: torch.Tensor) -> None:
-        self._act_stats[index] = _low_precision_fractions(out)
+        self._act_stats[index] = low_precision_fractions(out)
 
     # -- host side -------------------------------------------------------------------------------------
     def _transfer_batch(self) -> None:
-        """Ship the filled buffer to the host (non-blocking); it is judged once it has landed."""
-        if self._batch is not None:  # the previous copy: long done unless the GPU is far behind
-            self._transfer.wait(0)
-            self._process_batch()
+        """Ship the buffer's rows to the host (non-blocking); they are judged once they have landed.
+        Distributed: first the all-reduce, on every rank at the same step (even on a rank whose
+        monitor has stopped, which says so in the control row and then leaves)."""
+        n, meta = self._row, self._row_meta
+        self._row, self._row_meta = 0, []  # first: whatever fails below, the next step has a row
+        stats = self._stats
+        if self._batch is not None and not self._draining:  # the previous copy: long done unless the GPU is far behind
+            try:
+                stats.transfer.wait(0)
+                self._process_batch()
+            except Exception as exc:  # noqa: BLE001 - this rank must still join the collective below
+                self._fail(exc)
+            if self._stopped:  # agreed in the previous collective (or single process): no collective
+                return
         if self._world > 1:  # reduced statistics: the mean over ranks (DDP grads are already equal)
-            torch.distributed.all_reduce(self._buf)
-            self._buf.div_(self._world)
-        n = self._row
-        self._transfer.copy(0, self._buf[:n], slice(0, n))
-        self._batch, self._row_meta = self._row_meta[:n], self._row_meta[n:]
-        self._row = 0
-        if self._transfer.ready(0):
+            try:
+                torch.distributed.all_reduce(stats.buf)
+            except Exception as exc:  # noqa: BLE001 - the process group itself failed
+                self._fail(exc)
+                self._stop()
+                return
+            if self._draining:
+                self._stop()  # the others read "monitor" in this collective's control row
+                return
+            stats.buf.div_(self._world)
+            stats.transfer.copy(0, stats.buf, slice(None))  # with the control row
+        else:
+            stats.transfer.copy(0, stats.buf[:n], slice(0, n))
+        self._batch = meta
+        if stats.transfer.ready(0):
+            self._process_batch()
+        if self._in_step and 0 < n < self.transfer_every:  # a flush inside a step: its row moves to row 0,
+            stats.buf[0].copy_(stats.buf[n])  # after the copy above (on CPU the buffer is the host side)
+
+    def _judge_all(self) -> None:
+        """Judge every step recorded so far (single process: ships a partial batch; one sync)."""
+        self._catch_up = False
+        self._drain_fast(wait=True)
+        if self._row and self._world == 1:
+            self._transfer_batch()
+        if self._batch is not None:
+            self._stats.transfer.wait(0)
             self._process_batch()
 
     def _drain_fast(self, wait: bool) -> None:
-        """Report NaN/Inf in loss or global gradient norm of each step whose copy has landed."""
+        """Check for NaN/Inf the loss and global gradient norm of each step whose copy has landed."""
+        fast = self._stats.fast
         while self._pending_fast:
             row, step, has_loss, has_grad = self._pending_fast[0]
-            if not self._fast.ready(row):
+            if not fast.ready(row):
                 if not wait and len(self._pending_fast) < self.transfer_every:
-                    return
-                self._fast.wait(row)
+                    break
+                fast.wait(row)
             self._pending_fast.popleft()
-            values = self._fast.view[row] if self._fast.cuda else self._transfer.view[row, :2]
-            self._check_finite(step, "loss", float(values[0]), has_loss)
-            self._check_finite(step, "grad_norm", float(values[1]), has_grad)
-
-    def _check_finite(self, step: int, metric: str, value: float, present: bool) -> None:
-        if not present or math.isfinite(value):
-            return
-        last = self._nan_last.get(metric)
-        self._nan_last[metric] = step
-        if last is not None and step - last < self.alert_window:
-            return
-        if metric == "grad_norm" and self.scaler is not None and self.scaler.is_enabled():
-            return  # with a GradScaler an Inf gradient is a skipped step, judged by skipped_steps
-        detector = self._detectors.get(metric)
-        ready = detector is not None and detector.ready
-        center, spread = detector.baseline_natural() if ready else (math.nan, math.nan)
-        self._alert(step, metric, "nonfinite", value, center, spread, math.inf, None,
-                    f"{metric}: {value} ({_baseline_text(center, spread)}) | non-finite")
+            values = fast.view[row] if fast.cuda else self._stats.transfer.view[row, :2]
+            if has_loss:
+                self._guarded("detectors", self._detectors.check_finite, step, "loss", float(values[0]), self.scaler)
+            if has_grad:
+                self._guarded("detectors", self._detectors.check_finite, step, "grad_norm", float(values[1]),
+                              self.scaler)
+        if any(a.step > self._judged for a in self._detectors.pending):
+            self._catch_up = True
+        self._emit()
 
     def _process_batch(self) -> None:
         meta, self._batch = self._batch or [], None
-        block = self._transfer.view[: len(meta)].copy()
-        nl = len(self._layers)
+        view = self._stats.transfer.view
+        block = view[: len(meta)].copy()
+        agreed: set[str] = set()
+        if self._world > 1:
+            agreed = self._stats.raised_flags(view[self._stats.control])
+            if "monitor" in agreed:
+                logger.warning("[Monitor] monitoring was stopped on another rank after an internal error; "
+                               "it stops here too")
+                self._stop()
+                return
+            for name in sorted(agreed - self._disabled):
+                logger.warning("[Monitor] %s was switched off on another rank after an internal error; it is "
+                               "off here too", name)
+                self._disabled.add(name)
+                self._stats.raise_flag(name)  # every rank keeps flagging it from now on
         for (step, has_loss, has_grad, precision), values in zip(meta, block):
-            rec: dict[str, Any] = {"step": step}
-            loss, gnorm, scale = (float(v) for v in values[:3])
-            if has_loss:
-                rec["loss"] = loss
-            if has_grad:
-                rec["grad_norm"] = gnorm
-                layer_norms = values[self._c_layer : self._c_layer + nl]
-                rec["layer_grad_norms"] = layer_norms.tolist()
-            if not math.isnan(scale):
-                rec["loss_scale"] = scale
-            update = values[self._c_update : self._c_over]
-            if not np.isnan(update).all():
-                rec["update_ratio"] = update.tolist()
-            over = values[self._c_over : self._c_under]
-            under = values[self._c_under : self._c_grad_precision]
-            grad_over, grad_under = (float(v) for v in values[self._c_grad_precision :])
-            if not math.isnan(grad_over):
-                rec["grad_overflow"], rec["grad_underflow"] = grad_over, grad_under
-            if not np.isnan(over).all():
-                rec["activation_overflow"] = over.tolist()
-                rec["activation_underflow"] = under.tolist()
-            self._history.append(rec)
-            self._guarded("detectors", self._judge, rec)
-            if step % self.log_every == 0 and self._rank == 0:
-                self._log_status(rec)
+            rec = self._guarded("history", self._record, step, has_loss, has_grad, values, agreed)
+            if rec is not None:
+                self._guarded("detectors", self._detectors.judge, rec)
+            self._judged = step
+            self._emit()
+            if rec is not None and step % self.log_every == 0 and self._rank == 0:
+                line = self._guarded("status", self._detectors.status, rec)
+                if line is not None:
+                    logger.info(line)
 
-    def _judge(self, rec: dict[str, Any]) -> None:
-        step = rec["step"]
-        if "loss" in self._detectors and rec.get("loss", 1.0) <= 0.0:
-            # the detectors work in log space; a loss that can be <= 0 keeps only its NaN/Inf check
-            del self._detectors["loss"]
-            logger.info("[Monitor] Step %d | loss %s <= 0: loss spikes are not judged for this run, "
-                        "NaN/Inf still are", step, _fmt(rec["loss"]))
-        for metric in ("loss", "grad_norm"):
-            if metric not in rec or metric not in self._detectors:
-                continue
-            verdict = self._detectors[metric].update(step, rec[metric])
-            if verdict is None or verdict.kind == "nonfinite":  # NaN/Inf: reported by _drain_fast
-                continue
-            if not verdict.is_alert:
-                logger.info("[Monitor] Step %d | %s baseline moved to %s (a learning-rate schedule step?); "
-                            "not an alert", step, metric, _fmt(verdict.baseline))
-                continue
-            layer = None
-            text = (f"{metric}: {_fmt(verdict.value)} ({_baseline_text(verdict.baseline, verdict.spread)})"
-                    f" | Deviation: {verdict.deviation:.0f}σ | {verdict.kind}")
-            if metric == "grad_norm" and "layer_grad_norms" in rec and self._layer_hist:
-                layer, ratio = self._first_layer_off(step, np.asarray(rec["layer_grad_norms"]))
-                if layer is not None:
-                    text += f" | first layer off its baseline: '{layer}' ({ratio:.1f}x)"
-            self._alert(step, metric, verdict.kind, verdict.value, verdict.baseline, verdict.spread,
-                        verdict.deviation, layer, text, advice_key=metric)
-            if metric == "grad_norm":
-                self._last_grad_alert = step
-        if "layer_grad_norms" in rec:
-            norms = np.asarray(rec["layer_grad_norms"])
-            if not np.isinf(norms).any() and math.isfinite(rec["grad_norm"]):
-                self._check_vanishing(step, norms)
-                self._layer_hist.append(norms)
-        if "loss_scale" in rec:
-            self._check_scaler(step, rec["loss_scale"])
-        if "activation_overflow" in rec:
-            self._check_precision(step, np.asarray(rec["activation_overflow"]),
-                                  np.asarray(rec["activation_underflow"]))
-        if "grad_overflow" in rec:
-            self._check_grad_precision(step, rec["grad_overflow"], rec["grad_underflow"])
-
-    def _layer_baseline(self, step: int) -> np.ndarray:
-        """Per-layer median gradient norm over the recent history (recomputed every alert_window steps)."""
-        if self._layer_base is None or step % self.alert_window == 0:
-            self._layer_base = np.median(np.stack(self._layer_hist), axis=0)
-        return self._layer_base
-
-    def _first_layer_off(self, step: int, norms: np.ndarray) -> tuple[str | None, float]:
-        """The layer that left its own baseline (>= 2x) first, among those still off it now."""
-        base = np.maximum(self._layer_baseline(step), 1e-30)
-        rows = [norms, *reversed(list(self._layer_hist)[-self.alert_window :])]  # newest first
-        off = np.nan_to_num(np.stack(rows) / base) >= 2.0
-        streak = np.zeros(len(norms), dtype=int)
-        alive = off[0].copy()
-        for row in off:  # how many consecutive recent steps each layer has been off its baseline
-            alive &= row
-            streak += alive
-        if not streak.any():
-            return None, 1.0
-        ratio = np.nan_to_num(norms / base)
-        first = int(np.lexsort((-ratio, -streak))[0])  # longest streak, then the largest ratio
-        return self._layers[first], float(ratio[first])
-
-    def _check_vanishing(self, step: int, norms: np.ndarray) -> None:
-        if step - self._last_grad_alert < self.alert_window:
-            return  # saturated layers during an explosion are a symptom, not a second problem
-        vanishing = norms < self.vanishing_floor  # NaN (layer without gradients) compares False
-        if len(self._layer_hist) >= self.warmup_steps:
-            vanishing |= norms < 1e-3 * self._layer_baseline(step)
-        bad = np.nonzero(vanishing)[0]
-        if len(bad) == 0:
-            self._episode_quiet("vanishing", step)
-            return
-        first = int(bad[0])
-        names = [self._layers[i] for i in bad]
-        listed = ", ".join(f"'{n}'" for n in names[:3]) + (f" ... '{names[-1]}'" if len(names) > 3 else "")
-        self._alert(step, "layer_grad_norm", "vanishing", float(norms[first]), self.vanishing_floor, 0.0,
-                    -math.inf, names[0],
-                    f"Layer '{names[0]}' grad_norm: {_fmt(float(norms[first]))} (floor: {self.vanishing_floor:g}, "
-                    f"largest layer: {_fmt(float(np.nanmax(norms)))}) | vanishing gradients in {len(bad)} of "
-                    f"{len(norms)} layers: {listed}", episode="vanishing")
-
-    def _check_scaler(self, step: int, scale: float) -> None:
-        if scale < self._last_scale:  # a backoff: the GradScaler skipped this step
-            self._skips.append(step)
-        self._last_scale = scale
-        while self._skips and self._skips[0] <= step - 100:
-            self._skips.popleft()
-        # one backoff every growth_interval (2000) steps is the scaler working as designed
-        if step > self.warmup_steps and len(self._skips) >= 3:
-            self._alert(step, "loss_scale", "skipped_steps", scale, math.nan, 0.0, math.nan, None,
-                        f"loss_scale: {_fmt(scale)} | {len(self._skips)} skipped optimizer steps in the last 100",
-                        episode="skipped_steps")
-        else:
-            self._episode_quiet("skipped_steps", step)
-
-    def _check_precision(self, step: int, over: np.ndarray, under: np.ndarray) -> None:
-        bad = np.nonzero(np.nan_to_num(over) > 0)[0]
-        if len(bad):
-            i = int(bad[0])
-            self._alert(step, "activation_overflow", "overflow", float(over[i]), 0.0, 0.0, math.inf,
-                        self._act_layers[i],
-                        f"Layer '{self._act_layers[i]}' overflow_ratio: {_fmt(float(over[i]))} (values at or beyond "
-                        f"half the fp16/bf16 maximum or Inf; baseline: 0) | {len(bad)} layer(s)",
-                        advice_key="overflow", episode="overflow")
-        else:
-            self._episode_quiet("overflow", step, quiet=1)
-        under = np.nan_to_num(under)
-        if len(self._under_hist) >= 5:
-            hist = np.stack(self._under_hist)
-            base = np.median(hist, axis=0)
-            spread = np.median(np.abs(hist - base), axis=0) * 1.4826
-            worse = np.nonzero((under > 0.01) & (under > 10 * base + 1e-3))[0]
-            if len(worse):
-                i = int(worse[0])
-                self._alert(step, "activation_underflow", "underflow", float(under[i]), float(base[i]),
-                            float(spread[i]), math.nan, self._act_layers[i],
-                            f"Layer '{self._act_layers[i]}' underflow_ratio: {_fmt(float(under[i]))} (baseline: "
-                            f"{_fmt(float(base[i]))}±{_fmt(float(spread[i]))})", advice_key="underflow",
-                            episode="underflow")
-            else:
-                self._episode_quiet("underflow", step, quiet=1)
-        self._under_hist.append(under)
-
-    def _check_grad_precision(self, step: int, over: float, under: float) -> None:
-        """fp16/bf16 gradients (pure low-precision training): Inf / near-max values, or more than 1%
-        of the non-zero values below the smallest normal (lost to underflow next)."""
-        if over > 0:
-            self._alert(step, "gradient_overflow", "overflow", over, 0.0, 0.0, math.inf, None,
-                        f"gradient overflow_ratio: {_fmt(over)} (values at or beyond half the fp16/bf16 maximum "
-                        f"or Inf; baseline: 0)", advice_key="gradient_overflow", episode="grad_overflow")
-        else:
-            self._episode_quiet("grad_overflow", step, quiet=1)
-        if under > 0.01:
-            self._alert(step, "gradient_underflow", "underflow", under, 0.0, 0.0, math.nan, None,
-                        f"gradient underflow_ratio: {_fmt(under)} (limit: 0.01) | the gradients are fp16/bf16 "
-                        f"subnormals", advice_key="underflow", episode="grad_underflow")
-        else:
-            self._episode_quiet("grad_underflow", step, quiet=1)
+    def _record(self, step: int, has_loss: bool, has_grad: bool, values: np.ndarray,
+                switched_off: set[str]) -> dict[str, Any]:
+        rec = self._stats.record(step, has_loss, has_grad, values)
+        for name in switched_off:  # the reduced value mixes measured and unmeasured ranks: not measured
+            for key in _RECORD_KEYS.get(name, ()):
+                rec.pop(key, None)
+        self._history.append(rec)
+        return rec
 
     # -- alerts --------------------------------------------------------------------------------
-    def _episode_quiet(self, key: str, step: int, quiet: int | None = None) -> None:
-        """Re-arm an episode-based alert after ``alert_window`` quiet steps."""
-        last = self._episodes.get(key)
-        if last is not None and step - last >= (quiet if quiet is not None else self.alert_window):
-            del self._episodes[key]
-
-    def _alert(self, step: int, metric: str, kind: str, value: float, baseline: float, spread: float,
-               deviation: float, layer: str | None, text: str, advice_key: str | None = None,
-               episode: str | None = None) -> None:
-        if episode is not None:
-            if episode in self._episodes:
-                self._episodes[episode] = step  # still in the same episode: stay quiet
-                return
-            self._episodes[episode] = step
-        advice = _ADVICE[advice_key or (kind if kind in _ADVICE else metric)]
-        if kind == "nonfinite":
-            advice = _ADVICE["nonfinite"]
-        message = f"[ALERT] Step {step} | {text} | Try: {advice}"
-        alert = Alert(step, metric, kind, value, baseline, spread, deviation, layer, message, advice)
-        self._alerts.append(alert)
-        if self._rank == 0 or self.all_ranks:
-            logger.warning(message)
-            if self.on_alert is not None:
-                self.on_alert(alert)
-
-    def _log_status(self, rec: dict[str, Any]) -> None:
-        metric = "grad_norm" if "grad_norm" in rec else "loss"
-        if metric not in rec or metric not in self._detectors:
+    def _emit(self) -> None:
+        """Log and hand out, in step order, the alerts of every step judged so far."""
+        self._queue += self._detectors.pending
+        self._detectors.pending.clear()
+        if self._emitting or not any(a.step <= self._judged for a in self._queue):
             return
-        center, spread = self._detectors[metric].baseline_natural()
-        if not self._detectors[metric].ready:
-            status = f"warm-up ({self.warmup_steps} steps)"
-        elif self._alerts and rec["step"] - self._alerts[-1].step < self.alert_window:
-            status = f"ALERT ({self._alerts[-1].kind})"
-        else:
-            status = "OK"
-        logger.info("[Monitor] Step %d | %s: %s (%s) | Status: %s", rec["step"], metric,
-                    _fmt(rec[metric]), _baseline_text(center, spread), status)
+        ready = sorted((a for a in self._queue if a.step <= self._judged), key=lambda a: a.step)
+        self._queue = [a for a in self._queue if a.step > self._judged]
+        self._emitting = True  # on_alert may read monitor.alerts: no flush from inside it
+        try:
+            for alert in ready:
+                self._deliver(alert)
+        finally:
+            self._emitting = False
+
+    def _release_queue(self) -> None:
+        """Hand out every alert found, judged or not (the monitor is closing or stopping)."""
+        if self._detectors is not None:
+            self._judged = max([self._judged, *(a.step for a in self._queue),
+                                *(a.step for a in self._detectors.pending)])
+            self._emit()
+
+    def _deliver(self, alert: Alert) -> None:
+        self._alerts.append(alert)
+        if self._rank != 0 and not self.all_ranks:
+            return
+        logger.warning(alert.message)
+        if self.on_alert is None:
+            return
+        try:
+            self.on_alert(alert)
+        except Exception as exc:  # noqa: BLE001 - the user's callback must not break training either
+            if not self._on_alert_failed:
+                self._on_alert_failed = True
+                logger.warning("[Monitor] on_alert raised %s: %s; the alert is logged and in monitor.alerts, "
+                               "monitoring goes on (reported once)", type(exc).__name__, exc, exc_info=True)
 
 
 def watch_training(fn: Callable | None = None, /, *, model: nn.Module | None = None,

@@ -73,8 +73,32 @@ def _round_trip(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 # analyze_tensor
 
 
-class TensorReport(dict):
-    """The plain-dict result of :func:`analyze_tensor`; ``str()`` gives a readable report."""
+@dataclass
+class TensorReport:
+    """The result of :func:`analyze_tensor`; ``str()`` gives a readable report, ``to_dict()`` plain data.
+
+    ``precision`` maps each format of :data:`FORMATS` to its measured round trip (mean_rel_error,
+    max_rel_error, overflow, underflow, subnormal fractions, format limits; for fp8 also
+    ``scaled_per_tensor`` / ``scaled_per_column``); ``dim_stats`` has one dict per feature index
+    (min, max, mean, abs_max, zeros); ``reasons`` is every measured risk, worst first, as
+    ``{"level", "text"}``, and ``risk_level`` / ``suggestion`` the worst of them.
+    """
+
+    name: str | None
+    shape: list[int]
+    dtype: str
+    dims: list[int]  # the feature dimension(s)
+    sample: dict[str, Any]  # elements, rows, of_elements (whole tensor), nonfinite fraction
+    dim_stats: list[dict[str, Any]]
+    dim_ratio: dict[str, Any] | None  # largest abs-max ratio between two features (ratio, large, small)
+    precision: dict[str, dict[str, Any]]
+    reduction_risk: dict[str, Any]  # pairwise (small feature added to large) and running_sum per format
+    reasons: list[dict[str, str]]
+    risk_level: str  # LOW | MEDIUM | HIGH
+    suggestion: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     def __str__(self) -> str:
         return _render_tensor_report(self)
@@ -106,23 +130,23 @@ def analyze_tensor(tensor: torch.Tensor, name: str | None = None, dims: int | Se
     ratio = _dim_ratio(dim_stats)
     reduction = _reduction_risk(sample, x, ratio, n_rows)
 
-    report = TensorReport(
+    sample_info = {"elements": sample.numel(), "rows": sample.shape[0], "of_elements": tensor.numel(),
+                   "nonfinite": _fraction(~finite)}
+    reasons = _risk_reasons(precision, reduction, ratio, sample_info["nonfinite"])
+    return TensorReport(
         name=name,
         shape=list(tensor.shape),
         dtype=str(tensor.dtype).replace("torch.", ""),
         dims=list(_feature_dims(tensor, dims)),
-        sample={"elements": sample.numel(), "rows": sample.shape[0], "of_elements": tensor.numel(),
-                "nonfinite": _fraction(~finite)},
+        sample=sample_info,
         dim_stats=dim_stats,
         dim_ratio=ratio,
         precision=precision,
         reduction_risk=reduction,
+        reasons=[{"level": level, "text": text} for level, text in reasons],
+        risk_level=reasons[0][0],
+        suggestion=reasons[0][1],
     )
-    reasons = _risk_reasons(report)
-    report["reasons"] = [{"level": level, "text": text} for level, text in reasons]
-    report["risk_level"] = reasons[0][0]
-    report["suggestion"] = reasons[0][1]
-    return report
 
 
 def _feature_dims(tensor: torch.Tensor, dims: int | Sequence[int] | None) -> tuple[int, ...]:
@@ -340,12 +364,11 @@ def _running_sum(term: float, terms: int, dtype: torch.dtype) -> dict[str, Any]:
     return result
 
 
-def _risk_reasons(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _risk_reasons(prec: Mapping[str, Any], red: Mapping[str, Any], ratio: Mapping[str, Any] | None,
+                  nonfinite: float) -> list[tuple[str, str]]:
     """(level, one actionable sentence) for every measured risk, worst first; LOW when none."""
-    prec, red, ratio = report["precision"], report["reduction_risk"], report["dim_ratio"]
     reasons: list[tuple[str, str]] = []
     fp16, bf16 = prec["float16"], prec["bfloat16"]
-    nonfinite = report["sample"]["nonfinite"]
     if nonfinite > 0:
         reasons.append(("HIGH", f"{nonfinite:.2%} of the values are already NaN or inf: find where they come "
                                 "from before choosing a precision"))
@@ -409,33 +432,33 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.3%}" if 0 < v < 0.001 else f"{v:.1%}"
 
 
-def _render_tensor_report(r: Mapping[str, Any]) -> str:
-    s = r["sample"]
-    lines = [f"analyze_tensor: {r['name'] or '<tensor>'}  shape {tuple(r['shape'])}  {r['dtype']}  "
+def _render_tensor_report(r: TensorReport) -> str:
+    s = r.sample
+    lines = [f"analyze_tensor: {r.name or '<tensor>'}  shape {tuple(r.shape)}  {r.dtype}  "
              f"(precision measured on {s['elements']:,} of {s['of_elements']:,} elements)",
-             f"risk {r['risk_level']}: {r['suggestion']}"]
-    lines += [f"  also {x['level']}: {x['text']}" for x in r["reasons"][1:]]
+             f"risk {r.risk_level}: {r.suggestion}"]
+    lines += [f"  also {x['level']}: {x['text']}" for x in r.reasons[1:]]
     lines.append(f"\n{'dimension':>9} {'min':>11} {'max':>11} {'mean':>11} {'abs-max':>11} {'zeros':>7}")
-    ratio = r["dim_ratio"]
-    shown = {0, 1, 2, 3, 4, 5, len(r["dim_stats"]) - 1} | ({ratio["large"], ratio["small"]} if ratio else set())
-    for st in r["dim_stats"]:
+    ratio = r.dim_ratio
+    shown = {0, 1, 2, 3, 4, 5, len(r.dim_stats) - 1} | ({ratio["large"], ratio["small"]} if ratio else set())
+    for st in r.dim_stats:
         if st["index"] in shown:
             lines.append(f"{st['index']:>9} {_num(st['min']):>11} {_num(st['max']):>11} {_num(st['mean']):>11} "
                          f"{_num(st['abs_max']):>11} {_pct(st['zeros']):>7}")
-    if len(r["dim_stats"]) > len(shown):
-        lines.append(f"{'...':>9} ({len(r['dim_stats'])} dimensions in all)")
+    if len(r.dim_stats) > len(shown):
+        lines.append(f"{'...':>9} ({len(r.dim_stats)} dimensions in all)")
     if ratio:
         lines.append(f"largest ratio: dimension {ratio['large']} / dimension {ratio['small']} = "
                      f"{ratio['ratio']:.4g}x (abs-max)")
     lines.append(f"\n{'format':<22} {'mean err':>9} {'max err':>9} {'overflow':>9} {'underflow':>10} {'subnormal':>10}")
-    for fmt, p in r["precision"].items():
+    for fmt, p in r.precision.items():
         rows = [(fmt, p)]
         if "scaled_per_tensor" in p:
             rows += [("  one scale", p["scaled_per_tensor"]), ("  per-column scales", p["scaled_per_column"])]
         for label, q in rows:
             lines.append(f"{label:<22} {_pct(q['mean_rel_error']):>9} {_pct(q['max_rel_error']):>9} "
                          f"{_pct(q['overflow']):>9} {_pct(q['underflow']):>10} {_pct(q['subnormal']):>10}")
-    red = r["reduction_risk"]
+    red = r.reduction_risk
     if red["pairwise"]:
         pair = red["pairwise"]
         lines.append(f"\nadding dimension {pair['small']} to dimension {pair['large']}:")

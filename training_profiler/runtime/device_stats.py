@@ -1,0 +1,252 @@
+"""The monitor's device side: one row of statistics per training step in a small device buffer,
+written with device ops only (no host sync), and the host mirrors the rows are copied into.
+
+A row holds the loss, the global gradient norm and the GradScaler's scale, then per layer the
+gradient norm and the update-to-weight ratio, per leaf module the fp16/bf16 overflow and
+underflow fractions of its output, and the same two fractions over fp16/bf16 gradients. A value
+that was not measured in a step stays NaN. :meth:`StatsBuffer.record` turns a row that has
+reached the host into the plain dict of ``TrainingMonitor.history``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["FIXED", "LOW_PRECISION", "HostMirror", "StatsBuffer", "low_precision_fractions"]
+
+FIXED = ("loss", "grad_norm", "loss_scale")  # first columns of a row; then per-layer columns
+LOW_PRECISION = {torch.float16: 65504.0, torch.bfloat16: 3.3895e38}
+_SMALLEST_NORMAL = {torch.float16: 6.1035e-05, torch.bfloat16: 1.1755e-38}
+_SAMPLE = 65536  # activation elements inspected per module on a precision step
+
+
+def low_precision_fractions(t: torch.Tensor) -> torch.Tensor:
+    """[overflow, underflow] of an fp16/bf16 tensor, on the device: the fraction of values at or
+    beyond half the format's maximum (or Inf), and of non-zero values below its smallest normal."""
+    flat = t.detach().reshape(-1)
+    if flat.numel() > _SAMPLE:  # strided sample: cheap, and spread over the whole tensor
+        flat = flat[:: flat.numel() // _SAMPLE]
+    a = flat.abs().float()
+    near_max = (a >= 0.5 * LOW_PRECISION[t.dtype]) | ~torch.isfinite(a)
+    nonzero = a > 0
+    subnormal = nonzero & (a < _SMALLEST_NORMAL[t.dtype])
+    return torch.stack([near_max.float().mean(), subnormal.float().sum() / nonzero.sum().clamp_(min=1).float()])
+
+
+def _layer_name(param_name: str) -> str:
+    parts = [p for p in param_name.split(".")[:-1] if p not in ("module", "_orig_mod")]
+    return ".".join(parts) or "<root>"
+
+
+class HostMirror:
+    """A device buffer's host mirror: pinned memory + a CUDA event per copy on GPU, the buffer
+    itself elsewhere (a CPU "copy" is already done). Host reads go through a numpy view, so they
+    never dispatch a torch op."""
+
+    def __init__(self, device_buf: torch.Tensor) -> None:
+        self.cuda = device_buf.is_cuda
+        if self.cuda:
+            self.host = torch.empty(device_buf.shape, dtype=device_buf.dtype, pin_memory=True)
+        else:
+            self.host = device_buf
+        self.view = self.host.numpy()
+        self.events: dict[int, Any] = {}
+
+    def copy(self, key: int, src: torch.Tensor, dst_index) -> None:
+        if not self.cuda:
+            return
+        self.host[dst_index].copy_(src, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.events[key] = event
+
+    def ready(self, key: int) -> bool:
+        event = self.events.get(key)
+        return event is None or event.query()
+
+    def wait(self, key: int) -> None:
+        event = self.events.pop(key, None)
+        if event is not None:
+            event.synchronize()
+
+
+class StatsBuffer:
+    """The statistics buffer of one model: ``rows`` rows (one per step until the next transfer),
+    its column layout, and the device-side writers of each statistic.
+
+    ``transfer`` mirrors the whole buffer (sent every ``rows`` steps), ``fast`` the loss and global
+    norm of each row (sent every step, so NaN/Inf is seen at its own step). Row ``control`` (after
+    the step rows) holds one 0/1 flag per name of ``flags``: what this rank has switched off.
+    """
+
+    def __init__(self, model: nn.Module, rows: int, flags: tuple[str, ...] = ()) -> None:
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        if not named:
+            raise ValueError(f"watch_training: {type(model).__name__} has no trainable parameters to watch")
+        self.params = [p for _, p in named]
+        self.param_ids = {id(p) for p in self.params}
+        self.layers: list[str] = []
+        index: list[int] = []
+        for name, _ in named:
+            layer = _layer_name(name)
+            if not self.layers or self.layers[-1] != layer:
+                if layer in self.layers:
+                    index.append(self.layers.index(layer))
+                    continue
+                self.layers.append(layer)
+            index.append(len(self.layers) - 1)
+        # a torch.compile'd model recompiles whenever forward hooks come and go: no activation stats there
+        compiled = hasattr(model, "_orig_mod")
+        self.act_modules = [] if compiled else [
+            (n, m) for n, m in model.named_modules() if not any(True for _ in m.children())]
+        self.act_layers = [".".join(p for p in n.split(".") if p not in ("module", "_orig_mod")) or "<root>"
+                           for n, _ in self.act_modules]
+        device = self.params[0].device
+        self.device = device
+        self._param_layer = torch.tensor(index, device=device)
+        self._param_layer_list = index
+        n_layers, n_act = len(self.layers), len(self.act_layers)
+        self._c_layer = len(FIXED)
+        self._c_update = self._c_layer + n_layers
+        self._c_over = self._c_update + n_layers
+        self._c_under = self._c_over + n_act
+        self._c_grad_precision = self._c_under + n_act  # overflow, underflow of fp16/bf16 gradients
+        # one extra row at the end: the control row, in which each rank flags what it switched
+        # off (one column per name of ``flags``); it travels with the periodic all-reduce
+        width = max(self._c_grad_precision + 2, len(flags))
+        self.buf = torch.full((rows + 1, width), math.nan, dtype=torch.float32, device=device)
+        self.control = rows
+        self.flags = list(flags)
+        self.buf[self.control].zero_()
+        self.transfer = HostMirror(self.buf)
+        self.fast = HostMirror(torch.empty((rows, 2), device=device))
+        self._idx_cache: tuple[tuple[int, ...], Any] | None = None
+        self._act_idx: tuple[tuple[int, ...], torch.Tensor] | None = None
+
+    # -- device side: writers (no host sync) -------------------------------------------------------
+    def write_loss(self, row: torch.Tensor, out: Any) -> bool:
+        """The loss of a step's return value (a tensor, a number, a dict's "loss", or the first
+        tensor/float of a tuple); False when there is none."""
+        loss = out
+        if isinstance(out, dict):
+            loss = out.get("loss")
+        elif isinstance(out, (tuple, list)):
+            loss = next((v for v in out if isinstance(v, (torch.Tensor, float))), None)
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            row[0].copy_(loss.detach().reshape(()))
+            return True
+        if isinstance(loss, (float, int)) and not isinstance(loss, bool):
+            row[0].fill_(float(loss))
+            return True
+        return False
+
+    def write_scale(self, row: torch.Tensor, scale: torch.Tensor) -> None:
+        row[2].copy_(scale.reshape(()))
+
+    def _layer_index(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Layer of each parameter that has a gradient, and a mask of the layers without any."""
+        key = tuple(id(p) for p in params)
+        if self._idx_cache is None or self._idx_cache[0] != key:
+            position = {id(p): i for i, p in enumerate(self.params)}  # by identity: tensors' == is elementwise
+            pos = [position[id(p)] for p in params] if len(params) < len(self.params) else None
+            idx = self._param_layer if pos is None else self._param_layer[torch.tensor(pos, device=self.device)]
+            missing = None
+            if pos is not None:
+                covered = {int(self._param_layer_list[i]) for i in pos}
+                if len(covered) < len(self.layers):
+                    missing = torch.tensor([i not in covered for i in range(len(self.layers))], device=self.device)
+            self._idx_cache = (key, (idx, missing))
+        return self._idx_cache[1]
+
+    def write_grads(self, row: torch.Tensor, precision: bool) -> bool:
+        """Global and per-layer gradient norms (one fused ``_foreach_norm``); on a precision step
+        also the fp16/bf16 fractions of low-precision gradients. False when no parameter has a
+        gradient."""
+        params = [p for p in self.params if p.grad is not None]
+        if not params:
+            return False
+        grads = [p.grad for p in params]
+        if all(g.dtype == torch.float32 for g in grads):
+            norms = torch._foreach_norm(grads)
+        else:  # fp16 norms overflow at 65504: accumulate in fp32
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        sq = torch.stack(norms).square_()
+        layers = row[self._c_layer : self._c_update]
+        idx, missing = self._layer_index(params)
+        layers.zero_().index_add_(0, idx, sq)
+        row[1].copy_(layers.sum().sqrt_())
+        layers.sqrt_()
+        if precision:
+            low = [g for g in grads if g.dtype in LOW_PRECISION]
+            if low:  # pure fp16/bf16 training: the mean fractions over the gradient tensors
+                c = self._c_grad_precision
+                row[c : c + 2].copy_(torch.stack([low_precision_fractions(g) for g in low]).mean(0))
+        if missing is not None:  # a layer without gradients is "not measured", not "vanished"
+            layers.masked_fill_(missing, math.nan)
+        return True
+
+    def write_act_stats(self, row: torch.Tensor, act_stats: dict[int, torch.Tensor]) -> None:
+        """Per leaf module [overflow, underflow] of its fp16/bf16 output (``act_stats``: module index -> pair)."""
+        key = tuple(act_stats)
+        if self._act_idx is None or self._act_idx[0] != key:  # a host->device copy: only when it changes
+            self._act_idx = (key, torch.tensor(key, device=self.device))
+        idx = self._act_idx[1]
+        stats = torch.stack(list(act_stats.values()))
+        row[self._c_over : self._c_under].index_copy_(0, idx, stats[:, 0])
+        row[self._c_under : self._c_grad_precision].index_copy_(0, idx, stats[:, 1])
+
+    def snapshot(self) -> list[torch.Tensor]:
+        """The parameters before the optimizer step (for the update ratio)."""
+        return [p.detach().clone() for p in self.params]
+
+    def write_update_ratio(self, row: torch.Tensor, before: list[torch.Tensor]) -> None:
+        """Per layer |w_after - w_before| / |w_after|."""
+        params = [p.detach() for p in self.params]
+        delta = torch._foreach_norm(torch._foreach_sub(params, before), 2, dtype=torch.float32)
+        weight = torch._foreach_norm(params, 2, dtype=torch.float32)
+        idx = self._param_layer
+        n = len(self.layers)
+        d = torch.zeros(n, device=self.device).index_add_(0, idx, torch.stack(delta).square_())
+        w = torch.zeros(n, device=self.device).index_add_(0, idx, torch.stack(weight).square_())
+        row[self._c_update : self._c_over].copy_((d / w).sqrt_())
+
+    def raise_flag(self, name: str) -> None:
+        """Mark ``name`` as switched off on this rank (a device write, no sync)."""
+        self.buf[self.control, self.flags.index(name)].fill_(1.0)
+
+    # -- host side ---------------------------------------------------------------------------------
+    def raised_flags(self, control: np.ndarray) -> set[str]:
+        """The names flagged in a control row that has reached the host (after the all-reduce:
+        flagged on at least one rank)."""
+        return {name for name, v in zip(self.flags, control) if v > 0}
+
+    def record(self, step: int, has_loss: bool, has_grad: bool, values: np.ndarray) -> dict[str, Any]:
+        """One row that has reached the host, as a history record (only what was measured)."""
+        nl = len(self.layers)
+        rec: dict[str, Any] = {"step": step}
+        loss, gnorm, scale = (float(v) for v in values[:3])
+        if has_loss:
+            rec["loss"] = loss
+        if has_grad:
+            rec["grad_norm"] = gnorm
+            layer_norms = values[self._c_layer : self._c_layer + nl]
+            rec["layer_grad_norms"] = layer_norms.tolist()
+        if not math.isnan(scale):
+            rec["loss_scale"] = scale
+        update = values[self._c_update : self._c_over]
+        if not np.isnan(update).all():
+            rec["update_ratio"] = update.tolist()
+        over = values[self._c_over : self._c_under]
+        under = values[self._c_under : self._c_grad_precision]
+        grad_over, grad_under = (float(v) for v in values[self._c_grad_precision :])
+        if not math.isnan(grad_over):
+            rec["grad_overflow"], rec["grad_underflow"] = grad_over, grad_under
+        if not np.isnan(over).all():
+            rec["activation_overflow"] = over.tolist()
+            rec["activation_underflow"] = under.tolist()
+        return rec
