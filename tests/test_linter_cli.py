@@ -22,6 +22,9 @@ BCE = textwrap.dedent(
 
     def loss_fn(logits, target):
         return F.binary_cross_entropy(torch.sigmoid(logits), target)
+
+
+    scaler = torch.amp.GradScaler("cuda")  # the file trains with AMP: AMP301 is an error
     """
 )
 CLEAN = "import torch.nn.functional as F\n\nloss = F.binary_cross_entropy_with_logits(z, y)\n"
@@ -97,7 +100,7 @@ def test_clean_file_exits_zero(project, capsys):
     [("  # noqa: AMP301", False), ("  # noqa", False), ("  # noqa: AMP3", False), ("  # noqa: E501", True)],
 )
 def test_noqa(project, capsys, comment, reported):
-    (project / "model.py").write_text(BCE.rstrip("\n") + comment + "\n")
+    (project / "model.py").write_text(BCE.replace("target)\n", f"target){comment}\n", 1))
     code, out, _ = lint(capsys, "model.py", "--format", "json")
     assert [f["code"] for f in json.loads(out)] == (["AMP301"] if reported else [])
     assert code == (1 if reported else 0)
@@ -144,7 +147,7 @@ def test_fix_rewrites_safely_and_relints(project, capsys):
 
 
 def test_fix_keeps_findings_it_cannot_fix(project, capsys):
-    source = "import torch.nn.functional as F\n\nloss = F.binary_cross_entropy(p, y)\n"
+    source = "import torch.nn.functional as F\n\nloss = F.binary_cross_entropy(p.half(), y)\n"
     (project / "model.py").write_text(source)
     code, out, _ = lint(capsys, "model.py", "--fix", "--format", "json")
     assert code == 1 and [f["line"] for f in json.loads(out)] == [3]
@@ -154,7 +157,7 @@ def test_fix_keeps_findings_it_cannot_fix(project, capsys):
 def test_bad_files_never_stop_the_run(project, capsys):
     (project / "a_binary.py").write_bytes(b"\x00\x01\x02torch\xff")
     (project / "b_latin1.py").write_bytes(
-        b"# -*- coding: latin-1 -*-\nimport torch.nn.functional as F\n# caf\xe9\nloss = F.binary_cross_entropy(p, y)\n"
+        b"# -*- coding: latin-1 -*-\nimport torch.nn.functional as F\n# caf\xe9\nloss = F.binary_cross_entropy(p.half(), y)\n"
     )
     (project / "c_syntax.py").write_text("import torch\ndef f(:\n")
     (project / "d_deep.py").write_text("import torch\nx = " + " + ".join(["torch.sum(y)"] * 5000) + "\n")
@@ -177,7 +180,7 @@ def test_long_generated_expression_is_analysed():
     from training_profiler.linter.api import lint_source
 
     chain = " + ".join(["F.binary_cross_entropy(p, y)"] * 1500)
-    findings = lint_source(f"import torch.nn.functional as F\nx = {chain}\n")
+    findings = lint_source(f"import torch.nn.functional as F\nx = {chain}\n", amp=True)
     assert {f.code for f in findings} == {"AMP301"}
 
 
@@ -212,3 +215,40 @@ def test_rules_command_lists_every_rule(capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out if line.startswith("AMP")] == [r.code for r in all_rules()]
     assert any(line.startswith("AMP301  error") for line in out)
+
+
+FP32_BCE = "import torch.nn as nn\n\ncriterion = nn.BCELoss()\n"  # a classic fp32 DCGAN script
+
+
+def test_fp32_script_gets_readiness_advice_not_an_error(project, capsys):
+    (project / "dcgan.py").write_text(FP32_BCE)
+    assert lint(capsys, "dcgan.py", "--format", "json")[:2] == (0, "[]\n")  # info is off by default
+    code, out, _ = lint(capsys, "dcgan.py", "--format", "json", "--extend-select", "AMP306")
+    (item,) = json.loads(out)
+    assert code == 0  # info never fails the default fail level
+    assert (item["code"], item["severity"], item["line"]) == ("AMP306", "info", 3)
+    assert item["message"].startswith("AMP readiness: nn.BCELoss is fine in fp32 but raises under CUDA autocast")
+    code, out, _ = lint(capsys, "dcgan.py", "--extend-select", "AMP306")
+    assert out.splitlines()[1].startswith("  Line 3: [LOW] AMP306 AMP readiness:")
+
+
+@pytest.mark.parametrize("how", ["flag", "config"])
+def test_amp_package_option_makes_it_an_error(project, capsys, how):
+    (project / "dcgan.py").write_text(FP32_BCE)
+    if how == "config":
+        (project / "pyproject.toml").write_text("[tool.training-profiler.lint]\namp = true\n")
+    code, out, _ = lint(capsys, "dcgan.py", "--format", "json", *(["--amp"] if how == "flag" else []))
+    (item,) = json.loads(out)
+    assert code == 1
+    assert (item["code"], item["severity"]) == ("AMP301", "error")
+    assert "(the package is configured with amp = true)" in item["message"]
+    code, out, _ = lint(capsys, "dcgan.py", "--format", "sarif", *(["--amp"] if how == "flag" else []))
+    (result,) = json.loads(out)["runs"][0]["results"]
+    assert (result["ruleId"], result["level"]) == ("AMP301", "error")
+
+
+def test_amp_config_must_be_a_boolean(project, capsys):
+    (project / "pyproject.toml").write_text('[tool.training-profiler.lint]\namp = "yes"\n')
+    (project / "m.py").write_text(FP32_BCE)
+    code, _, err = lint(capsys, "m.py")
+    assert code == 2 and "amp = 'yes' in [tool.training-profiler.lint] must be true or false" in err

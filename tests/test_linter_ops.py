@@ -16,14 +16,15 @@ ALL = Selection(select=("AMP",))
 MINE = ("AMP302", "AMP303", "AMP304", "AMP305", "AMP401", "AMP402", "AMP403", "AMP000")
 
 
-def found(source: str, selection: Selection = ALL) -> list[tuple[str, int, int]]:
-    """(code, line, col) of this task's codes (and AMP000) for a dedented snippet."""
-    findings = lint_source(textwrap.dedent(source), "t.py", selection)
+def found(source: str, selection: Selection = ALL, amp: bool = False) -> list[tuple[str, int, int]]:
+    """(code, line, col) of this task's codes (and AMP000) for a dedented snippet; ``amp``: the
+    package is configured as training with AMP (the low-precision rules do not need the file to say so)."""
+    findings = lint_source(textwrap.dedent(source), "t.py", selection, amp=amp)
     return [(f.code, f.line, f.col) for f in findings if f.code in MINE]
 
 
-def messages(source: str, code: str) -> list[str]:
-    return [f.message for f in lint_source(textwrap.dedent(source), "t.py", ALL) if f.code == code]
+def messages(source: str, code: str, amp: bool = False) -> list[str]:
+    return [f.message for f in lint_source(textwrap.dedent(source), "t.py", ALL, amp=amp) if f.code == code]
 
 
 def fixed(source: str) -> str:
@@ -154,7 +155,7 @@ def test_amp303_uses_autocast_seen_after_the_class_and_in_expressions():
     assert found(later) == [("AMP303", 3, 1)]
     assert messages(later, "AMP303") == [
         "custom autograd.Function Double: forward lacks @custom_fwd and backward lacks @custom_bwd in a file "
-        "that uses autocast: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...)"
+        "(or a package, amp = true) that uses autocast: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...)"
     ]
     expression = FUNCTION_WITHOUT_DECORATORS + "\namp = torch.autocast('cuda') if fast else contextlib.nullcontext()\n"
     assert found(expression) == [("AMP303", 3, 1)]
@@ -356,8 +357,8 @@ def test_fill_calls_that_are_not_torch_or_not_fp16():
 )
 def test_amp402_hardcoded_dtypes(value, shown):
     src = f"import numpy as np\nimport torch\ny = scores.masked_fill(mask, {value})\n"
-    assert found(src) == [("AMP402", 3, 30)]
-    assert messages(src, "AMP402")[0].startswith(f"{shown} hard-codes a dtype wider than float16")
+    assert found(src, amp=True) == [("AMP402", 3, 30)]
+    assert messages(src, "AMP402", amp=True)[0].startswith(f"{shown} hard-codes a dtype wider than float16")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,7 +377,7 @@ def test_amp403_places():
         w = torch.clamp(x, 1e-10) + x.clamp_min(1e-7) + x.clamp(0, 1)
         return x / (a * (v + eps)), (v + 1e-10).log2()
     """
-    assert found(src) == [
+    assert found(src, amp=True) == [
         ("AMP403", 5, 14),
         ("AMP403", 6, 26),
         ("AMP403", 6, 40),
@@ -386,7 +387,10 @@ def test_amp403_places():
         ("AMP403", 9, 26),
         ("AMP403", 9, 38),
     ]
-    assert messages(src, "AMP403")[2].startswith("epsilon eps = 1e-8 is below float16's smallest normal number")
+    assert messages(src, "AMP403", amp=True)[2] == (
+        "epsilon eps = 1e-8 guards `b`, which can be float16 (the package is configured with amp = true): "
+        "below 6.1e-05 it rounds to 0 or a subnormal in fp16; compute in float32 or use torch.finfo(x.dtype).eps"
+    )
 
 
 def test_amp403_correct_patterns_stay_clean():
@@ -540,5 +544,5 @@ def test_amp402_through_a_self_attribute():
         def forward(self, scores, mask):
             return scores.masked_fill(mask, self.neg)
     """
-    assert found(src) == [("AMP402", 9, 41)]
-    assert messages(src, "AMP402")[0].startswith("self.neg = torch.finfo(torch.float32).min hard-codes a dtype")
+    assert found(src, amp=True) == [("AMP402", 9, 41)]
+    assert messages(src, "AMP402", amp=True)[0].startswith("self.neg = torch.finfo(torch.float32).min hard-codes a dtype")

@@ -46,8 +46,13 @@ def _error(path: str, detail: str, line: int = 1) -> list[Finding]:
     return [AMP000.finding(Location(path, line, 1), detail=detail)]
 
 
-def lint_source(source: str, path: str = "<string>", selection: Selection = Selection(), noqa: bool = True) -> list[Finding]:
-    """Findings for one module's source text (never raises for bad input: AMP000 instead)."""
+def lint_source(source: str, path: str = "<string>", selection: Selection = Selection(), noqa: bool = True,
+                amp: bool = False) -> list[Finding]:
+    """Findings for one module's source text (never raises for bad input: AMP000 instead).
+
+    ``amp=True``: the package trains with autocast / half precision, so the rules that matter only
+    in low precision (AMP301, AMP401-AMP403) report errors and warnings even in files that never
+    mention it; otherwise such files get their info-level readiness advice (AMP306, AMP404-AMP406)."""
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
@@ -55,7 +60,7 @@ def lint_source(source: str, path: str = "<string>", selection: Selection = Sele
     except (ValueError, RecursionError, MemoryError) as exc:
         return _error(path, f"{type(exc).__name__}: {exc}")
     lines = source.splitlines()
-    findings = analyze(tree, source, path, all_detectors(), selection.enabled(), lines)
+    findings = analyze(tree, source, path, all_detectors(), selection.enabled(), lines, amp=amp)
     if noqa:
         findings = [f for f in findings if not is_suppressed(f, lines)]
     return findings
@@ -79,12 +84,12 @@ def read_source(path: str) -> str:
         raise ValueError(f"not a text file in a known encoding ({exc})") from None
 
 
-def lint_file(path: str, selection: Selection = Selection()) -> list[Finding]:
+def lint_file(path: str, selection: Selection = Selection(), amp: bool = False) -> list[Finding]:
     try:
         source = read_source(path)
     except (OSError, ValueError) as exc:
         return _error(path, str(exc))
-    return lint_source(source, path, selection)
+    return lint_source(source, path, selection, amp=amp)
 
 
 def iter_python_files(paths: Iterable[str]) -> Iterator[str]:
@@ -100,9 +105,9 @@ def iter_python_files(paths: Iterable[str]) -> Iterator[str]:
             yield path
 
 
-def lint_paths(paths: Sequence[str], selection: Selection = Selection()) -> list[Finding]:
+def lint_paths(paths: Sequence[str], selection: Selection = Selection(), amp: bool = False) -> list[Finding]:
     """Lint every Python file under ``paths``; one broken file never stops the others."""
     findings: list[Finding] = []
     for path in iter_python_files(paths):
-        findings.extend(lint_file(path, selection))
+        findings.extend(lint_file(path, selection, amp=amp))
     return findings

@@ -119,7 +119,7 @@ class Scope:
 class Context:
     """Per-file state handed to every hook."""
 
-    def __init__(self, path: str, source: str, lines: list[str], enabled: set[str]):
+    def __init__(self, path: str, source: str, lines: list[str], enabled: set[str], amp: bool = False):
         self.path = path
         self.source = source
         self.lines = lines
@@ -129,6 +129,10 @@ class Context:
         # file-wide facts found during the walk: "autocast", "gradscaler"
         self.facts: set[str] = set()
         self.parents: dict[int, ast.AST] = {}  # id(child) -> parent, filled for visited nodes
+        # does this code run in low precision? "float16" / "bfloat16" -> the first evidence seen
+        self.amp_evidence: dict[str, str] = {}
+        self.amp_config = amp  # the package says it trains with AMP (`amp = true` / `--amp`)
+        self._tiered: list[tuple[Rule, Rule, str, ast.AST, dict, dict]] = []
 
     # -- names -------------------------------------------------------------------------------
     def lookup(self, name: str) -> Binding | None:
@@ -210,6 +214,39 @@ class Context:
         if fixable:
             payload["autofix"] = True
         self.findings.append(rule.finding(Location(self.path, line, col + 1), data=payload, **fmt))
+
+    def note_amp(self, dtype: str, what: str, node: ast.AST) -> None:
+        """Record evidence that this file runs in ``dtype`` ("float16" / "bfloat16")."""
+        if dtype not in self.amp_evidence:
+            self.amp_evidence[dtype] = f"{what} on line {getattr(node, 'lineno', 1)}"
+
+    def amp_reason(self, dtype: str | None = None) -> str | None:
+        """Why this code can run in low precision (``dtype`` given: in that one), or None.
+        Config wins over the file: a model file of a package that trains with AMP elsewhere."""
+        if self.amp_config:
+            return "the package is configured with amp = true"
+        dtypes = (dtype,) if dtype else ("float16", "bfloat16")
+        found = [self.amp_evidence[d] for d in dtypes if d in self.amp_evidence]
+        return f"this file uses {found[0]}" if found else None
+
+    def report_tiered(self, rule: Rule, readiness: Rule, node: ast.AST, *, dtype: str | None = None,
+                      fixable: bool = False, data: dict | None = None, **fmt: Any) -> None:
+        """Report ``rule`` where the file (or the package, by config) runs in low precision, else
+        ``readiness`` (info-level advice for code that is fp32 today). ``dtype``: only evidence of
+        that dtype counts ("float16" for overflow rules: bfloat16 has float32's range). Decided
+        when the walk ends, since the evidence may come later in the file; the message gets the
+        reason as ``{evidence}``."""
+        payload = dict(data or {})
+        if fixable:
+            payload["autofix"] = True
+        self._tiered.append((rule, readiness, dtype or "", node, payload, fmt))
+
+    def resolve_tiered(self) -> None:
+        for rule, readiness, dtype, node, payload, fmt in self._tiered:
+            reason = self.amp_reason(dtype or None)
+            chosen = rule if reason else readiness
+            self.report(chosen, node, fixable=bool(payload.pop("autofix", False)), data=payload, evidence=reason or "", **fmt)
+        self._tiered.clear()
 
     def _char_col(self, line: int, byte_col: int) -> int:
         """ast columns are UTF-8 byte offsets; editors and libcst count characters."""
@@ -310,7 +347,62 @@ def autocast_call(ctx: Context, expr: ast.AST, outer: AutocastState | None) -> A
     else:
         enabled = None
     dtype = dtype_name(ctx, dtype_node)
-    return AutocastState(node=expr, enabled=enabled, device=device, dtype=dtype, outer=outer)
+    state = AutocastState(node=expr, enabled=enabled, device=device, dtype=dtype, outer=outer)
+    if state.active:
+        ctx.note_amp(state.effective_dtype or "float16", name, expr)
+    return state
+
+
+# ---------------------------------------------------------------------------------------------
+# Does the file run in low precision? (autocast, GradScaler, .half(), torch.float16, bfloat16)
+
+_LOW_DTYPE_NAMES = {
+    "torch.float16": "float16", "torch.half": "float16", "torch.bfloat16": "bfloat16",
+    "torch.HalfTensor": "float16", "torch.cuda.HalfTensor": "float16",
+    "torch.BFloat16Tensor": "bfloat16", "torch.cuda.BFloat16Tensor": "bfloat16",
+}
+_LOW_CAST_METHODS = {"half": "float16", "bfloat16": "bfloat16"}
+# precision settings spelled as strings: Lightning's Trainer(precision=...), HF's mixed_precision=...
+_LOW_STRINGS = {
+    "float16": "float16", "fp16": "float16", "16-mixed": "float16", "16-true": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16", "bf16-mixed": "bfloat16", "bf16-true": "bfloat16",
+}
+_AMP_ATTRS = {n.rsplit(".", 1)[-1] for n in (*_LOW_DTYPE_NAMES, *AUTOCAST_NAMES, *GRADSCALER_NAMES)}
+
+
+class _AmpUsage(LintRule):
+    """Collects the file-wide evidence of low precision into ``ctx.amp_evidence`` (not a rule:
+    it reports nothing). Names are resolved through imports, so ``half = 0.5`` does not count."""
+
+    tokens = ("autocast", "GradScaler", "half", "Half", "float16", "fp16", "bf16", "16-")
+
+    def visit_Attribute(self, node: ast.Attribute, ctx: Context) -> None:
+        if node.attr in _AMP_ATTRS:
+            self._name(node, ctx)
+
+    def visit_Name(self, node: ast.Name, ctx: Context) -> None:
+        if node.id in _AMP_ATTRS:
+            self._name(node, ctx)
+
+    @staticmethod
+    def _name(node: ast.AST, ctx: Context) -> None:
+        name = ctx.qualname(node)
+        if name in _LOW_DTYPE_NAMES:
+            ctx.note_amp(_LOW_DTYPE_NAMES[name], name, node)
+        elif name in AUTOCAST_NAMES:  # with-statements record their dtype in autocast_call first
+            ctx.note_amp("bfloat16" if AUTOCAST_NAMES[name] == "cpu" else "float16", name, node)
+        elif name in GRADSCALER_NAMES:  # loss scaling exists for float16
+            ctx.note_amp("float16", name, node)
+
+    def visit_Call(self, node: ast.Call, ctx: Context) -> None:
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in _LOW_CAST_METHODS and not node.args and not node.keywords:
+            if ctx.qualname(func) is None:  # x.half(), not a module-level function
+                ctx.note_amp(_LOW_CAST_METHODS[func.attr], f".{func.attr}()", node)
+
+    def visit_Constant(self, node: ast.Constant, ctx: Context) -> None:
+        if isinstance(node.value, str) and node.value in _LOW_STRINGS:
+            ctx.note_amp(_LOW_STRINGS[node.value], repr(node.value), node)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -591,8 +683,12 @@ def analyze(
     rules: Iterable[LintRule],
     enabled: set[str],
     lines: list[str] | None = None,
+    amp: bool = False,
 ) -> list[Finding]:
     """Run ``rules`` over a parsed module; returns sorted, de-duplicated findings.
+
+    ``amp``: the package trains with autocast / half precision (config ``amp = true``), so rules
+    that only matter in low precision report errors even in files that do not say so themselves.
 
     Rule exceptions are turned into a single AMP000 finding; the other rules still run.
     ``noqa`` comments are not applied here (flake8 applies its own; the CLI calls
@@ -602,7 +698,9 @@ def analyze(
     active = [r for r in rules if any(c in enabled for c in r.codes) and (not r.tokens or any(t in source for t in r.tokens))]
     if not active:
         return []
-    ctx = Context(path, source, lines, enabled)
+    ctx = Context(path, source, lines, enabled, amp)
+    if any(t in source for t in _AmpUsage.tokens):
+        active.append(_AmpUsage())
     errors: list[str] = []
 
     def on_error(rule: LintRule, exc: BaseException) -> None:
@@ -618,6 +716,7 @@ def analyze(
         errors.append("the file is nested too deeply to analyse")
     finally:
         sys.setrecursionlimit(limit)
+    ctx.resolve_tiered()
     findings = ctx.findings
     if errors:
         findings.append(AMP000.finding(Location(path, 1, 1), detail=errors[0]))

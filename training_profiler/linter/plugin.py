@@ -31,9 +31,20 @@ class AmpPlugin:
         self.filename = filename
         self.lines = lines
 
+    amp = False  # set from flake8's options: the package trains with autocast / half precision
+
     @classmethod
     def add_options(cls, option_manager) -> None:
         option_manager.extend_default_ignore([r.code for r in all_rules() if r.severity is Severity.INFO])
+        option_manager.add_option(
+            "--amp", action="store_true", default=False, parse_from_config=True,
+            help="the package trains with autocast or half precision: report AMP301/AMP401-AMP403 as "
+                 "errors and warnings in every file, not only in files that use AMP themselves",
+        )
+
+    @classmethod
+    def parse_options(cls, options) -> None:
+        cls.amp = bool(getattr(options, "amp", False))
 
     def run(self) -> Iterator[tuple[int, int, str, type]]:
         if self.lines is None:
@@ -44,7 +55,7 @@ class AmpPlugin:
             lines = [line.rstrip("\r\n") for line in self.lines]
         enabled = {r.code for r in all_rules()}  # flake8 applies --select / --ignore itself
         try:
-            findings = analyze(self.tree, source, self.filename, all_detectors(), enabled, lines)
+            findings = analyze(self.tree, source, self.filename, all_detectors(), enabled, lines, amp=self.amp)
         except Exception as exc:  # pragma: no cover - analyze already isolates rule errors
             from .engine import AMP000
             from ..findings import Location

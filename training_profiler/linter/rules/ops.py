@@ -21,48 +21,88 @@ def spelled_name(ctx: Context, func: ast.AST) -> str | None:
         return name.rsplit(".", 1)[-1] if name else func.id
     return None
 
+_BCE_WHY = (
+    "binary_cross_entropy takes probabilities and computes log(p); in fp16 a sigmoid output "
+    "rounds to exactly 0 or 1 and the log becomes -inf. torch.autocast refuses it on CUDA with "
+    "a RuntimeError; the *_with_logits variant fuses sigmoid and log with the log-sum-exp trick."
+)
+_BCE_FIX = "Drop the sigmoid and call F.binary_cross_entropy_with_logits(logits, target) (or nn.BCEWithLogitsLoss())."
+_BCE_REFS = (
+    "https://pytorch.org/docs/stable/amp.html#prefer-binary-cross-entropy-with-logits-over-binary-cross-entropy",
+    "https://pytorch.org/docs/stable/generated/torch.nn.BCEWithLogitsLoss.html",
+)
+_BCE_GOOD = (
+    "import torch.nn.functional as F\n"
+    "\n"
+    "def loss_fn(logits, target):\n"
+    "    return F.binary_cross_entropy_with_logits(logits, target)\n",
+    "from torch import nn\n"
+    "\n"
+    "criterion = nn.BCEWithLogitsLoss()\n",
+    "def binary_cross_entropy(p, y):  # a user function of the same name is not torch's\n"
+    "    return -(y * p.log()).mean()\n"
+    "\n"
+    "loss = binary_cross_entropy(p, y)\n",
+)
+
 AMP301 = Rule(
     code="AMP301",
     name="binary-cross-entropy",
     severity=Severity.ERROR,
-    message="{name} is unsafe in fp16 and raises under CUDA autocast: use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits",
-    why=(
-        "binary_cross_entropy takes probabilities and computes log(p); in fp16 a sigmoid output "
-        "rounds to exactly 0 or 1 and the log becomes -inf. torch.autocast refuses it on CUDA with "
-        "a RuntimeError; the *_with_logits variant fuses sigmoid and log with the log-sum-exp trick."
-    ),
-    fix="Drop the sigmoid and call F.binary_cross_entropy_with_logits(logits, target) (or nn.BCEWithLogitsLoss()).",
-    references=(
-        "https://pytorch.org/docs/stable/amp.html#prefer-binary-cross-entropy-with-logits-over-binary-cross-entropy",
-        "https://pytorch.org/docs/stable/generated/torch.nn.BCEWithLogitsLoss.html",
-    ),
+    message="{name} is unsafe in fp16 and raises under CUDA autocast ({evidence}): use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits",
+    why=_BCE_WHY + " Reported as an error where the file uses autocast, GradScaler, .half() or bfloat16 "
+    "(or the package is configured with amp = true); elsewhere AMP306 gives the same advice as info.",
+    fix=_BCE_FIX,
+    references=_BCE_REFS,
     bad=(
         "import torch\n"
         "import torch.nn.functional as F\n"
         "\n"
-        "def loss_fn(logits, target):\n"
+        "def loss_fn(model, x, target):\n"
+        "    with torch.autocast('cuda'):\n"
+        "        logits = model(x)\n"
         "    return F.binary_cross_entropy(torch.sigmoid(logits), target)  # expect: AMP301\n",
+        "import torch\n"
         "from torch import nn\n"
         "\n"
-        "criterion = nn.BCELoss()  # expect: AMP301\n",
+        "criterion = nn.BCELoss()  # expect: AMP301\n"
+        "model = torch.nn.Linear(16, 1).half()\n",
         "import torch\n"
         "\n"
         "def loss_fn(p, y):\n"
-        "    return torch.nn.functional.binary_cross_entropy(p, y, reduction='sum')  # expect: AMP301\n",
-    ),
-    good=(
-        "import torch.nn.functional as F\n"
+        "    return torch.nn.functional.binary_cross_entropy(p, y, reduction='sum')  # expect: AMP301\n"
         "\n"
-        "def loss_fn(logits, target):\n"
-        "    return F.binary_cross_entropy_with_logits(logits, target)\n",
+        "def evaluate(model, x):  # evidence later in the file counts too\n"
+        "    with torch.autocast('cuda', dtype=torch.bfloat16):\n"
+        "        return model(x)\n",
+    ),
+    good=_BCE_GOOD,
+)
+
+AMP306 = Rule(
+    code="AMP306",
+    name="binary-cross-entropy-amp-readiness",
+    severity=Severity.INFO,
+    message="AMP readiness: {name} is fine in fp32 but raises under CUDA autocast and is unsafe in fp16: before enabling mixed precision, use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits",
+    why=_BCE_WHY + " This file never uses autocast, GradScaler, .half() or bfloat16 (AMP301 covers files "
+    "that do, and packages configured with amp = true), so today it computes in fp32 and is correct.",
+    fix=_BCE_FIX,
+    references=_BCE_REFS,
+    bad=(
+        "import torch\n"
         "from torch import nn\n"
         "\n"
-        "criterion = nn.BCEWithLogitsLoss()\n",
-        "def binary_cross_entropy(p, y):  # a user function of the same name is not torch's\n"
-        "    return -(y * p.log()).mean()\n"
+        "criterion = nn.BCELoss()  # expect: AMP306\n"
         "\n"
-        "loss = binary_cross_entropy(p, y)\n",
+        "def d_loss(netD, real, label):  # a classic fp32 DCGAN discriminator step\n"
+        "    return criterion(netD(real).view(-1), label)\n",
+        "import torch.nn.functional as F\n"
+        "\n"
+        "def vae_loss(recon, x, mu, logvar):\n"
+        "    bce = F.binary_cross_entropy(recon, x, reduction='sum')  # expect: AMP306\n"
+        "    return bce - 0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()\n",
     ),
+    good=_BCE_GOOD,
 )
 
 _BCE_FUNCTIONS = {
@@ -85,7 +125,7 @@ def _is_sigmoid(ctx: Context, node: ast.AST) -> bool:
 
 
 class BinaryCrossEntropy(LintRule):
-    rules = (AMP301,)
+    rules = (AMP301, AMP306)
     tokens = ("binary_cross_entropy", "BCELoss")
     autofix_examples = (
         (
@@ -107,7 +147,7 @@ class BinaryCrossEntropy(LintRule):
                 and bool(node.args)
                 and _is_sigmoid(ctx, node.args[0])
             )
-            ctx.report(AMP301, node, fixable=fixable, name=name.rsplit(".", 1)[-1])
+            ctx.report_tiered(AMP301, AMP306, node, fixable=fixable, name=name.rsplit(".", 1)[-1])
         elif name in _BCE_MODULES:
             parent = ctx.parent(node)
             fixable = (
@@ -117,7 +157,7 @@ class BinaryCrossEntropy(LintRule):
                 and bool(parent.args)
                 and _is_sigmoid(ctx, parent.args[0])
             )
-            ctx.report(AMP301, node, fixable=fixable, name="nn.BCELoss")
+            ctx.report_tiered(AMP301, AMP306, node, fixable=fixable, name="nn.BCELoss")
 
     def fix_transformer(self, positions):
         return _bce_fix(positions)
@@ -499,7 +539,7 @@ AMP303 = Rule(
     code="AMP303",
     name="autograd-function-without-amp-decorators",
     severity=Severity.WARNING,
-    message="custom autograd.Function {name}: {missing} in a file that uses autocast: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...)",
+    message="custom autograd.Function {name}: {missing} in a file (or a package, amp = true) that uses autocast: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...)",
     why=_CUSTOM_FN_WHY,
     fix=_CUSTOM_FN_FIX,
     references=_CUSTOM_FN_REFS,
@@ -546,7 +586,8 @@ AMP305 = Rule(
     name="autograd-function-without-amp-decorators-no-autocast",
     severity=Severity.INFO,
     message="custom autograd.Function {name}: {missing}: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...) before it runs under autocast",
-    why=_CUSTOM_FN_WHY + " This file does not use autocast itself (AMP303 covers files that do), but "
+    why=_CUSTOM_FN_WHY + " This file does not use autocast itself (AMP303 covers files that do, and packages configured "
+    "with amp = true), but "
     "the Function may still be called from an autocast region elsewhere.",
     fix=_CUSTOM_FN_FIX,
     references=_CUSTOM_FN_REFS,
@@ -623,7 +664,7 @@ class CustomAutogradFunction(LintRule):
         if not isinstance(node, ast.Module):
             return
         pending = ctx.scope.data.get(type(self).__name__, ())
-        uses_autocast = "autocast" in ctx.facts or _AUTOCAST_CALL.search(ctx.source) is not None
+        uses_autocast = "autocast" in ctx.facts or _AUTOCAST_CALL.search(ctx.source) is not None or ctx.amp_config
         for cls, missing in pending:
             ctx.report(AMP303 if uses_autocast else AMP305, cls, name=cls.name, missing=missing)
 
