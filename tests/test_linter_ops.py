@@ -546,3 +546,141 @@ def test_amp402_through_a_self_attribute():
     """
     assert found(src, amp=True) == [("AMP402", 9, 41)]
     assert messages(src, "AMP402", amp=True)[0].startswith("self.neg = torch.finfo(torch.float32).min hard-codes a dtype")
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP403 reports only where the guarded value can be float16 (the "Trust" issue, item 4: 8 of 11
+# findings on real code were on values that cannot be fp16). Every snippet uses fp16 autocast, so
+# before the fix each of these epsilons was reported.
+
+AUTOCAST_FILE = "import torch\n\nscaler = torch.amp.GradScaler('cuda')\n\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # cast to float32 in the same function, followed through arithmetic and indexing (box areas)
+        "def iou(boxes, inter):\n"
+        "    b = boxes.to(torch.float32)\n"
+        "    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])\n"
+        "    return inter / (area + 1e-9)\n",
+        # integer counts
+        "def masked_mean(x, mask):\n"
+        "    return (x * mask).sum(1) / mask.sum(1).clamp(min=1e-5)\n",
+        "def accuracy(pred, y, items):\n"
+        "    return (pred == y).sum() / ((pred == y).numel() + 1e-9), 1.0 / (len(items) + 1e-9)\n",
+        # outputs of ops autocast runs in float32 (softmax, sum, log, exp, pow, norm)
+        "def entropy(logits):\n"
+        "    p = logits.softmax(-1)\n"
+        "    return -(p * torch.log(p + 1e-10)).sum(-1)\n",
+        "def rms(x):\n"
+        "    ms = x.pow(2).mean(-1, keepdim=True)\n"
+        "    return x / torch.sqrt(x.pow(2).sum(-1) + 1e-12), torch.rsqrt(ms + 1e-6)\n",
+        "def lse(x):\n"
+        "    return torch.log(x.exp().sum(-1) + 1e-8), x / (torch.linalg.vector_norm(x, dim=-1) + 1e-8)\n",
+        # gradient-norm code: clipping functions and optimizers (fp32 master weights and state)
+        "def clip_grad_norm_(parameters, max_norm):\n"
+        "    total = torch.stack([p.grad.detach().abs().max() for p in parameters]).max()\n"
+        "    return max_norm / (total + 1e-6)\n",
+        "class Lion(torch.optim.Optimizer):\n"
+        "    def step(self):\n"
+        "        for p in self.params:\n"
+        "            state = self.state[p]\n"
+        "            p.data.add_(state['m'] / (state['v'].sqrt() + 1e-8))\n",
+        "def agc(p):\n"
+        "    return p.grad / (p.grad.abs().amax() + 1e-8)\n",
+        # Python numbers are float64
+        "def ratio(a, b):\n"
+        "    return a / (float(b) + 1e-12), a / (b.item() + 1e-12), a / (b.shape[0] + 1e-12)\n",
+    ],
+    ids=["fp32-box-area", "mask-count", "bool-count-len", "softmax-log", "pow-sum-mean", "exp-norm", "clip", "optimizer", "grad", "python"],
+)
+def test_amp403_values_that_cannot_be_fp16_are_not_reported(body):
+    src = AUTOCAST_FILE + body
+    assert [f for f in lint_source(src, "t.py", ALL) if f.code in ("AMP403", "AMP406", "AMP000")] == []
+
+
+def test_amp403_message_carries_the_evidence():
+    src = """\
+    import torch
+
+    def f(model, x, w, v):
+        h = x.half()
+        a = w / (h.amax() + 1e-8)
+        with torch.autocast('cuda'):
+            y = model(x)
+            b = torch.log(y + 1e-10)
+        return a, b, w / (v + 1e-8)
+    """
+    assert messages(src, "AMP403") == [
+        "epsilon 1e-8 guards `h.amax()`, which can be float16 (cast to float16: `h = x.half()` on line 4): below 6.1e-05 it "
+        "rounds to 0 or a subnormal in fp16; compute in float32 or use torch.finfo(x.dtype).eps",
+        "epsilon 1e-10 guards `y`, which can be float16 (`y` is computed under fp16 autocast (line 6)): below "
+        "6.1e-05 it rounds to 0 or a subnormal in fp16; compute in float32 or use torch.finfo(x.dtype).eps",
+        "epsilon 1e-8 guards `v`, which can be float16 (this file uses .half() on line 4): below 6.1e-05 it "
+        "rounds to 0 or a subnormal in fp16; compute in float32 or use torch.finfo(x.dtype).eps",
+    ]
+
+
+def test_amp403_bfloat16_only_code_gets_readiness_advice():
+    """bfloat16 has float32's exponent range: 1e-8 is representable there, so the guard works."""
+    src = """\
+    import torch
+
+    def f(model, x, v):
+        with torch.autocast('cuda', dtype=torch.bfloat16):
+            y = model(x)
+            return torch.log(y + 1e-10), x / (v + 1e-8)
+    """
+    findings = lint_source(textwrap.dedent(src), "t.py", ALL)
+    # y is evidently bfloat16: nothing to say; v could become float16 under a later fp16 autocast
+    assert [(f.code, f.severity, f.line, f.col) for f in findings] == [("AMP406", Severity.INFO, 6, 47)]
+    assert findings[0].message.startswith("AMP readiness: epsilon 1e-8 guards `v`: fine in fp32")
+    assert lint_source(textwrap.dedent(src), "t.py") == []  # info is off by default
+
+
+# ---------------------------------------------------------------------------------------------
+# Does the file run in low precision? Names resolve through imports; the tier follows.
+
+FP32_BCE_CALL = "\ndef loss(p, y):\n    return F.binary_cross_entropy(p, y)\n"
+
+
+@pytest.mark.parametrize(
+    "header, evidence",
+    [
+        ("import torch.nn.functional as F\nfrom torch import autocast\n", "torch.autocast on line 2"),
+        ("import torch.nn.functional as F\nfrom torch.cuda.amp import GradScaler as GS\n", "torch.cuda.amp.GradScaler on line 2"),
+        ("import torch.nn.functional as F\nimport torch as T\nDTYPE = T.bfloat16\n", "torch.bfloat16 on line 3"),
+        ("import torch.nn.functional as F\nmodel = net.half()\n", ".half() on line 2"),
+        ("import torch.nn.functional as F\ntrainer = Trainer(precision='16-mixed')\n", "'16-mixed' on line 2"),
+    ],
+)
+def test_amp301_is_an_error_where_the_file_uses_amp(header, evidence):
+    findings = [f for f in lint_source(header + FP32_BCE_CALL, "t.py", ALL) if f.code.startswith("AMP30")]
+    assert [(f.code, f.severity) for f in findings] == [("AMP301", Severity.ERROR)]
+    assert f"({'this file uses ' + evidence}): use binary_cross_entropy_with_logits" in findings[0].message
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "import torch.nn.functional as F\n",
+        "import torch.nn.functional as F\nhalf = 0.5\nx = y * half\n",  # not a cast
+        "import torch.nn.functional as F\nimport numpy as np\nx = np.float16(1)\n",  # numpy's float16 is not torch's
+        'import torch.nn.functional as F\n"""Use half the batch; float16 is for later."""\n',  # prose
+        "import torch.nn.functional as F\nfrom mylib import autocast\n",  # a project helper of the same name
+    ],
+)
+def test_amp301_is_readiness_advice_in_fp32_files(header):
+    findings = lint_source(header + FP32_BCE_CALL, "t.py", ALL)
+    assert [(f.code, f.severity) for f in findings if f.code.startswith("AMP30")] == [("AMP306", Severity.INFO)]
+    assert lint_source(header + FP32_BCE_CALL, "t.py") == []  # off by default: no error in a DCGAN/VAE script
+    assert [f.code for f in lint_source(header + FP32_BCE_CALL, "t.py", amp=True)] == ["AMP301"]
+
+
+def test_amp401_needs_float16_evidence_not_bfloat16():
+    fill = "\ndef attend(scores, mask):\n    return scores.masked_fill(mask, -1e9)\n"
+    bf16 = "import torch\nDTYPE = torch.bfloat16\n" + fill
+    fp16 = "import torch\nDTYPE = torch.float16\n" + fill
+    assert [(f.code, f.severity) for f in lint_source(bf16, "t.py", ALL)] == [("AMP404", Severity.INFO)]
+    assert [(f.code, f.severity) for f in lint_source(fp16, "t.py", ALL)] == [("AMP401", Severity.ERROR)]

@@ -322,13 +322,26 @@ def dtype_name(ctx: Context, node: ast.AST | None) -> str | None:
 
 
 def autocast_call(ctx: Context, expr: ast.AST, outer: AutocastState | None) -> AutocastState | None:
-    """An AutocastState if ``expr`` is a call to any autocast API, else None."""
+    """An AutocastState if ``expr`` is a call to any autocast API, else None; records the
+    "autocast" fact and the low-precision evidence of the file."""
+    state = _autocast_state(ctx, expr, outer)
+    if state is not None:
+        ctx.facts.add("autocast")
+        _note_autocast(ctx, state)
+    return state
+
+
+def _note_autocast(ctx: Context, state: AutocastState) -> None:
+    if state.active:
+        ctx.note_amp(state.effective_dtype or "float16", ctx.call_name(state.node) or "autocast", state.node)  # type: ignore[arg-type]
+
+
+def _autocast_state(ctx: Context, expr: ast.AST, outer: AutocastState | None) -> AutocastState | None:
     if not isinstance(expr, ast.Call):
         return None
     name = ctx.call_name(expr)
     if name not in AUTOCAST_NAMES:
         return None
-    ctx.facts.add("autocast")
     device = AUTOCAST_NAMES[name]
     kwargs = {k.arg: k.value for k in expr.keywords if k.arg}
     args = list(expr.args)
@@ -347,10 +360,7 @@ def autocast_call(ctx: Context, expr: ast.AST, outer: AutocastState | None) -> A
     else:
         enabled = None
     dtype = dtype_name(ctx, dtype_node)
-    state = AutocastState(node=expr, enabled=enabled, device=device, dtype=dtype, outer=outer)
-    if state.active:
-        ctx.note_amp(state.effective_dtype or "float16", name, expr)
-    return state
+    return AutocastState(node=expr, enabled=enabled, device=device, dtype=dtype, outer=outer)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,19 +388,26 @@ class _AmpUsage(LintRule):
 
     def visit_Attribute(self, node: ast.Attribute, ctx: Context) -> None:
         if node.attr in _AMP_ATTRS:
-            self._name(node, ctx)
+            self._name(ctx.qualname(node), node, ctx)
 
     def visit_Name(self, node: ast.Name, ctx: Context) -> None:
         if node.id in _AMP_ATTRS:
-            self._name(node, ctx)
+            self._name(ctx.qualname(node), node, ctx)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom, ctx: Context) -> None:
+        if node.module and not node.level:
+            for alias in node.names:
+                if alias.name in _AMP_ATTRS:
+                    self._name(f"{node.module}.{alias.name}", node, ctx)
 
     @staticmethod
-    def _name(node: ast.AST, ctx: Context) -> None:
-        name = ctx.qualname(node)
+    def _name(name: str | None, node: ast.AST, ctx: Context) -> None:
         if name in _LOW_DTYPE_NAMES:
             ctx.note_amp(_LOW_DTYPE_NAMES[name], name, node)
-        elif name in AUTOCAST_NAMES:  # with-statements record their dtype in autocast_call first
-            ctx.note_amp("bfloat16" if AUTOCAST_NAMES[name] == "cpu" else "float16", name, node)
+        elif name in AUTOCAST_NAMES:
+            parent = ctx.parent(node)
+            if not (isinstance(parent, ast.Call) and parent.func is node):  # calls say their dtype: visit_Call
+                ctx.note_amp("bfloat16" if AUTOCAST_NAMES[name] == "cpu" else "float16", name, node)
         elif name in GRADSCALER_NAMES:  # loss scaling exists for float16
             ctx.note_amp("float16", name, node)
 
@@ -399,6 +416,10 @@ class _AmpUsage(LintRule):
         if isinstance(func, ast.Attribute) and func.attr in _LOW_CAST_METHODS and not node.args and not node.keywords:
             if ctx.qualname(func) is None:  # x.half(), not a module-level function
                 ctx.note_amp(_LOW_CAST_METHODS[func.attr], f".{func.attr}()", node)
+        elif getattr(func, "attr", getattr(func, "id", None)) == "autocast":
+            state = _autocast_state(ctx, node, None)
+            if state is not None:
+                _note_autocast(ctx, state)
 
     def visit_Constant(self, node: ast.Constant, ctx: Context) -> None:
         if isinstance(node.value, str) and node.value in _LOW_STRINGS:

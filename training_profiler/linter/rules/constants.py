@@ -450,7 +450,7 @@ class _Provenance:
         if evident == "bfloat16":
             return "bf16", ""
         if evident == "float16":
-            return "low", f"cast to float16 in {_describe(ctx, expr)}"
+            return "low", self._cast_evidence(expr)
         if isinstance(expr, ast.Constant):
             return ("python", "") if type(expr.value) in (int, float, bool) else ("unknown", "")
         if isinstance(expr, ast.UnaryOp):
@@ -482,6 +482,20 @@ class _Provenance:
             if binding.autocast.effective_dtype == "bfloat16":
                 return "bf16", ""
         return kind, evidence
+
+    def _cast_evidence(self, expr: ast.AST) -> str:
+        """``cast to float16: `h = x.half()` on line 4``: the binding that made ``expr`` float16."""
+        ctx = self.ctx
+        base = expr
+        while isinstance(base, (ast.Subscript, ast.Attribute, ast.Call)) and target_key(base) is None:
+            base = base.func.value if isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute) else getattr(base, "value", None)
+            if base is None:
+                return f"cast to float16 in {_describe(ctx, expr)}"
+        key = target_key(base)
+        binding = ctx.lookup(key) if key else None
+        if binding is None or binding.value is None or isinstance(binding.node, ast.arg):
+            return f"cast to float16 in {_describe(ctx, expr)}"
+        return f"cast to float16: {_describe(ctx, binding.node)} on line {binding.node.lineno}"
 
     @staticmethod
     def _combine(left: tuple[str, str], right: tuple[str, str], expr: ast.BinOp) -> tuple[str, str]:
