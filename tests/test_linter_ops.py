@@ -13,7 +13,7 @@ from training_profiler.linter.api import Selection, lint_source
 from training_profiler.linter.fixes import fix_source
 
 ALL = Selection(select=("AMP",))
-MINE = ("AMP302", "AMP303", "AMP304", "AMP305", "AMP401", "AMP402", "AMP403", "AMP000")
+MINE = ("AMP302", "AMP303", "AMP304", "AMP305", "AMP306", "AMP401", "AMP402", "AMP403", "AMP404", "AMP405", "AMP406", "AMP000")
 
 
 def found(source: str, selection: Selection = ALL, amp: bool = False) -> list[tuple[str, int, int]]:
@@ -142,11 +142,11 @@ import torch
 class Double(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
-        return x * 2
+        return x @ x
 
     @staticmethod
     def backward(ctx, grad):
-        return grad * 2
+        return grad @ grad
 """
 
 
@@ -185,8 +185,8 @@ def test_amp305_is_info_and_off_by_default():
 def test_amp303_accepted_decorator_spellings(header, fwd, bwd):
     src = (
         f"import torch\n{header}\n\nclass Double(torch.autograd.Function):\n    @staticmethod\n    {fwd}\n"
-        f"    def forward(ctx, x):\n        return x * 2\n\n    @staticmethod\n    {bwd}\n"
-        "    def backward(ctx, grad):\n        return grad * 2\n\nwith torch.autocast('cuda'):\n    pass\n"
+        f"    def forward(ctx, x):\n        return x @ x\n\n    @staticmethod\n    {bwd}\n"
+        "    def backward(ctx, grad):\n        return grad @ grad\n\nwith torch.autocast('cuda'):\n    pass\n"
     )
     assert found(src) == []
 
@@ -684,3 +684,54 @@ def test_amp401_needs_float16_evidence_not_bfloat16():
     fp16 = "import torch\nDTYPE = torch.float16\n" + fill
     assert [(f.code, f.severity) for f in lint_source(bf16, "t.py", ALL)] == [("AMP404", Severity.INFO)]
     assert [(f.code, f.severity) for f in lint_source(fp16, "t.py", ALL)] == [("AMP401", Severity.ERROR)]
+
+
+def test_fill_value_with_the_dtype_of_a_bfloat16_tensor_is_not_reported():
+    """diffusers' transformer_sana_wm: q, k, v are cast to bfloat16 for the attention kernel, and the
+    -1e9 bias takes q's dtype: bfloat16 holds it."""
+    src = """\
+    import torch
+
+    def attend(q, k, v, keep):
+        q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()
+        return torch.where(keep, torch.zeros((), dtype=q.dtype), torch.full((), -1e9, dtype=q.dtype))
+
+    def attend16(q, keep):
+        q, n = q.half(), 1
+        return torch.where(keep, q, torch.full((), -1e9, dtype=q.dtype))
+    """
+    assert found(src, amp=True) == [("AMP401", 9, 48)]
+
+
+def test_amp403_tuple_assignments_lists_and_counts():
+    src = AUTOCAST_FILE + (
+        "def f(q, k, x, scaling, num_tokens, logits_split):\n"
+        "    q, k = q.float(), k.float()\n"
+        "    h = torch.matmul(torch.matmul(k, q), q)\n"
+        "    mean, var = x.mean(), x.var()\n"
+        "    probs = [torch.softmax(z, dim=1) for z in logits_split]\n"
+        "    return (h / (h[:, -1:] + 1e-15), torch.rsqrt(var + 1e-8), x / (num_tokens + 1e-9),\n"
+        "            torch.clamp(torch.stack(probs).mean(0), 1e-7, 1).log(), x / (self.ranknum[a] + 1e-5))\n"
+    )
+    assert [(f.code, f.line, f.col) for f in lint_source(src, "t.py", ALL)] == [("AMP403", 10, 56)]  # var + 1e-8 only
+
+
+@pytest.mark.parametrize(
+    "forward, backward",
+    [
+        ("return torch.block_diag(*x)", "return grad[0:2]"),  # peft's FastBlockDiag: indexing
+        ("return x * torch.sigmoid(x)", "return grad * x"),  # timm's activations_me: elementwise
+        ("dist.all_gather(out, x)\n        return torch.cat(out)", "return grad.chunk(2)[0]"),  # collectives
+        ("return F.linear(x, w)", "w = w.to(grad.dtype)\n        return grad @ w"),  # peft's VeloraFunction
+    ],
+)
+def test_amp303_functions_that_autocast_cannot_break(forward, backward):
+    src = (
+        "import torch\nimport torch.nn.functional as F\nimport torch.distributed as dist\n\n"
+        "class Fn(torch.autograd.Function):\n    @staticmethod\n    def forward(ctx, x, w=None):\n"
+        f"        {forward}\n\n    @staticmethod\n    def backward(ctx, grad):\n        {backward}\n\n"
+        "with torch.autocast('cuda'):\n    y = Fn.apply(x)\n"
+    )
+    assert found(src) == []
+    if "grad.dtype" in backward:  # without adapting to the gradient's dtype, the matmuls can clash
+        assert found(src.replace("w = w.to(grad.dtype)", "w = w.t()")) == [("AMP303", 5, 1)]

@@ -525,8 +525,11 @@ class _Walker:
     def bind(self, target: ast.AST, value: ast.AST | None, stmt: ast.AST) -> None:
         ctx = self.ctx
         if isinstance(target, (ast.Tuple, ast.List)):
-            for elt in target.elts:
-                self.bind(elt.value if isinstance(elt, ast.Starred) else elt, None, stmt)
+            # `q, k = q.float(), k.float()`: each name gets its own value when the lengths match
+            values = value.elts if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts) else None
+            for i, elt in enumerate(target.elts):
+                starred = isinstance(elt, ast.Starred) or (values is not None and isinstance(values[i], ast.Starred))
+                self.bind(elt.value if isinstance(elt, ast.Starred) else elt, None if values is None or starred else values[i], stmt)
             return
         key = target_key(target)
         if key is None:

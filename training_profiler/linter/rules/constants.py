@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 
 from ...findings import Rule, Severity
 from ..engine import Context, LintRule, dtype_name, target_key
@@ -352,6 +353,10 @@ def _fill_values(ctx: Context, call: ast.Call) -> list[ast.AST]:
             values.append(kw.value)
         elif kw.arg == "dtype" and dtype_name(ctx, kw.value) not in ("float16", None):
             return []  # torch.full(..., dtype=torch.float32): an explicit wider dtype
+        elif kw.arg == "dtype" and isinstance(kw.value, ast.Attribute) and kw.value.attr == "dtype" and (
+            evident_precision(ctx, kw.value.value, False, call) in ("float32", "integer", "bfloat16")
+        ):
+            return []  # dtype=q.dtype where q = q.bfloat16(): bfloat16 and float32 hold the value
     return [v for v in values if not isinstance(v, ast.Starred)]
 
 
@@ -459,6 +464,10 @@ class _Provenance:
             return self._combine(self.of(expr.left, depth + 1), self.of(expr.right, depth + 1), expr)
         if isinstance(expr, ast.Subscript):
             return self.of(expr.value, depth + 1)
+        if isinstance(expr, (ast.ListComp, ast.GeneratorExp)):
+            return self.of(expr.elt, depth + 1)  # torch.stack([p.softmax(-1) for p in ps])
+        if isinstance(expr, (ast.List, ast.Tuple)) and expr.elts:
+            return self._combine_all([self.of(e, depth + 1) for e in expr.elts])
         if isinstance(expr, ast.Attribute):
             if expr.attr in ("shape", "ndim"):
                 return "python", ""
@@ -469,11 +478,10 @@ class _Provenance:
         if isinstance(expr, ast.Call):
             return self._call(expr, depth)
         key = target_key(expr)
-        if key is None:
-            return "unknown", ""
-        binding = ctx.lookup(key)
+        binding = ctx.lookup(key) if key else None
         if binding is None or binding.value is None:
-            return "unknown", ""
+            # num_tokens, self.ranknum[a], counts: integer-valued counts, whatever their dtype
+            return ("integer", "") if _COUNT_NAME.search(_last_name(expr)) else ("unknown", "")
         kind, evidence = self.of(binding.value, depth + 1)
         if kind == "unknown" and binding.autocast is not None and binding.autocast.active:
             if binding.autocast.effective_dtype == "float16":
@@ -497,19 +505,22 @@ class _Provenance:
             return f"cast to float16 in {_describe(ctx, expr)}"
         return f"cast to float16: {_describe(ctx, binding.node)} on line {binding.node.lineno}"
 
-    @staticmethod
-    def _combine(left: tuple[str, str], right: tuple[str, str], expr: ast.BinOp) -> tuple[str, str]:
+    @classmethod
+    def _combine(cls, left: tuple[str, str], right: tuple[str, str], expr: ast.BinOp) -> tuple[str, str]:
         """Type promotion: a float32 tensor on either side makes the result float32; a Python
         number or an integer tensor takes the other side's dtype."""
         kinds = {left[0], right[0]}
-        if "fp32" in kinds:
-            return "fp32", ""
-        for kind in ("low", "unknown", "bf16"):
-            if kind in kinds:
-                return left if left[0] == kind else right
-        if isinstance(expr.op, ast.Div) or kinds == {"integer", "python"}:
+        if not kinds & {"fp32", "low", "unknown", "bf16"} and (isinstance(expr.op, ast.Div) or kinds == {"integer", "python"}):
             return "fp32", ""  # true division and int-tensor * float give the default dtype
-        return ("integer", "") if "integer" in kinds else ("python", "")
+        return cls._combine_all([left, right])
+
+    @staticmethod
+    def _combine_all(sides: list[tuple[str, str]]) -> tuple[str, str]:
+        for kind in ("fp32", "low", "unknown", "bf16", "integer", "python"):
+            for side in sides:
+                if side[0] == kind:
+                    return side
+        return "unknown", ""
 
     def _call(self, call: ast.Call, depth: int) -> tuple[str, str]:
         ctx = self.ctx
@@ -524,6 +535,9 @@ class _Provenance:
             operand = call.args[0] if call.args and not isinstance(call.args[0], ast.Starred) else None
             if spelled in _CREATION_FUNCTIONS:
                 return "fp32", ""  # no dtype= (evident_precision saw none): the default dtype
+            others = [self.of(a, depth + 1) for a in call.args[1:3] if not isinstance(a, (ast.Starred, ast.Constant))]
+            if any(kind == "fp32" for kind, _ in others):
+                return "fp32", ""  # torch.matmul(w, x.float()): the operands share a dtype (or promote to float32)
         elif isinstance(func, ast.Name):
             return ("python", "") if func.id in _PYTHON_NUMBER_CALLS and ctx.lookup(func.id) is None else ("unknown", "")
         elif isinstance(func, ast.Attribute):
@@ -558,6 +572,16 @@ class _Provenance:
                 return True
             scope = scope.parent
         return False
+
+
+_COUNT_NAME = re.compile(r"(^|_)(num|count|counts|numel)(_|$)|(num|count)$", re.IGNORECASE)
+
+
+def _last_name(node: ast.AST) -> str:
+    """``num_tokens`` for ``num_tokens``, ``self.num_tokens`` or ``self.ranknum[a]``."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
 
 
 def _is_mask(node: ast.AST) -> bool:

@@ -486,7 +486,11 @@ _CUSTOM_FN_WHY = (
     "a custom kernel in forward receives whatever dtypes autocast produced. "
     "@torch.amp.custom_bwd runs backward with forward's autocast state; "
     "@torch.amp.custom_fwd(device_type=..., cast_inputs=torch.float32) casts the inputs and runs "
-    "forward with autocast disabled, for code that needs float32."
+    "forward with autocast disabled, for code that needs float32. Reported only where forward or "
+    "backward calls ops that autocast casts and that do not type-promote (@, matmul, mm, bmm, linear, "
+    "conv, einsum, scaled_dot_product_attention) or a compiled kernel (torch.ops.*), and backward "
+    "does not adapt to the gradient's dtype itself: elementwise ops and collectives promote mixed "
+    "dtypes and need no decorator."
 )
 _CUSTOM_FN_FIX = (
     "Decorate forward with @torch.amp.custom_fwd(device_type=\"cuda\") (add cast_inputs=torch.float32 if it "
@@ -497,6 +501,23 @@ _CUSTOM_FN_REFS = (
     "https://pytorch.org/docs/stable/amp.html#torch.amp.custom_fwd",
 )
 _CUSTOM_FN_GOOD = (
+    "import torch\n"
+    "\n"
+    "class Swish(torch.autograd.Function):  # elementwise: mixed dtypes promote, nothing to decorate\n"
+    "    @staticmethod\n"
+    "    def forward(ctx, x):\n"
+    "        ctx.save_for_backward(x)\n"
+    "        return x * torch.sigmoid(x)\n"
+    "\n"
+    "    @staticmethod\n"
+    "    def backward(ctx, grad):\n"
+    "        (x,) = ctx.saved_tensors\n"
+    "        s = torch.sigmoid(x)\n"
+    "        return grad * (s * (1 + x * (1 - s)))\n"
+    "\n"
+    "def step(x):\n"
+    "    with torch.autocast('cuda'):\n"
+    "        return Swish.apply(x)\n",
     "import torch\n"
     "\n"
     "class Square(torch.autograd.Function):\n"
@@ -546,37 +567,40 @@ AMP303 = Rule(
     bad=(
         "import torch\n"
         "\n"
-        "class Square(torch.autograd.Function):  # expect: AMP303\n"
+        "class Bilinear(torch.autograd.Function):  # expect: AMP303\n"
         "    @staticmethod\n"
-        "    def forward(ctx, x):\n"
-        "        ctx.save_for_backward(x)\n"
-        "        return x * x\n"
+        "    def forward(ctx, x, w):\n"
+        "        ctx.save_for_backward(x, w)\n"
+        "        return x @ w\n"
         "\n"
         "    @staticmethod\n"
         "    def backward(ctx, grad):\n"
-        "        (x,) = ctx.saved_tensors\n"
-        "        return 2 * x * grad\n"
+        "        x, w = ctx.saved_tensors\n"
+        "        return grad @ w.t(), x.t() @ grad\n"
         "\n"
-        "def step(x):\n"
+        "def step(x, w):\n"
         "    with torch.autocast('cuda'):\n"
-        "        return Square.apply(x)\n",
+        "        return Bilinear.apply(x, w)\n",
+        "import torch\n"
         "from torch import autocast\n"
         "from torch.amp import custom_fwd\n"
         "from torch.autograd import Function\n"
         "\n"
-        "class Scale(Function):  # expect: AMP303\n"
+        "class Project(Function):  # expect: AMP303\n"
         "    @staticmethod\n"
         "    @custom_fwd(device_type='cuda')\n"
-        "    def forward(ctx, x):\n"
-        "        return x * 2\n"
+        "    def forward(ctx, x, w):\n"
+        "        ctx.save_for_backward(w)\n"
+        "        return torch.nn.functional.linear(x, w)\n"
         "\n"
         "    @staticmethod\n"
         "    def backward(ctx, grad):  # custom_bwd is missing\n"
-        "        return grad * 2\n"
+        "        (w,) = ctx.saved_tensors\n"
+        "        return torch.matmul(grad, w), None\n"
         "\n"
         "@autocast('cuda')\n"
-        "def step(x):\n"
-        "    return Scale.apply(x)\n",
+        "def step(x, w):\n"
+        "    return Project.apply(x, w)\n",
     ),
     good=_CUSTOM_FN_GOOD,
 )
@@ -587,28 +611,30 @@ AMP305 = Rule(
     severity=Severity.INFO,
     message="custom autograd.Function {name}: {missing}: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...) before it runs under autocast",
     why=_CUSTOM_FN_WHY + " This file does not use autocast itself (AMP303 covers files that do, and packages configured "
-    "with amp = true), but "
-    "the Function may still be called from an autocast region elsewhere.",
+    "with amp = true), but the Function may still be called from an autocast region elsewhere.",
     fix=_CUSTOM_FN_FIX,
     references=_CUSTOM_FN_REFS,
     bad=(
         "import torch\n"
         "\n"
-        "class Clamp(torch.autograd.Function):  # expect: AMP305\n"
+        "class Attention(torch.autograd.Function):  # expect: AMP305\n"
         "    @staticmethod\n"
-        "    def forward(ctx, x):\n"
-        "        return x.clamp(0, 1)\n"
+        "    def forward(ctx, q, k):\n"
+        "        ctx.save_for_backward(q, k)\n"
+        "        return torch.bmm(q, k.transpose(1, 2))\n"
         "\n"
         "    @staticmethod\n"
         "    def backward(ctx, grad):\n"
-        "        return grad\n",
+        "        q, k = ctx.saved_tensors\n"
+        "        return torch.bmm(grad, k), torch.bmm(grad.transpose(1, 2), q)\n",
         "import torch.autograd as ag\n"
+        "import torch\n"
         "\n"
         "def make():\n"
         "    class Local(ag.Function):  # expect: AMP305\n"
         "        @staticmethod\n"
         "        def forward(ctx, x):\n"
-        "            return x\n"
+        "            return torch.ops.mylib.fused_gelu(x)  # a compiled kernel sees autocast's dtypes\n"
         "\n"
         "        @staticmethod\n"
         "        def backward(ctx, grad):\n"
@@ -640,6 +666,35 @@ def _is_amp_decorator(ctx: Context, deco: ast.AST, which: str) -> bool:
     return name in _AMP_DECORATORS[which]
 
 
+# ops autocast casts that do not type-promote: given a float16 and a float32 operand they raise
+_NON_PROMOTING_AUTOCAST_OPS = {
+    "matmul", "mm", "bmm", "baddbmm", "addmm", "addbmm", "addmv", "addr", "mv", "einsum", "linear",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "scaled_dot_product_attention", "chain_matmul", "multi_dot", "prelu",
+}
+
+
+def _autocast_sensitive(ctx: Context, cls: ast.ClassDef) -> bool:
+    """Does forward or backward call an op whose dtypes autocast changes and which does not
+    promote mixed dtypes (or a compiled kernel), without backward adapting to the gradient's dtype?"""
+    sensitive = False
+    for stmt in cls.body:
+        if not isinstance(stmt, ast.FunctionDef) or stmt.name not in ("forward", "backward"):
+            continue
+        grads = {a.arg for a in stmt.args.args[1:]} if stmt.name == "backward" else set()
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+                sensitive = True
+            elif isinstance(node, ast.Call):
+                name = ctx.call_name(node) or ""
+                if spelled_name(ctx, node.func) in _NON_PROMOTING_AUTOCAST_OPS or name.startswith("torch.ops."):
+                    sensitive = True
+            elif (isinstance(node, ast.Attribute) and node.attr == "dtype" and isinstance(node.value, ast.Name)
+                  and node.value.id in grads):
+                return False  # backward casts to grad.dtype itself
+    return sensitive
+
+
 class CustomAutogradFunction(LintRule):
     rules = (AMP303, AMP305)
     tokens = ("autograd",)
@@ -653,7 +708,7 @@ class CustomAutogradFunction(LintRule):
                 which = "custom_fwd" if stmt.name == "forward" else "custom_bwd"
                 if not any(_is_amp_decorator(ctx, deco, which) for deco in stmt.decorator_list):
                     missing.append(f"{stmt.name} lacks @{which}")
-        if missing:
+        if missing and _autocast_sensitive(ctx, node):
             # the severity depends on whether the file uses autocast anywhere: decide at the end
             scope = ctx.scope
             while scope.parent is not None:
