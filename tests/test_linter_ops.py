@@ -735,3 +735,16 @@ def test_amp303_functions_that_autocast_cannot_break(forward, backward):
     assert found(src) == []
     if "grad.dtype" in backward:  # without adapting to the gradient's dtype, the matmuls can clash
         assert found(src.replace("w = w.to(grad.dtype)", "w = w.t()")) == [("AMP303", 5, 1)]
+
+
+def test_amp403_a_rebinding_reads_the_previous_value():
+    """diffusers' ace_step pipeline: `audio = audio.float()`, then `audio = audio / peak` reads the
+    float32 audio; the guarded peak is float32."""
+    src = AUTOCAST_FILE + (
+        "def normalize(audio, other):\n"
+        "    audio = audio.float()\n"
+        "    audio = audio / audio.abs().amax().clamp(min=1.0)\n"
+        "    other = other / 2\n"
+        "    return audio.abs().amax().clamp(min=1e-6), other.clamp(min=1e-6)\n"
+    )
+    assert [(f.code, f.line, f.col) for f in lint_source(src, "t.py", ALL)] == [("AMP403", 9, 64)]

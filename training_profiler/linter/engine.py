@@ -93,6 +93,7 @@ class Binding:
     value: ast.AST | None  # the assigned expression (None for tuple unpacking, loop targets, ...)
     autocast: AutocastState | None  # region active at the time of binding
     import_target: str | None = None  # "torch.nn.functional" for `import torch.nn.functional as F`
+    previous: "Binding | None" = None  # the binding this one replaced: `x = x / n` reads the previous x
 
 
 @dataclass
@@ -540,7 +541,7 @@ class _Walker:
                 scope = scope.parent
             if not scope.is_class:
                 scope = ctx.scope
-        scope.bindings[key] = Binding(key, stmt, value, ctx.scope.autocast)
+        scope.bindings[key] = Binding(key, stmt, value, ctx.scope.autocast, previous=scope.bindings.get(key))
         if value is not None and isinstance(value, ast.Call):
             name = ctx.call_name(value)
             if name in GRADSCALER_NAMES:

@@ -7,7 +7,7 @@ import math
 import re
 
 from ...findings import Rule, Severity
-from ..engine import Context, LintRule, dtype_name, target_key
+from ..engine import Binding, Context, LintRule, dtype_name, target_key
 from .ops import evident_precision, spelled_name
 
 FP16_MAX = 65504.0
@@ -444,6 +444,7 @@ class _Provenance:
     def __init__(self, ctx: Context, site: ast.AST):
         self.ctx = ctx
         self.site = site
+        self._reading: dict[str, Binding | None] = {}  # inside `x = f(x)`, x means the previous x
 
     def of(self, expr: ast.AST, depth: int = 0) -> tuple[str, str]:
         if depth > 8:
@@ -478,11 +479,19 @@ class _Provenance:
         if isinstance(expr, ast.Call):
             return self._call(expr, depth)
         key = target_key(expr)
-        binding = ctx.lookup(key) if key else None
+        binding = (self._reading[key] if key in self._reading else ctx.lookup(key)) if key else None
         if binding is None or binding.value is None:
             # num_tokens, self.ranknum[a], counts: integer-valued counts, whatever their dtype
             return ("integer", "") if _COUNT_NAME.search(_last_name(expr)) else ("unknown", "")
-        kind, evidence = self.of(binding.value, depth + 1)
+        outer = self._reading.get(key, False)
+        self._reading[key] = binding.previous
+        try:
+            kind, evidence = self.of(binding.value, depth + 1)
+        finally:
+            if outer is False:
+                del self._reading[key]
+            else:
+                self._reading[key] = outer
         if kind == "unknown" and binding.autocast is not None and binding.autocast.active:
             if binding.autocast.effective_dtype == "float16":
                 line = getattr(binding.autocast.node, "lineno", 1)
