@@ -583,7 +583,8 @@ class _Provenance:
         return False
 
 
-_COUNT_NAME = re.compile(r"(^|_)(num|count|counts|numel)(_|$)|(num|count)$", re.IGNORECASE)
+# num_tokens, token_count, self.ranknum: counts (not `discount`, a float)
+_COUNT_NAME = re.compile(r"(^|_)(num|count|counts|numel)(_|$)|num$", re.IGNORECASE)
 
 
 def _last_name(node: ast.AST) -> str:
