@@ -232,23 +232,44 @@ def test_fp32_script_gets_readiness_advice_not_an_error(project, capsys):
     assert out.splitlines()[1].startswith("  Line 3: [LOW] AMP306 AMP readiness:")
 
 
-@pytest.mark.parametrize("how", ["flag", "config"])
-def test_amp_package_option_makes_it_an_error(project, capsys, how):
+@pytest.mark.parametrize("flag, config, shown", [(["--amp", "fp16"], None, '"fp16"'), ([], "true", "true"), ([], '"bf16"', '"bf16"')])
+def test_amp_package_option_makes_it_an_error(project, capsys, flag, config, shown):
     (project / "dcgan.py").write_text(FP32_BCE)
-    if how == "config":
-        (project / "pyproject.toml").write_text("[tool.training-profiler.lint]\namp = true\n")
-    code, out, _ = lint(capsys, "dcgan.py", "--format", "json", *(["--amp"] if how == "flag" else []))
+    if config:
+        (project / "pyproject.toml").write_text(f"[tool.training-profiler.lint]\namp = {config}\n")
+    code, out, _ = lint(capsys, "dcgan.py", "--format", "json", *flag)
     (item,) = json.loads(out)
     assert code == 1
     assert (item["code"], item["severity"]) == ("AMP301", "error")
-    assert "(the package is configured with amp = true)" in item["message"]
-    code, out, _ = lint(capsys, "dcgan.py", "--format", "sarif", *(["--amp"] if how == "flag" else []))
+    assert f"(the package is configured with amp = {shown})" in item["message"]
+    code, out, _ = lint(capsys, "dcgan.py", "--format", "sarif", *flag)
     (result,) = json.loads(out)["runs"][0]["results"]
     assert (result["ruleId"], result["level"]) == ("AMP301", "error")
 
 
-def test_amp_config_must_be_a_boolean(project, capsys):
+def test_amp_bf16_package_keeps_fp16_overflow_rules_as_advice(project, capsys):
+    """-1e9 fits bfloat16: a bf16 package gets readiness advice for it, an fp16 package an error."""
+    (project / "attn.py").write_text("def attend(scores, mask):\n    return scores.masked_fill(mask, -1e9)\n")
+    assert lint(capsys, "attn.py", "--format", "json", "--amp", "bf16")[:2] == (0, "[]\n")
+    code, out, _ = lint(capsys, "attn.py", "--format", "json", "--amp", "bf16", "--extend-select", "AMP404")
+    assert [(f["code"], f["severity"]) for f in json.loads(out)] == [("AMP404", "info")]
+    code, out, _ = lint(capsys, "attn.py", "--format", "json", "--amp", "fp16")
+    assert code == 1 and [(f["code"], f["severity"]) for f in json.loads(out)] == [("AMP401", "error")]
+
+
+def test_amp_config_must_name_a_precision(project, capsys):
     (project / "pyproject.toml").write_text('[tool.training-profiler.lint]\namp = "yes"\n')
     (project / "m.py").write_text(FP32_BCE)
     code, _, err = lint(capsys, "m.py")
-    assert code == 2 and "amp = 'yes' in [tool.training-profiler.lint] must be true or false" in err
+    assert code == 2
+    assert """amp = 'yes' is not a precision: use true, false, "fp16" or "bf16" in [tool.training-profiler.lint]""" in err
+    with pytest.raises(SystemExit) as exc:  # argparse's own usage error
+        main(["lint", "m.py", "--amp", "fp8"])
+    assert exc.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def test_lint_source_rejects_a_bad_amp_value():
+    from training_profiler.linter.api import lint_source
+
+    with pytest.raises(ValueError, match='amp = 1.5 is not a precision: use true, false, "fp16" or "bf16"'):
+        lint_source("x = 1\n", amp=1.5)

@@ -61,13 +61,15 @@ def test_flake8_tiers_amp301_by_the_file_and_the_amp_option(tmp_path):
         "AMP306 [info] AMP readiness: nn.BCELoss is fine in fp32 but raises under CUDA autocast and is unsafe in fp16: "
         "before enabling mixed precision, use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits"
     ]
-    error = [
-        "AMP301 [error] nn.BCELoss is unsafe in fp16 and raises under CUDA autocast (the package is configured with "
-        "amp = true): use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits"
-    ]
-    assert flake8("--amp") == error
+    def error(shown):
+        return [
+            "AMP301 [error] nn.BCELoss is unsafe in fp16 and raises under CUDA autocast (the package is configured with "
+            f"amp = {shown}): use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits"
+        ]
+
+    assert flake8("--amp", "bf16") == error('"bf16"')
     (tmp_path / "setup.cfg").write_text("[flake8]\namp = true\n")  # the package's flake8 config
-    assert flake8("--config", str(tmp_path / "setup.cfg")) == error
+    assert flake8("--config", str(tmp_path / "setup.cfg")) == error("true")
 
 
 def test_package_import_does_not_import_torch():

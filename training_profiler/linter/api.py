@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ..findings import Finding, Location, Severity
-from .engine import AMP000, analyze, is_suppressed
+from .engine import AMP000, amp_option, analyze, is_suppressed
 from .rules import all_detectors, all_rules
 
 __all__ = ["Selection", "lint_source", "lint_file", "lint_paths", "iter_python_files"]
@@ -47,12 +47,14 @@ def _error(path: str, detail: str, line: int = 1) -> list[Finding]:
 
 
 def lint_source(source: str, path: str = "<string>", selection: Selection = Selection(), noqa: bool = True,
-                amp: bool = False) -> list[Finding]:
-    """Findings for one module's source text (never raises for bad input: AMP000 instead).
+                amp: bool | str = False) -> list[Finding]:
+    """Findings for one module's source text (never raises for bad source: AMP000 instead).
 
-    ``amp=True``: the package trains with autocast / half precision, so the rules that matter only
-    in low precision (AMP301, AMP401-AMP403) report errors and warnings even in files that never
-    mention it; otherwise such files get their info-level readiness advice (AMP306, AMP404-AMP406)."""
+    ``amp``: the package trains in low precision (``True`` or ``"fp16"``; ``"bf16"``), so the rules
+    that matter only there (AMP301, and for fp16 AMP401-AMP403) report errors and warnings even in
+    files that never mention it; otherwise such files get info-level readiness advice (AMP306,
+    AMP404-AMP406). A value other than these raises ValueError."""
+    amp_option(amp)  # bad input is the caller's error, not an AMP000 finding
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
@@ -84,7 +86,7 @@ def read_source(path: str) -> str:
         raise ValueError(f"not a text file in a known encoding ({exc})") from None
 
 
-def lint_file(path: str, selection: Selection = Selection(), amp: bool = False) -> list[Finding]:
+def lint_file(path: str, selection: Selection = Selection(), amp: bool | str = False) -> list[Finding]:
     try:
         source = read_source(path)
     except (OSError, ValueError) as exc:
@@ -105,7 +107,7 @@ def iter_python_files(paths: Iterable[str]) -> Iterator[str]:
             yield path
 
 
-def lint_paths(paths: Sequence[str], selection: Selection = Selection(), amp: bool = False) -> list[Finding]:
+def lint_paths(paths: Sequence[str], selection: Selection = Selection(), amp: bool | str = False) -> list[Finding]:
     """Lint every Python file under ``paths``; one broken file never stops the others."""
     findings: list[Finding] = []
     for path in iter_python_files(paths):

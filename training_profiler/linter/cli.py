@@ -9,12 +9,12 @@ pyproject.toml (or ``--config``)::
     ignore = ["AMP201"]
     fail-level = "error"        # exit 1 only for errors
     exclude = ["legacy/*", "*_pb2.py"]
-    amp = true                  # the package trains with autocast / half precision (see below)
+    amp = "fp16"                # the package trains in low precision: "fp16" (or true), "bf16"
 
-Rules that matter only in low precision (AMP301, AMP401-AMP403) are errors and warnings in files
-that use autocast, GradScaler, .half() or bfloat16; elsewhere they become info-level readiness
-advice (AMP306, AMP404-AMP406). ``amp = true`` (or ``--amp``) says the whole package runs in low
-precision, for model files that never mention it themselves.
+Rules that matter only in low precision (AMP301; AMP401-AMP403, which only fp16 breaks) are errors
+and warnings in files that use autocast, GradScaler, .half() or bfloat16; elsewhere they become
+info-level readiness advice (AMP306, AMP404-AMP406). ``amp`` (or ``--amp fp16|bf16``) says the
+whole package runs in low precision, for model files that never mention it themselves.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lint.add_argument("--ignore", default=None, help="codes or prefixes to skip")
     lint.add_argument("--fail-level", choices=[s.value for s in Severity], default=None,
                       help="exit 1 when a finding of at least this severity remains (default: warning)")
-    lint.add_argument("--amp", action="store_true", default=None,
-                      help="the package trains with autocast or half precision: low-precision rules report errors in every file")
+    lint.add_argument("--amp", choices=("fp16", "bf16"), default=None,
+                      help="the package trains in this precision: the rules it breaks report errors in every file")
     lint.add_argument("--config", default=None, help="pyproject.toml to read [tool.training-profiler.lint] from")
     lint.set_defaults(run=run_lint)
 
@@ -60,6 +60,7 @@ def _options(args: argparse.Namespace):
     from ..cli import UsageError
     from ..config import load_tool_config
     from .api import Selection
+    from .engine import amp_option
     from .rules import all_rules
 
     try:
@@ -87,8 +88,10 @@ def _options(args: argparse.Namespace):
     if isinstance(exclude, str):
         exclude = [exclude]
     amp = table.get("amp", False) if args.amp is None else args.amp
-    if not isinstance(amp, bool):
-        raise UsageError(f"{source}: amp = {amp!r} in [tool.training-profiler.lint] must be true or false")
+    try:
+        amp_option(amp)
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc} in [tool.training-profiler.lint]") from None
     return selection, fail_level, list(exclude), amp
 
 

@@ -120,7 +120,7 @@ class Scope:
 class Context:
     """Per-file state handed to every hook."""
 
-    def __init__(self, path: str, source: str, lines: list[str], enabled: set[str], amp: bool = False):
+    def __init__(self, path: str, source: str, lines: list[str], enabled: set[str], amp: bool | str = False):
         self.path = path
         self.source = source
         self.lines = lines
@@ -132,7 +132,9 @@ class Context:
         self.parents: dict[int, ast.AST] = {}  # id(child) -> parent, filled for visited nodes
         # does this code run in low precision? "float16" / "bfloat16" -> the first evidence seen
         self.amp_evidence: dict[str, str] = {}
-        self.amp_config = amp  # the package says it trains with AMP (`amp = true` / `--amp`)
+        # the package says it trains in low precision (`amp = true | "fp16" | "bf16"`): "float16" / "bfloat16" / None
+        self.amp_config = amp_option(amp)
+        self._amp_shown = "true" if amp is True else f'"{amp}"'
         self._tiered: list[tuple[Rule, Rule, str, ast.AST, dict, dict]] = []
 
     # -- names -------------------------------------------------------------------------------
@@ -224,8 +226,8 @@ class Context:
     def amp_reason(self, dtype: str | None = None) -> str | None:
         """Why this code can run in low precision (``dtype`` given: in that one), or None.
         Config wins over the file: a model file of a package that trains with AMP elsewhere."""
-        if self.amp_config:
-            return "the package is configured with amp = true"
+        if self.amp_config and dtype in (None, self.amp_config):
+            return f"the package is configured with amp = {self._amp_shown}"
         dtypes = (dtype,) if dtype else ("float16", "bfloat16")
         found = [self.amp_evidence[d] for d in dtypes if d in self.amp_evidence]
         return f"this file uses {found[0]}" if found else None
@@ -258,6 +260,21 @@ class Context:
         if text.isascii():
             return byte_col
         return len(text.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
+
+
+_AMP_OPTIONS = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def amp_option(value: bool | str | None) -> str | None:
+    """The low-precision dtype a package trains in, from its ``amp`` option: ``true`` (fp16, CUDA
+    autocast's default), ``"fp16"`` or ``"bf16"``; ``false`` / None: none declared."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "float16"
+    if isinstance(value, str) and value.strip().lower() in _AMP_OPTIONS:
+        return _AMP_OPTIONS[value.strip().lower()]
+    raise ValueError(f"amp = {value!r} is not a precision: use true, false, \"fp16\" or \"bf16\"")
 
 
 def target_key(node: ast.AST) -> str | None:
@@ -708,12 +725,12 @@ def analyze(
     rules: Iterable[LintRule],
     enabled: set[str],
     lines: list[str] | None = None,
-    amp: bool = False,
+    amp: bool | str = False,
 ) -> list[Finding]:
     """Run ``rules`` over a parsed module; returns sorted, de-duplicated findings.
 
-    ``amp``: the package trains with autocast / half precision (config ``amp = true``), so rules
-    that only matter in low precision report errors even in files that do not say so themselves.
+    ``amp``: the package trains in low precision (config ``amp = true | "fp16" | "bf16"``), so rules
+    that only matter there report errors even in files that do not say so themselves.
 
     Rule exceptions are turned into a single AMP000 finding; the other rules still run.
     ``noqa`` comments are not applied here (flake8 applies its own; the CLI calls

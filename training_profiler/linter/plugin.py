@@ -13,7 +13,7 @@ from typing import Iterator
 
 from .. import __version__
 from ..findings import Finding, Severity
-from .engine import analyze
+from .engine import amp_option, analyze
 from .rules import all_detectors, all_rules
 
 
@@ -31,20 +31,23 @@ class AmpPlugin:
         self.filename = filename
         self.lines = lines
 
-    amp = False  # set from flake8's options: the package trains with autocast / half precision
+    amp: bool | str = False  # from flake8's options: the precision the package trains in
 
     @classmethod
     def add_options(cls, option_manager) -> None:
         option_manager.extend_default_ignore([r.code for r in all_rules() if r.severity is Severity.INFO])
         option_manager.add_option(
-            "--amp", action="store_true", default=False, parse_from_config=True,
-            help="the package trains with autocast or half precision: report AMP301/AMP401-AMP403 as "
-                 "errors and warnings in every file, not only in files that use AMP themselves",
+            "--amp", default=None, parse_from_config=True, metavar="fp16|bf16",
+            help="the package trains in this precision (amp = fp16, bf16 or true in the config): report "
+                 "AMP301/AMP401-AMP403 as errors and warnings in every file, not only in files that use AMP",
         )
 
     @classmethod
     def parse_options(cls, options) -> None:
-        cls.amp = bool(getattr(options, "amp", False))
+        value = getattr(options, "amp", None)
+        value = {"true": True, "false": False, "": False}.get(str(value).strip().lower(), value) if value is not None else False
+        amp_option(value)  # a bad value stops flake8 with this one-line ValueError
+        cls.amp = value
 
     def run(self) -> Iterator[tuple[int, int, str, type]]:
         if self.lines is None:
