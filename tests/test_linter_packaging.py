@@ -70,6 +70,11 @@ def test_flake8_tiers_amp301_by_the_file_and_the_amp_option(tmp_path):
     assert flake8("--amp", "bf16") == error('"bf16"')
     (tmp_path / "setup.cfg").write_text("[flake8]\namp = true\n")  # the package's flake8 config
     assert flake8("--config", str(tmp_path / "setup.cfg")) == error("true")
+    (tmp_path / "setup.cfg").write_text("[flake8]\namp = fp8\n")
+    proc = subprocess.run([sys.executable, "-m", "flake8", "--config", str(tmp_path / "setup.cfg"), str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "flake8 --amp: amp = 'fp8' is not a precision: use true, false, \"fp16\" or \"bf16\""
 
 
 def test_package_import_does_not_import_torch():

@@ -37,7 +37,7 @@ class AmpPlugin:
     def add_options(cls, option_manager) -> None:
         option_manager.extend_default_ignore([r.code for r in all_rules() if r.severity is Severity.INFO])
         option_manager.add_option(
-            "--amp", default=None, parse_from_config=True, metavar="fp16|bf16",
+            "--amp", default=None, parse_from_config=True, choices=("fp16", "bf16", "true", "false"),
             help="the package trains in this precision (amp = fp16, bf16 or true in the config): report "
                  "AMP301/AMP401-AMP403 as errors and warnings in every file, not only in files that use AMP",
         )
@@ -46,7 +46,10 @@ class AmpPlugin:
     def parse_options(cls, options) -> None:
         value = getattr(options, "amp", None)
         value = {"true": True, "false": False, "": False}.get(str(value).strip().lower(), value) if value is not None else False
-        amp_option(value)  # a bad value stops flake8 with this one-line ValueError
+        try:
+            amp_option(value)
+        except ValueError as exc:  # a bad config value: one line on stderr, not a traceback
+            raise SystemExit(f"flake8 --amp: {exc}") from None
         cls.amp = value
 
     def run(self) -> Iterator[tuple[int, int, str, type]]:
