@@ -22,6 +22,9 @@ BCE = textwrap.dedent(
 
     def loss_fn(logits, target):
         return F.binary_cross_entropy(torch.sigmoid(logits), target)
+
+
+    scaler = torch.amp.GradScaler("cuda")  # the file trains with AMP: AMP301 is an error
     """
 )
 CLEAN = "import torch.nn.functional as F\n\nloss = F.binary_cross_entropy_with_logits(z, y)\n"
@@ -97,7 +100,7 @@ def test_clean_file_exits_zero(project, capsys):
     [("  # noqa: AMP301", False), ("  # noqa", False), ("  # noqa: AMP3", False), ("  # noqa: E501", True)],
 )
 def test_noqa(project, capsys, comment, reported):
-    (project / "model.py").write_text(BCE.rstrip("\n") + comment + "\n")
+    (project / "model.py").write_text(BCE.replace("target)\n", f"target){comment}\n", 1))
     code, out, _ = lint(capsys, "model.py", "--format", "json")
     assert [f["code"] for f in json.loads(out)] == (["AMP301"] if reported else [])
     assert code == (1 if reported else 0)
@@ -144,7 +147,7 @@ def test_fix_rewrites_safely_and_relints(project, capsys):
 
 
 def test_fix_keeps_findings_it_cannot_fix(project, capsys):
-    source = "import torch.nn.functional as F\n\nloss = F.binary_cross_entropy(p, y)\n"
+    source = "import torch.nn.functional as F\n\nloss = F.binary_cross_entropy(p.half(), y)\n"
     (project / "model.py").write_text(source)
     code, out, _ = lint(capsys, "model.py", "--fix", "--format", "json")
     assert code == 1 and [f["line"] for f in json.loads(out)] == [3]
@@ -154,7 +157,7 @@ def test_fix_keeps_findings_it_cannot_fix(project, capsys):
 def test_bad_files_never_stop_the_run(project, capsys):
     (project / "a_binary.py").write_bytes(b"\x00\x01\x02torch\xff")
     (project / "b_latin1.py").write_bytes(
-        b"# -*- coding: latin-1 -*-\nimport torch.nn.functional as F\n# caf\xe9\nloss = F.binary_cross_entropy(p, y)\n"
+        b"# -*- coding: latin-1 -*-\nimport torch.nn.functional as F\n# caf\xe9\nloss = F.binary_cross_entropy(p.half(), y)\n"
     )
     (project / "c_syntax.py").write_text("import torch\ndef f(:\n")
     (project / "d_deep.py").write_text("import torch\nx = " + " + ".join(["torch.sum(y)"] * 5000) + "\n")
@@ -177,7 +180,7 @@ def test_long_generated_expression_is_analysed():
     from training_profiler.linter.api import lint_source
 
     chain = " + ".join(["F.binary_cross_entropy(p, y)"] * 1500)
-    findings = lint_source(f"import torch.nn.functional as F\nx = {chain}\n")
+    findings = lint_source(f"import torch.nn.functional as F\nx = {chain}\n", amp=True)
     assert {f.code for f in findings} == {"AMP301"}
 
 
@@ -212,3 +215,61 @@ def test_rules_command_lists_every_rule(capsys):
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in out if line.startswith("AMP")] == [r.code for r in all_rules()]
     assert any(line.startswith("AMP301  error") for line in out)
+
+
+FP32_BCE = "import torch.nn as nn\n\ncriterion = nn.BCELoss()\n"  # a classic fp32 DCGAN script
+
+
+def test_fp32_script_gets_readiness_advice_not_an_error(project, capsys):
+    (project / "dcgan.py").write_text(FP32_BCE)
+    assert lint(capsys, "dcgan.py", "--format", "json")[:2] == (0, "[]\n")  # info is off by default
+    code, out, _ = lint(capsys, "dcgan.py", "--format", "json", "--extend-select", "AMP306")
+    (item,) = json.loads(out)
+    assert code == 0  # info never fails the default fail level
+    assert (item["code"], item["severity"], item["line"]) == ("AMP306", "info", 3)
+    assert item["message"].startswith("AMP readiness: nn.BCELoss is fine in fp32 but raises under CUDA autocast")
+    code, out, _ = lint(capsys, "dcgan.py", "--extend-select", "AMP306")
+    assert out.splitlines()[1].startswith("  Line 3: [LOW] AMP306 AMP readiness:")
+
+
+@pytest.mark.parametrize("flag, config, shown", [(["--amp", "fp16"], None, '"fp16"'), ([], "true", "true"), ([], '"bf16"', '"bf16"')])
+def test_amp_package_option_makes_it_an_error(project, capsys, flag, config, shown):
+    (project / "dcgan.py").write_text(FP32_BCE)
+    if config:
+        (project / "pyproject.toml").write_text(f"[tool.training-profiler.lint]\namp = {config}\n")
+    code, out, _ = lint(capsys, "dcgan.py", "--format", "json", *flag)
+    (item,) = json.loads(out)
+    assert code == 1
+    assert (item["code"], item["severity"]) == ("AMP301", "error")
+    assert f"(the package is configured with amp = {shown})" in item["message"]
+    code, out, _ = lint(capsys, "dcgan.py", "--format", "sarif", *flag)
+    (result,) = json.loads(out)["runs"][0]["results"]
+    assert (result["ruleId"], result["level"]) == ("AMP301", "error")
+
+
+def test_amp_bf16_package_keeps_fp16_overflow_rules_as_advice(project, capsys):
+    """-1e9 fits bfloat16: a bf16 package gets readiness advice for it, an fp16 package an error."""
+    (project / "attn.py").write_text("def attend(scores, mask):\n    return scores.masked_fill(mask, -1e9)\n")
+    assert lint(capsys, "attn.py", "--format", "json", "--amp", "bf16")[:2] == (0, "[]\n")
+    code, out, _ = lint(capsys, "attn.py", "--format", "json", "--amp", "bf16", "--extend-select", "AMP404")
+    assert [(f["code"], f["severity"]) for f in json.loads(out)] == [("AMP404", "info")]
+    code, out, _ = lint(capsys, "attn.py", "--format", "json", "--amp", "fp16")
+    assert code == 1 and [(f["code"], f["severity"]) for f in json.loads(out)] == [("AMP401", "error")]
+
+
+def test_amp_config_must_name_a_precision(project, capsys):
+    (project / "pyproject.toml").write_text('[tool.training-profiler.lint]\namp = "yes"\n')
+    (project / "m.py").write_text(FP32_BCE)
+    code, _, err = lint(capsys, "m.py")
+    assert code == 2
+    assert """amp = 'yes' is not a precision: use true, false, "fp16" or "bf16" in [tool.training-profiler.lint]""" in err
+    with pytest.raises(SystemExit) as exc:  # argparse's own usage error
+        main(["lint", "m.py", "--amp", "fp8"])
+    assert exc.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
+
+
+def test_lint_source_rejects_a_bad_amp_value():
+    from training_profiler.linter.api import lint_source
+
+    with pytest.raises(ValueError, match='amp = 1.5 is not a precision: use true, false, "fp16" or "bf16"'):
+        lint_source("x = 1\n", amp=1.5)

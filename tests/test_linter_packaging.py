@@ -14,6 +14,9 @@ SAMPLE = textwrap.dedent(
 
     def loss_fn(logits, target):
         return F.binary_cross_entropy(torch.sigmoid(logits), target)
+
+
+    scaler = torch.amp.GradScaler("cuda")
     """
 )
 
@@ -37,9 +40,41 @@ def test_flake8_plugin_runs_without_torch(tmp_path):
     )
     assert proc.returncode == 1, proc.stderr
     assert proc.stdout.strip().splitlines() == [
-        f"{target}:6:12: AMP301 [error] binary_cross_entropy is unsafe in fp16 and raises under CUDA autocast: "
-        "use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits"
+        f"{target}:6:12: AMP301 [error] binary_cross_entropy is unsafe in fp16 and raises under CUDA autocast "
+        "(this file uses torch.amp.GradScaler on line 9): use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits"
     ]
+
+
+def test_flake8_tiers_amp301_by_the_file_and_the_amp_option(tmp_path):
+    """An fp32 script gets readiness advice (info, off by default); --amp (the package trains
+    with AMP) makes the same line an error."""
+    target = tmp_path / "dcgan.py"
+    target.write_text("import torch.nn as nn\n\ncriterion = nn.BCELoss()\n")
+
+    def flake8(*args):
+        proc = subprocess.run([sys.executable, "-m", "flake8", "-j1", *args, str(target)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode in (0, 1), proc.stderr
+        return [line.split(": ", 1)[1] for line in proc.stdout.splitlines() if ": AMP" in line]
+
+    assert flake8() == []
+    assert flake8("--extend-select", "AMP306") == [
+        "AMP306 [info] AMP readiness: nn.BCELoss is fine in fp32 but raises under CUDA autocast and is unsafe in fp16: "
+        "before enabling mixed precision, use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits"
+    ]
+    def error(shown):
+        return [
+            "AMP301 [error] nn.BCELoss is unsafe in fp16 and raises under CUDA autocast (the package is configured with "
+            f"amp = {shown}): use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits"
+        ]
+
+    assert flake8("--amp", "bf16") == error('"bf16"')
+    (tmp_path / "setup.cfg").write_text("[flake8]\namp = true\n")  # the package's flake8 config
+    assert flake8("--config", str(tmp_path / "setup.cfg")) == error("true")
+    (tmp_path / "setup.cfg").write_text("[flake8]\namp = fp8\n")
+    proc = subprocess.run([sys.executable, "-m", "flake8", "--config", str(tmp_path / "setup.cfg"), str(target)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "flake8 --amp: amp = 'fp8' is not a precision: use true, false, \"fp16\" or \"bf16\""
 
 
 def test_package_import_does_not_import_torch():
@@ -99,5 +134,5 @@ def test_a_crashing_rule_yields_amp000_and_flake8_goes_on(tmp_path):
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 1, proc.stderr
     assert [line.split(": ")[1].split()[0] for line in lines] == ["AMP000", "AMP301"]
-    assert lines[0].startswith(f"{tmp_path / 'a_crash.py'}:1:1: AMP000 [error] could not analyse this file: internal error in AMP301: KeyError")
+    assert lines[0].startswith(f"{tmp_path / 'a_crash.py'}:1:1: AMP000 [error] could not analyse this file: internal error in AMP301/AMP306: KeyError")
     assert lines[1].startswith(f"{tmp_path / 'b_model.py'}:6:12: AMP301")

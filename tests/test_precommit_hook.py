@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-BAD = "import torch\nimport torch.nn.functional as F\n\nloss = F.binary_cross_entropy(torch.sigmoid(z), y)\n"
+BAD = "import torch\nimport torch.nn.functional as F\n\nloss = F.binary_cross_entropy(torch.sigmoid(z), y)\nscaler = torch.amp.GradScaler()\n"
 GOOD = "import torch.nn.functional as F\n\nloss = F.binary_cross_entropy_with_logits(z, y)\n"
 
 

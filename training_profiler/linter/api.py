@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from ..findings import Finding, Location, Severity
-from .engine import AMP000, analyze, is_suppressed
+from .engine import AMP000, amp_option, analyze, is_suppressed
 from .rules import all_detectors, all_rules
 
 __all__ = ["Selection", "lint_source", "lint_file", "lint_paths", "iter_python_files"]
@@ -46,8 +46,15 @@ def _error(path: str, detail: str, line: int = 1) -> list[Finding]:
     return [AMP000.finding(Location(path, line, 1), detail=detail)]
 
 
-def lint_source(source: str, path: str = "<string>", selection: Selection = Selection(), noqa: bool = True) -> list[Finding]:
-    """Findings for one module's source text (never raises for bad input: AMP000 instead)."""
+def lint_source(source: str, path: str = "<string>", selection: Selection = Selection(), noqa: bool = True,
+                amp: bool | str = False) -> list[Finding]:
+    """Findings for one module's source text (never raises for bad source: AMP000 instead).
+
+    ``amp``: the package trains in low precision (``True`` or ``"fp16"``; ``"bf16"``), so the rules
+    that matter only there (AMP301, and for fp16 AMP401-AMP403) report errors and warnings even in
+    files that never mention it; otherwise such files get info-level readiness advice (AMP306,
+    AMP404-AMP406). A value other than these raises ValueError."""
+    amp_option(amp)  # bad input is the caller's error, not an AMP000 finding
     try:
         tree = ast.parse(source, filename=path)
     except SyntaxError as exc:
@@ -55,7 +62,7 @@ def lint_source(source: str, path: str = "<string>", selection: Selection = Sele
     except (ValueError, RecursionError, MemoryError) as exc:
         return _error(path, f"{type(exc).__name__}: {exc}")
     lines = source.splitlines()
-    findings = analyze(tree, source, path, all_detectors(), selection.enabled(), lines)
+    findings = analyze(tree, source, path, all_detectors(), selection.enabled(), lines, amp=amp)
     if noqa:
         findings = [f for f in findings if not is_suppressed(f, lines)]
     return findings
@@ -79,12 +86,12 @@ def read_source(path: str) -> str:
         raise ValueError(f"not a text file in a known encoding ({exc})") from None
 
 
-def lint_file(path: str, selection: Selection = Selection()) -> list[Finding]:
+def lint_file(path: str, selection: Selection = Selection(), amp: bool | str = False) -> list[Finding]:
     try:
         source = read_source(path)
     except (OSError, ValueError) as exc:
         return _error(path, str(exc))
-    return lint_source(source, path, selection)
+    return lint_source(source, path, selection, amp=amp)
 
 
 def iter_python_files(paths: Iterable[str]) -> Iterator[str]:
@@ -100,9 +107,9 @@ def iter_python_files(paths: Iterable[str]) -> Iterator[str]:
             yield path
 
 
-def lint_paths(paths: Sequence[str], selection: Selection = Selection()) -> list[Finding]:
+def lint_paths(paths: Sequence[str], selection: Selection = Selection(), amp: bool | str = False) -> list[Finding]:
     """Lint every Python file under ``paths``; one broken file never stops the others."""
     findings: list[Finding] = []
     for path in iter_python_files(paths):
-        findings.extend(lint_file(path, selection))
+        findings.extend(lint_file(path, selection, amp=amp))
     return findings

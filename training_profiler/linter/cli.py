@@ -9,6 +9,12 @@ pyproject.toml (or ``--config``)::
     ignore = ["AMP201"]
     fail-level = "error"        # exit 1 only for errors
     exclude = ["legacy/*", "*_pb2.py"]
+    amp = "fp16"                # the package trains in low precision: "fp16" (or true), "bf16"
+
+Rules that matter only in low precision (AMP301; AMP401-AMP403, which only fp16 breaks) are errors
+and warnings in files that use autocast, GradScaler, .half() or bfloat16; elsewhere they become
+info-level readiness advice (AMP306, AMP404-AMP406). ``amp`` (or ``--amp fp16|bf16``) says the
+whole package runs in low precision, for model files that never mention it themselves.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sys
 
 from ..findings import SEVERITY_NAMES, Severity
 
-_CONFIG_KEYS = {"select", "extend-select", "ignore", "fail-level", "exclude"}
+_CONFIG_KEYS = {"select", "extend-select", "ignore", "fail-level", "exclude", "amp"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     lint.add_argument("--ignore", default=None, help="codes or prefixes to skip")
     lint.add_argument("--fail-level", choices=SEVERITY_NAMES, default=None,
                       help="exit 1 when a finding of at least this severity remains (default: warning)")
+    lint.add_argument("--amp", choices=("fp16", "bf16"), default=None,
+                      help="the package trains in this precision: the rules it breaks report errors in every file")
     lint.add_argument("--config", default=None, help="pyproject.toml to read [tool.training-profiler.lint] from")
     lint.set_defaults(run=run_lint)
 
@@ -48,10 +56,11 @@ def _codes(value) -> tuple[str, ...]:
 
 
 def _options(args: argparse.Namespace):
-    """Merge command-line flags over the pyproject.toml table; returns (Selection, fail level, excludes)."""
+    """Merge command-line flags over the pyproject.toml table; returns (Selection, fail level, excludes, amp)."""
     from ..cli import UsageError
     from ..config import load_tool_config
     from .api import Selection
+    from .engine import amp_option
     from .rules import all_rules
 
     try:
@@ -78,7 +87,12 @@ def _options(args: argparse.Namespace):
     exclude = table.get("exclude", [])
     if isinstance(exclude, str):
         exclude = [exclude]
-    return selection, fail_level, list(exclude)
+    amp = table.get("amp", False) if args.amp is None else args.amp
+    try:
+        amp_option(amp)
+    except ValueError as exc:
+        raise UsageError(f"{source}: {exc} in [tool.training-profiler.lint]") from None
+    return selection, fail_level, list(exclude), amp
 
 
 def _excluded(path: str, patterns: list[str]) -> bool:
@@ -93,7 +107,7 @@ def run_lint(args: argparse.Namespace) -> int:
     from .fixes import fix_source
     from .rules import all_rules
 
-    selection, fail_level, exclude = _options(args)
+    selection, fail_level, exclude, amp = _options(args)
     missing = [p for p in args.paths if not os.path.exists(p)]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
@@ -101,15 +115,15 @@ def run_lint(args: argparse.Namespace) -> int:
     for path in iter_python_files(args.paths):
         if exclude and _excluded(path, exclude):
             continue
-        found = lint_file(path, selection)
+        found = lint_file(path, selection, amp=amp)
         if args.fix and any(f.data.get("autofix") for f in found):
-            found = _fix_file(path, found, selection, read_source, fix_source, lint_file)
+            found = _fix_file(path, found, selection, amp, read_source, fix_source, lint_file)
         findings.extend(found)
     sys.stdout.write(render(findings, args.format, rules=all_rules(), tool_name="training-profiler lint"))
     return 1 if any(f.severity.rank >= fail_level.rank for f in findings) else 0
 
 
-def _fix_file(path, found, selection, read_source, fix_source, lint_file):
+def _fix_file(path, found, selection, amp, read_source, fix_source, lint_file):
     """Apply the safe fixes to one file and lint it again; a fixer failure keeps the findings."""
     import io
     import tokenize
@@ -127,7 +141,7 @@ def _fix_file(path, found, selection, read_source, fix_source, lint_file):
     with open(path, "w", encoding=encoding, newline="") as fh:  # keep the file's own encoding
         fh.write(new_source)
     print(f"fixed {applied} finding{'s' if applied != 1 else ''} in {path}", file=sys.stderr)
-    return lint_file(path, selection)
+    return lint_file(path, selection, amp=amp)
 
 
 def run_rules(args: argparse.Namespace) -> int:

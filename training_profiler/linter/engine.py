@@ -93,6 +93,7 @@ class Binding:
     value: ast.AST | None  # the assigned expression (None for tuple unpacking, loop targets, ...)
     autocast: AutocastState | None  # region active at the time of binding
     import_target: str | None = None  # "torch.nn.functional" for `import torch.nn.functional as F`
+    previous: "Binding | None" = None  # the binding this one replaced: `x = x / n` reads the previous x
 
 
 @dataclass
@@ -119,7 +120,7 @@ class Scope:
 class Context:
     """Per-file state handed to every hook."""
 
-    def __init__(self, path: str, source: str, lines: list[str], enabled: set[str]):
+    def __init__(self, path: str, source: str, lines: list[str], enabled: set[str], amp: bool | str = False):
         self.path = path
         self.source = source
         self.lines = lines
@@ -129,6 +130,12 @@ class Context:
         # file-wide facts found during the walk: "autocast", "gradscaler"
         self.facts: set[str] = set()
         self.parents: dict[int, ast.AST] = {}  # id(child) -> parent, filled for visited nodes
+        # does this code run in low precision? "float16" / "bfloat16" -> the first evidence seen
+        self.amp_evidence: dict[str, str] = {}
+        # the package says it trains in low precision (`amp = true | "fp16" | "bf16"`): "float16" / "bfloat16" / None
+        self.amp_config = amp_option(amp)
+        self._amp_shown = "true" if amp is True else f'"{amp}"'
+        self._tiered: list[tuple[Rule, Rule, str, ast.AST, dict, dict]] = []
 
     # -- names -------------------------------------------------------------------------------
     def lookup(self, name: str) -> Binding | None:
@@ -211,6 +218,39 @@ class Context:
             payload["autofix"] = True
         self.findings.append(rule.finding(Location(self.path, line, col + 1), data=payload, **fmt))
 
+    def note_amp(self, dtype: str, what: str, node: ast.AST) -> None:
+        """Record evidence that this file runs in ``dtype`` ("float16" / "bfloat16")."""
+        if dtype not in self.amp_evidence:
+            self.amp_evidence[dtype] = f"{what} on line {getattr(node, 'lineno', 1)}"
+
+    def amp_reason(self, dtype: str | None = None) -> str | None:
+        """Why this code can run in low precision (``dtype`` given: in that one), or None.
+        Config wins over the file: a model file of a package that trains with AMP elsewhere."""
+        if self.amp_config and dtype in (None, self.amp_config):
+            return f"the package is configured with amp = {self._amp_shown}"
+        dtypes = (dtype,) if dtype else ("float16", "bfloat16")
+        found = [self.amp_evidence[d] for d in dtypes if d in self.amp_evidence]
+        return f"this file uses {found[0]}" if found else None
+
+    def report_tiered(self, rule: Rule, readiness: Rule, node: ast.AST, *, dtype: str | None = None,
+                      fixable: bool = False, data: dict | None = None, **fmt: Any) -> None:
+        """Report ``rule`` where the file (or the package, by config) runs in low precision, else
+        ``readiness`` (info-level advice for code that is fp32 today). ``dtype``: only evidence of
+        that dtype counts ("float16" for overflow rules: bfloat16 has float32's range). Decided
+        when the walk ends, since the evidence may come later in the file; the message gets the
+        reason as ``{evidence}``."""
+        payload = dict(data or {})
+        if fixable:
+            payload["autofix"] = True
+        self._tiered.append((rule, readiness, dtype or "", node, payload, fmt))
+
+    def resolve_tiered(self) -> None:
+        for rule, readiness, dtype, node, payload, fmt in self._tiered:
+            reason = self.amp_reason(dtype or None)
+            chosen = rule if reason else readiness
+            self.report(chosen, node, fixable=bool(payload.pop("autofix", False)), data=payload, evidence=reason or "", **fmt)
+        self._tiered.clear()
+
     def _char_col(self, line: int, byte_col: int) -> int:
         """ast columns are UTF-8 byte offsets; editors and libcst count characters."""
         try:
@@ -220,6 +260,21 @@ class Context:
         if text.isascii():
             return byte_col
         return len(text.encode("utf-8")[:byte_col].decode("utf-8", errors="ignore"))
+
+
+_AMP_OPTIONS = {"fp16": "float16", "float16": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+
+
+def amp_option(value: bool | str | None) -> str | None:
+    """The low-precision dtype a package trains in, from its ``amp`` option: ``true`` (fp16, CUDA
+    autocast's default), ``"fp16"`` or ``"bf16"``; ``false`` / None: none declared."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "float16"
+    if isinstance(value, str) and value.strip().lower() in _AMP_OPTIONS:
+        return _AMP_OPTIONS[value.strip().lower()]
+    raise ValueError(f"amp = {value!r} is not a precision: use true, false, \"fp16\" or \"bf16\"")
 
 
 def target_key(node: ast.AST) -> str | None:
@@ -285,13 +340,26 @@ def dtype_name(ctx: Context, node: ast.AST | None) -> str | None:
 
 
 def autocast_call(ctx: Context, expr: ast.AST, outer: AutocastState | None) -> AutocastState | None:
-    """An AutocastState if ``expr`` is a call to any autocast API, else None."""
+    """An AutocastState if ``expr`` is a call to any autocast API, else None; records the
+    "autocast" fact and the low-precision evidence of the file."""
+    state = _autocast_state(ctx, expr, outer)
+    if state is not None:
+        ctx.facts.add("autocast")
+        _note_autocast(ctx, state)
+    return state
+
+
+def _note_autocast(ctx: Context, state: AutocastState) -> None:
+    if state.active:
+        ctx.note_amp(state.effective_dtype or "float16", ctx.call_name(state.node) or "autocast", state.node)  # type: ignore[arg-type]
+
+
+def _autocast_state(ctx: Context, expr: ast.AST, outer: AutocastState | None) -> AutocastState | None:
     if not isinstance(expr, ast.Call):
         return None
     name = ctx.call_name(expr)
     if name not in AUTOCAST_NAMES:
         return None
-    ctx.facts.add("autocast")
     device = AUTOCAST_NAMES[name]
     kwargs = {k.arg: k.value for k in expr.keywords if k.arg}
     args = list(expr.args)
@@ -311,6 +379,69 @@ def autocast_call(ctx: Context, expr: ast.AST, outer: AutocastState | None) -> A
         enabled = None
     dtype = dtype_name(ctx, dtype_node)
     return AutocastState(node=expr, enabled=enabled, device=device, dtype=dtype, outer=outer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Does the file run in low precision? (autocast, GradScaler, .half(), torch.float16, bfloat16)
+
+_LOW_DTYPE_NAMES = {
+    "torch.float16": "float16", "torch.half": "float16", "torch.bfloat16": "bfloat16",
+    "torch.HalfTensor": "float16", "torch.cuda.HalfTensor": "float16",
+    "torch.BFloat16Tensor": "bfloat16", "torch.cuda.BFloat16Tensor": "bfloat16",
+}
+_LOW_CAST_METHODS = {"half": "float16", "bfloat16": "bfloat16"}
+# precision settings spelled as strings: Lightning's Trainer(precision=...), HF's mixed_precision=...
+_LOW_STRINGS = {
+    "float16": "float16", "fp16": "float16", "16-mixed": "float16", "16-true": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16", "bf16-mixed": "bfloat16", "bf16-true": "bfloat16",
+}
+_AMP_ATTRS = {n.rsplit(".", 1)[-1] for n in (*_LOW_DTYPE_NAMES, *AUTOCAST_NAMES, *GRADSCALER_NAMES)}
+
+
+class _AmpUsage(LintRule):
+    """Collects the file-wide evidence of low precision into ``ctx.amp_evidence`` (not a rule:
+    it reports nothing). Names are resolved through imports, so ``half = 0.5`` does not count."""
+
+    tokens = ("autocast", "GradScaler", "half", "Half", "float16", "fp16", "bf16", "16-")
+
+    def visit_Attribute(self, node: ast.Attribute, ctx: Context) -> None:
+        if node.attr in _AMP_ATTRS:
+            self._name(ctx.qualname(node), node, ctx)
+
+    def visit_Name(self, node: ast.Name, ctx: Context) -> None:
+        if node.id in _AMP_ATTRS:
+            self._name(ctx.qualname(node), node, ctx)
+
+    def visit_ImportFrom(self, node: ast.ImportFrom, ctx: Context) -> None:
+        if node.module and not node.level:
+            for alias in node.names:
+                if alias.name in _AMP_ATTRS:
+                    self._name(f"{node.module}.{alias.name}", node, ctx)
+
+    @staticmethod
+    def _name(name: str | None, node: ast.AST, ctx: Context) -> None:
+        if name in _LOW_DTYPE_NAMES:
+            ctx.note_amp(_LOW_DTYPE_NAMES[name], name, node)
+        elif name in AUTOCAST_NAMES:
+            parent = ctx.parent(node)
+            if not (isinstance(parent, ast.Call) and parent.func is node):  # calls say their dtype: visit_Call
+                ctx.note_amp("bfloat16" if AUTOCAST_NAMES[name] == "cpu" else "float16", name, node)
+        elif name in GRADSCALER_NAMES:  # loss scaling exists for float16
+            ctx.note_amp("float16", name, node)
+
+    def visit_Call(self, node: ast.Call, ctx: Context) -> None:
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in _LOW_CAST_METHODS and not node.args and not node.keywords:
+            if ctx.qualname(func) is None:  # x.half(), not a module-level function
+                ctx.note_amp(_LOW_CAST_METHODS[func.attr], f".{func.attr}()", node)
+        elif getattr(func, "attr", getattr(func, "id", None)) == "autocast":
+            state = _autocast_state(ctx, node, None)
+            if state is not None:
+                _note_autocast(ctx, state)
+
+    def visit_Constant(self, node: ast.Constant, ctx: Context) -> None:
+        if isinstance(node.value, str) and node.value in _LOW_STRINGS:
+            ctx.note_amp(_LOW_STRINGS[node.value], repr(node.value), node)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,8 +543,11 @@ class _Walker:
     def bind(self, target: ast.AST, value: ast.AST | None, stmt: ast.AST) -> None:
         ctx = self.ctx
         if isinstance(target, (ast.Tuple, ast.List)):
-            for elt in target.elts:
-                self.bind(elt.value if isinstance(elt, ast.Starred) else elt, None, stmt)
+            # `q, k = q.float(), k.float()`: each name gets its own value when the lengths match
+            values = value.elts if isinstance(value, (ast.Tuple, ast.List)) and len(value.elts) == len(target.elts) else None
+            for i, elt in enumerate(target.elts):
+                starred = isinstance(elt, ast.Starred) or (values is not None and isinstance(values[i], ast.Starred))
+                self.bind(elt.value if isinstance(elt, ast.Starred) else elt, None if values is None or starred else values[i], stmt)
             return
         key = target_key(target)
         if key is None:
@@ -424,7 +558,7 @@ class _Walker:
                 scope = scope.parent
             if not scope.is_class:
                 scope = ctx.scope
-        scope.bindings[key] = Binding(key, stmt, value, ctx.scope.autocast)
+        scope.bindings[key] = Binding(key, stmt, value, ctx.scope.autocast, previous=scope.bindings.get(key))
         if value is not None and isinstance(value, ast.Call):
             name = ctx.call_name(value)
             if name in GRADSCALER_NAMES:
@@ -591,8 +725,12 @@ def analyze(
     rules: Iterable[LintRule],
     enabled: set[str],
     lines: list[str] | None = None,
+    amp: bool | str = False,
 ) -> list[Finding]:
     """Run ``rules`` over a parsed module; returns sorted, de-duplicated findings.
+
+    ``amp``: the package trains in low precision (config ``amp = true | "fp16" | "bf16"``), so rules
+    that only matter there report errors even in files that do not say so themselves.
 
     Rule exceptions are turned into a single AMP000 finding; the other rules still run.
     ``noqa`` comments are not applied here (flake8 applies its own; the CLI calls
@@ -602,7 +740,9 @@ def analyze(
     active = [r for r in rules if any(c in enabled for c in r.codes) and (not r.tokens or any(t in source for t in r.tokens))]
     if not active:
         return []
-    ctx = Context(path, source, lines, enabled)
+    ctx = Context(path, source, lines, enabled, amp)
+    if any(t in source for t in _AmpUsage.tokens):
+        active.append(_AmpUsage())
     errors: list[str] = []
 
     def on_error(rule: LintRule, exc: BaseException) -> None:
@@ -618,6 +758,7 @@ def analyze(
         errors.append("the file is nested too deeply to analyse")
     finally:
         sys.setrecursionlimit(limit)
+    ctx.resolve_tiered()
     findings = ctx.findings
     if errors:
         findings.append(AMP000.finding(Location(path, 1, 1), detail=errors[0]))

@@ -125,6 +125,15 @@ AMP201 = Rule(
         "def export_fp16(model):  # no autocast in this file: a deliberate conversion\n"
         "    return model.half()\n",
         "import torch\n"
+        "import torch.nn.functional as F\n"
+        "\n"
+        "def attend(q, k, v):\n"
+        "    with torch.autocast('cuda'):\n"
+        "        q = q * 0.125\n"
+        "    if q.dtype == torch.float32:  # the fused kernel needs half precision: a dtype-aware cast\n"
+        "        q, k, v = q.bfloat16(), k.bfloat16(), v.bfloat16()\n"
+        "    return F.scaled_dot_product_attention(q, k, v)\n",
+        "import torch\n"
         "\n"
         "def loss_fp32(model, x):\n"
         "    with torch.autocast('cuda'):\n"
@@ -244,6 +253,18 @@ def _amp_call(ctx: Context, call: ast.Call) -> str | None:
     return None
 
 
+def _under_dtype_check(ctx: Context, node: ast.AST) -> bool:
+    """``if q.dtype == torch.float32: q = q.half()``: the cast depends on a dtype test (a kernel
+    that needs half precision, a serialization format), so it is not a blind cast next to autocast."""
+    child, parent = node, ctx.parent(node)
+    while parent is not None and not isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+        if isinstance(parent, (ast.If, ast.IfExp)) and child is not parent.test:
+            if any(isinstance(n, ast.Attribute) and n.attr == "dtype" for n in ast.walk(parent.test)):
+                return True
+        child, parent = parent, ctx.parent(parent)
+    return False
+
+
 class ManualCasts(LintRule):
     rules = (AMP201, AMP202)
     tokens = ("half", "float16", "Half")
@@ -270,7 +291,8 @@ class ManualCasts(LintRule):
         dtype = cast_target_dtype(ctx, node)
         if dtype not in _LOW:
             return
-        module_data(ctx, self).setdefault("all_casts", []).append((node, dtype))
+        if not _under_dtype_check(ctx, node):  # a dtype-aware conversion is deliberate: not AMP201
+            module_data(ctx, self).setdefault("all_casts", []).append((node, dtype))
         key = _cast_subject(ctx, node)
         if key is None:
             return

@@ -21,48 +21,88 @@ def spelled_name(ctx: Context, func: ast.AST) -> str | None:
         return name.rsplit(".", 1)[-1] if name else func.id
     return None
 
+_BCE_WHY = (
+    "binary_cross_entropy takes probabilities and computes log(p); in fp16 a sigmoid output "
+    "rounds to exactly 0 or 1 and the log becomes -inf. torch.autocast refuses it on CUDA with "
+    "a RuntimeError; the *_with_logits variant fuses sigmoid and log with the log-sum-exp trick."
+)
+_BCE_FIX = "Drop the sigmoid and call F.binary_cross_entropy_with_logits(logits, target) (or nn.BCEWithLogitsLoss())."
+_BCE_REFS = (
+    "https://pytorch.org/docs/stable/amp.html#prefer-binary-cross-entropy-with-logits-over-binary-cross-entropy",
+    "https://pytorch.org/docs/stable/generated/torch.nn.BCEWithLogitsLoss.html",
+)
+_BCE_GOOD = (
+    "import torch.nn.functional as F\n"
+    "\n"
+    "def loss_fn(logits, target):\n"
+    "    return F.binary_cross_entropy_with_logits(logits, target)\n",
+    "from torch import nn\n"
+    "\n"
+    "criterion = nn.BCEWithLogitsLoss()\n",
+    "def binary_cross_entropy(p, y):  # a user function of the same name is not torch's\n"
+    "    return -(y * p.log()).mean()\n"
+    "\n"
+    "loss = binary_cross_entropy(p, y)\n",
+)
+
 AMP301 = Rule(
     code="AMP301",
     name="binary-cross-entropy",
     severity=Severity.ERROR,
-    message="{name} is unsafe in fp16 and raises under CUDA autocast: use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits",
-    why=(
-        "binary_cross_entropy takes probabilities and computes log(p); in fp16 a sigmoid output "
-        "rounds to exactly 0 or 1 and the log becomes -inf. torch.autocast refuses it on CUDA with "
-        "a RuntimeError; the *_with_logits variant fuses sigmoid and log with the log-sum-exp trick."
-    ),
-    fix="Drop the sigmoid and call F.binary_cross_entropy_with_logits(logits, target) (or nn.BCEWithLogitsLoss()).",
-    references=(
-        "https://pytorch.org/docs/stable/amp.html#prefer-binary-cross-entropy-with-logits-over-binary-cross-entropy",
-        "https://pytorch.org/docs/stable/generated/torch.nn.BCEWithLogitsLoss.html",
-    ),
+    message="{name} is unsafe in fp16 and raises under CUDA autocast ({evidence}): use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits",
+    why=_BCE_WHY + " Reported as an error where the file uses autocast, GradScaler, .half() or bfloat16 "
+    "(or the package is configured with amp = true); elsewhere AMP306 gives the same advice as info.",
+    fix=_BCE_FIX,
+    references=_BCE_REFS,
     bad=(
         "import torch\n"
         "import torch.nn.functional as F\n"
         "\n"
-        "def loss_fn(logits, target):\n"
+        "def loss_fn(model, x, target):\n"
+        "    with torch.autocast('cuda'):\n"
+        "        logits = model(x)\n"
         "    return F.binary_cross_entropy(torch.sigmoid(logits), target)  # expect: AMP301\n",
+        "import torch\n"
         "from torch import nn\n"
         "\n"
-        "criterion = nn.BCELoss()  # expect: AMP301\n",
+        "criterion = nn.BCELoss()  # expect: AMP301\n"
+        "model = torch.nn.Linear(16, 1).half()\n",
         "import torch\n"
         "\n"
         "def loss_fn(p, y):\n"
-        "    return torch.nn.functional.binary_cross_entropy(p, y, reduction='sum')  # expect: AMP301\n",
-    ),
-    good=(
-        "import torch.nn.functional as F\n"
+        "    return torch.nn.functional.binary_cross_entropy(p, y, reduction='sum')  # expect: AMP301\n"
         "\n"
-        "def loss_fn(logits, target):\n"
-        "    return F.binary_cross_entropy_with_logits(logits, target)\n",
+        "def evaluate(model, x):  # evidence later in the file counts too\n"
+        "    with torch.autocast('cuda', dtype=torch.bfloat16):\n"
+        "        return model(x)\n",
+    ),
+    good=_BCE_GOOD,
+)
+
+AMP306 = Rule(
+    code="AMP306",
+    name="binary-cross-entropy-amp-readiness",
+    severity=Severity.INFO,
+    message="AMP readiness: {name} is fine in fp32 but raises under CUDA autocast and is unsafe in fp16: before enabling mixed precision, use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits",
+    why=_BCE_WHY + " This file never uses autocast, GradScaler, .half() or bfloat16 (AMP301 covers files "
+    "that do, and packages configured with amp = true), so today it computes in fp32 and is correct.",
+    fix=_BCE_FIX,
+    references=_BCE_REFS,
+    bad=(
+        "import torch\n"
         "from torch import nn\n"
         "\n"
-        "criterion = nn.BCEWithLogitsLoss()\n",
-        "def binary_cross_entropy(p, y):  # a user function of the same name is not torch's\n"
-        "    return -(y * p.log()).mean()\n"
+        "criterion = nn.BCELoss()  # expect: AMP306\n"
         "\n"
-        "loss = binary_cross_entropy(p, y)\n",
+        "def d_loss(netD, real, label):  # a classic fp32 DCGAN discriminator step\n"
+        "    return criterion(netD(real).view(-1), label)\n",
+        "import torch.nn.functional as F\n"
+        "\n"
+        "def vae_loss(recon, x, mu, logvar):\n"
+        "    bce = F.binary_cross_entropy(recon, x, reduction='sum')  # expect: AMP306\n"
+        "    return bce - 0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum()\n",
     ),
+    good=_BCE_GOOD,
 )
 
 _BCE_FUNCTIONS = {
@@ -85,7 +125,7 @@ def _is_sigmoid(ctx: Context, node: ast.AST) -> bool:
 
 
 class BinaryCrossEntropy(LintRule):
-    rules = (AMP301,)
+    rules = (AMP301, AMP306)
     tokens = ("binary_cross_entropy", "BCELoss")
     autofix_examples = (
         (
@@ -107,7 +147,7 @@ class BinaryCrossEntropy(LintRule):
                 and bool(node.args)
                 and _is_sigmoid(ctx, node.args[0])
             )
-            ctx.report(AMP301, node, fixable=fixable, name=name.rsplit(".", 1)[-1])
+            ctx.report_tiered(AMP301, AMP306, node, fixable=fixable, name=name.rsplit(".", 1)[-1])
         elif name in _BCE_MODULES:
             parent = ctx.parent(node)
             fixable = (
@@ -117,7 +157,7 @@ class BinaryCrossEntropy(LintRule):
                 and bool(parent.args)
                 and _is_sigmoid(ctx, parent.args[0])
             )
-            ctx.report(AMP301, node, fixable=fixable, name="nn.BCELoss")
+            ctx.report_tiered(AMP301, AMP306, node, fixable=fixable, name="nn.BCELoss")
 
     def fix_transformer(self, positions):
         return _bce_fix(positions)
@@ -446,7 +486,11 @@ _CUSTOM_FN_WHY = (
     "a custom kernel in forward receives whatever dtypes autocast produced. "
     "@torch.amp.custom_bwd runs backward with forward's autocast state; "
     "@torch.amp.custom_fwd(device_type=..., cast_inputs=torch.float32) casts the inputs and runs "
-    "forward with autocast disabled, for code that needs float32."
+    "forward with autocast disabled, for code that needs float32. Reported only where forward or "
+    "backward calls ops that autocast casts and that do not type-promote (@, matmul, mm, bmm, linear, "
+    "conv, einsum, scaled_dot_product_attention) or a compiled kernel (torch.ops.*), and backward "
+    "does not adapt to the gradient's dtype itself: elementwise ops and collectives promote mixed "
+    "dtypes and need no decorator."
 )
 _CUSTOM_FN_FIX = (
     "Decorate forward with @torch.amp.custom_fwd(device_type=\"cuda\") (add cast_inputs=torch.float32 if it "
@@ -457,6 +501,23 @@ _CUSTOM_FN_REFS = (
     "https://pytorch.org/docs/stable/amp.html#torch.amp.custom_fwd",
 )
 _CUSTOM_FN_GOOD = (
+    "import torch\n"
+    "\n"
+    "class Swish(torch.autograd.Function):  # elementwise: mixed dtypes promote, nothing to decorate\n"
+    "    @staticmethod\n"
+    "    def forward(ctx, x):\n"
+    "        ctx.save_for_backward(x)\n"
+    "        return x * torch.sigmoid(x)\n"
+    "\n"
+    "    @staticmethod\n"
+    "    def backward(ctx, grad):\n"
+    "        (x,) = ctx.saved_tensors\n"
+    "        s = torch.sigmoid(x)\n"
+    "        return grad * (s * (1 + x * (1 - s)))\n"
+    "\n"
+    "def step(x):\n"
+    "    with torch.autocast('cuda'):\n"
+    "        return Swish.apply(x)\n",
     "import torch\n"
     "\n"
     "class Square(torch.autograd.Function):\n"
@@ -499,44 +560,47 @@ AMP303 = Rule(
     code="AMP303",
     name="autograd-function-without-amp-decorators",
     severity=Severity.WARNING,
-    message="custom autograd.Function {name}: {missing} in a file that uses autocast: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...)",
+    message="custom autograd.Function {name}: {missing} in a file (or a package, amp = true) that uses autocast: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...)",
     why=_CUSTOM_FN_WHY,
     fix=_CUSTOM_FN_FIX,
     references=_CUSTOM_FN_REFS,
     bad=(
         "import torch\n"
         "\n"
-        "class Square(torch.autograd.Function):  # expect: AMP303\n"
+        "class Bilinear(torch.autograd.Function):  # expect: AMP303\n"
         "    @staticmethod\n"
-        "    def forward(ctx, x):\n"
-        "        ctx.save_for_backward(x)\n"
-        "        return x * x\n"
+        "    def forward(ctx, x, w):\n"
+        "        ctx.save_for_backward(x, w)\n"
+        "        return x @ w\n"
         "\n"
         "    @staticmethod\n"
         "    def backward(ctx, grad):\n"
-        "        (x,) = ctx.saved_tensors\n"
-        "        return 2 * x * grad\n"
+        "        x, w = ctx.saved_tensors\n"
+        "        return grad @ w.t(), x.t() @ grad\n"
         "\n"
-        "def step(x):\n"
+        "def step(x, w):\n"
         "    with torch.autocast('cuda'):\n"
-        "        return Square.apply(x)\n",
+        "        return Bilinear.apply(x, w)\n",
+        "import torch\n"
         "from torch import autocast\n"
         "from torch.amp import custom_fwd\n"
         "from torch.autograd import Function\n"
         "\n"
-        "class Scale(Function):  # expect: AMP303\n"
+        "class Project(Function):  # expect: AMP303\n"
         "    @staticmethod\n"
         "    @custom_fwd(device_type='cuda')\n"
-        "    def forward(ctx, x):\n"
-        "        return x * 2\n"
+        "    def forward(ctx, x, w):\n"
+        "        ctx.save_for_backward(w)\n"
+        "        return torch.nn.functional.linear(x, w)\n"
         "\n"
         "    @staticmethod\n"
         "    def backward(ctx, grad):  # custom_bwd is missing\n"
-        "        return grad * 2\n"
+        "        (w,) = ctx.saved_tensors\n"
+        "        return torch.matmul(grad, w), None\n"
         "\n"
         "@autocast('cuda')\n"
-        "def step(x):\n"
-        "    return Scale.apply(x)\n",
+        "def step(x, w):\n"
+        "    return Project.apply(x, w)\n",
     ),
     good=_CUSTOM_FN_GOOD,
 )
@@ -546,28 +610,31 @@ AMP305 = Rule(
     name="autograd-function-without-amp-decorators-no-autocast",
     severity=Severity.INFO,
     message="custom autograd.Function {name}: {missing}: decorate with @torch.amp.custom_fwd / custom_bwd(device_type=...) before it runs under autocast",
-    why=_CUSTOM_FN_WHY + " This file does not use autocast itself (AMP303 covers files that do), but "
-    "the Function may still be called from an autocast region elsewhere.",
+    why=_CUSTOM_FN_WHY + " This file does not use autocast itself (AMP303 covers files that do, and packages configured "
+    "with amp = true), but the Function may still be called from an autocast region elsewhere.",
     fix=_CUSTOM_FN_FIX,
     references=_CUSTOM_FN_REFS,
     bad=(
         "import torch\n"
         "\n"
-        "class Clamp(torch.autograd.Function):  # expect: AMP305\n"
+        "class Attention(torch.autograd.Function):  # expect: AMP305\n"
         "    @staticmethod\n"
-        "    def forward(ctx, x):\n"
-        "        return x.clamp(0, 1)\n"
+        "    def forward(ctx, q, k):\n"
+        "        ctx.save_for_backward(q, k)\n"
+        "        return torch.bmm(q, k.transpose(1, 2))\n"
         "\n"
         "    @staticmethod\n"
         "    def backward(ctx, grad):\n"
-        "        return grad\n",
+        "        q, k = ctx.saved_tensors\n"
+        "        return torch.bmm(grad, k), torch.bmm(grad.transpose(1, 2), q)\n",
         "import torch.autograd as ag\n"
+        "import torch\n"
         "\n"
         "def make():\n"
         "    class Local(ag.Function):  # expect: AMP305\n"
         "        @staticmethod\n"
         "        def forward(ctx, x):\n"
-        "            return x\n"
+        "            return torch.ops.mylib.fused_gelu(x)  # a compiled kernel sees autocast's dtypes\n"
         "\n"
         "        @staticmethod\n"
         "        def backward(ctx, grad):\n"
@@ -599,6 +666,35 @@ def _is_amp_decorator(ctx: Context, deco: ast.AST, which: str) -> bool:
     return name in _AMP_DECORATORS[which]
 
 
+# ops autocast casts that do not type-promote: given a float16 and a float32 operand they raise
+_NON_PROMOTING_AUTOCAST_OPS = {
+    "matmul", "mm", "bmm", "baddbmm", "addmm", "addbmm", "addmv", "addr", "mv", "einsum", "linear",
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+    "scaled_dot_product_attention", "chain_matmul", "multi_dot", "prelu",
+}
+
+
+def _autocast_sensitive(ctx: Context, cls: ast.ClassDef) -> bool:
+    """Does forward or backward call an op whose dtypes autocast changes and which does not
+    promote mixed dtypes (or a compiled kernel), without backward adapting to the gradient's dtype?"""
+    sensitive = False
+    for stmt in cls.body:
+        if not isinstance(stmt, ast.FunctionDef) or stmt.name not in ("forward", "backward"):
+            continue
+        grads = {a.arg for a in stmt.args.args[1:]} if stmt.name == "backward" else set()
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.MatMult):
+                sensitive = True
+            elif isinstance(node, ast.Call):
+                name = ctx.call_name(node) or ""
+                if spelled_name(ctx, node.func) in _NON_PROMOTING_AUTOCAST_OPS or name.startswith("torch.ops."):
+                    sensitive = True
+            elif (isinstance(node, ast.Attribute) and node.attr == "dtype" and isinstance(node.value, ast.Name)
+                  and node.value.id in grads):
+                return False  # backward casts to grad.dtype itself
+    return sensitive
+
+
 class CustomAutogradFunction(LintRule):
     rules = (AMP303, AMP305)
     tokens = ("autograd",)
@@ -612,7 +708,7 @@ class CustomAutogradFunction(LintRule):
                 which = "custom_fwd" if stmt.name == "forward" else "custom_bwd"
                 if not any(_is_amp_decorator(ctx, deco, which) for deco in stmt.decorator_list):
                     missing.append(f"{stmt.name} lacks @{which}")
-        if missing:
+        if missing and _autocast_sensitive(ctx, node):
             # the severity depends on whether the file uses autocast anywhere: decide at the end
             scope = ctx.scope
             while scope.parent is not None:
@@ -623,7 +719,7 @@ class CustomAutogradFunction(LintRule):
         if not isinstance(node, ast.Module):
             return
         pending = ctx.scope.data.get(type(self).__name__, ())
-        uses_autocast = "autocast" in ctx.facts or _AUTOCAST_CALL.search(ctx.source) is not None
+        uses_autocast = "autocast" in ctx.facts or _AUTOCAST_CALL.search(ctx.source) is not None or ctx.amp_config
         for cls, missing in pending:
             ctx.report(AMP303 if uses_autocast else AMP305, cls, name=cls.name, missing=missing)
 
