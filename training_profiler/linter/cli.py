@@ -57,7 +57,7 @@ def _codes(value) -> tuple[str, ...]:
 
 def _options(args: argparse.Namespace):
     """Merge command-line flags over the pyproject.toml table; returns (Selection, fail level, excludes, amp)."""
-    from ..cli import UsageError
+    from ..inputs import UsageError
     from ..config import load_tool_config
     from .api import Selection
     from .engine import amp_option
@@ -101,7 +101,7 @@ def _excluded(path: str, patterns: list[str]) -> bool:
 
 
 def run_lint(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
+    from ..inputs import UsageError
     from ..formats import render
     from .api import iter_python_files, lint_file, read_source
     from .fixes import fix_source
