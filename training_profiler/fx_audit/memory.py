@@ -320,6 +320,11 @@ def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int
     large.peak_bytes += extra * (large.peak_bytes - small.peak_bytes)
     large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
     prefix = f"{path}.2"
+    # parameters without a gradient in the last kept block are so in every block after it
+    large.params_without_grad += tuple(
+        f"{path}.{block}{name[len(prefix):]}"
+        for block in range(3, count) for name in large.params_without_grad if name.startswith(prefix + ".")
+    )
     if large.peak_module and (large.peak_module == prefix or large.peak_module.startswith(prefix + ".")):
         large.peak_module = f"{path}.{count - 1}" + large.peak_module[len(prefix):]
     large.notes.append(
@@ -372,12 +377,27 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
             if record is not None:
                 record.category = "params" if id(t) in names else "inputs"
                 record.description = names.get(id(t), "example input")
+
+        def current_layer() -> str | None:
+            return innermost_module(tracker, type(model).__name__)
+
+        last_step = steps - 1
         with tracker, mode:
             _prime_optimizer(params, opt, phase)
             _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1,
-                       current_layer=lambda: innermost_module(tracker, type(model).__name__))
+                       current_layer=current_layer)
+            without_grad = [p for p in params if p.grad is None]
+            if without_grad:
+                # torch.optim skips parameters whose .grad is None, so they never get state; the
+                # priming step gave them some: drop it and report one more step, as torch runs it
+                for p in without_grad:
+                    opt.state.pop(p, None)
+                last_step = steps
+                _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, 1, phase, first=steps,
+                           current_layer=current_layer)
         label_state(trace, fake_model, opt, names)
-        report = build_report(trace, steps - 1)
+        report = build_report(trace, last_step)
+        report.params_without_grad = tuple(names[id(p)] for p in params if p.grad is None)
     report.optimizer = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
     report.amp = amp
     if trace.corrected_ops:
