@@ -56,10 +56,12 @@ class _TinyLSTM(nn.Module):
     ids=["mlp-adam", "mlp-sgd-momentum-bf16", "mlp-sgd-pure-bf16", "mlp-sgd-pure-fp16", "cnn-adamw"],
 )
 def test_prediction_matches_real_cpu_step_within_5_percent(make_model, inputs, optimizer, amp):
+    """Within +-5% of the CPU allocator's peak, so never under by more than 5%, at whatever
+    instruction set oneDNN runs here (.ci/run repeats this per ONEDNN_MAX_CPU_ISA level)."""
     model = make_model()
     predicted = simulate_training_step(model, inputs, optimizer=optimizer, amp=amp).peak_bytes
     measured = measure_training_step(model, torch.randn(inputs), optimizer=optimizer, amp=amp)
-    assert abs(predicted - measured) / measured <= 0.05, (predicted, measured)
+    assert -0.05 <= predicted / measured - 1 <= 0.05, (predicted, measured)
 
 
 def test_mlp_adam_peak_is_exact_and_in_the_optimizer():

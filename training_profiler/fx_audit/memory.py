@@ -401,15 +401,17 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
     report.optimizer = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
     report.amp = amp
     if trace.corrected_ops:
+        sources = sorted({trace.rules[op].source for op in trace.corrected_ops})
         report.notes.append(
-            "CPU kernel workspaces that fake tensors do not show were added from a measured per-op table: "
-            + ", ".join(sorted(trace.corrected_ops))
+            f"{device.upper()} kernel workspaces that fake tensors do not show were added from a measured per-op "
+            f"table: {', '.join(sorted(trace.corrected_ops))} ({'; '.join(sources)})"
         )
     approximate = sorted(op for op in trace.corrected_ops if not trace.rules[op].exact)
     if approximate:
         report.confidence = "low"
         report.notes.append(
-            f"{', '.join(approximate)}: oneDNN workspace sizes are fitted, not exact; treat the peak as an estimate"
+            f"{', '.join(approximate)}: workspace sizes are fitted envelopes or measured tables, not exact; "
+            "treat the peak as an estimate"
         )
     return report
 
