@@ -15,6 +15,10 @@ and the reported peak is that of the last step (``steps >= 2``, so optimizer sta
 own allocation/free events (``torch.profiler`` with ``profile_memory=True``): the reference of
 the accuracy benchmark. Torch is imported inside the functions (the CLI imports this module
 without torch).
+
+The simulation is device-neutral: the storage tracker is ``memory_tracker``, and what a device
+adds on top of the tensors (CPU: oneDNN workspaces, per instruction set) is its table of rules in
+``targets``. The batch-size solver is ``batch_solver``.
 """
 
 from __future__ import annotations
