@@ -159,10 +159,12 @@ def test_fail_level_accepts_the_old_words_as_aliases(tmp_path, capsys):
     assert [Severity.parse(w) for w in ("high", "MEDIUM", "low", "error")] == [
         Severity.ERROR, Severity.WARNING, Severity.INFO, Severity.ERROR]
     bad = tmp_path / "train.py"
-    bad.write_text("import torch.nn.functional as F\n\nloss = F.binary_cross_entropy(p, y)\n")
+    # under autocast, so AMP301 is an error (in an fp32-only file it is readiness advice)
+    bad.write_text("import torch\nimport torch.nn.functional as F\n\nwith torch.autocast('cuda'):\n"
+                   "    loss = F.binary_cross_entropy(p, y)\n")
     assert main(["lint", str(bad), "--fail-level", "high"]) == 1
     out = capsys.readouterr().out
-    assert "Line 3: [error] AMP301 " in out and out.endswith("1 finding (1 error)\n")
+    assert "Line 5: [error] AMP301 " in out and out.endswith("1 finding (1 error)\n")
 
 
 def test_audit_fails_at_the_fail_level(capsys):

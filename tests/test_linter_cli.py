@@ -229,7 +229,7 @@ def test_fp32_script_gets_readiness_advice_not_an_error(project, capsys):
     assert (item["code"], item["severity"], item["line"]) == ("AMP306", "info", 3)
     assert item["message"].startswith("AMP readiness: nn.BCELoss is fine in fp32 but raises under CUDA autocast")
     code, out, _ = lint(capsys, "dcgan.py", "--extend-select", "AMP306")
-    assert out.splitlines()[1].startswith("  Line 3: [LOW] AMP306 AMP readiness:")
+    assert out.splitlines()[1].startswith("  Line 3: [info] AMP306 AMP readiness:")
 
 
 @pytest.mark.parametrize("flag, config, shown", [(["--amp", "fp16"], None, '"fp16"'), ([], "true", "true"), ([], '"bf16"', '"bf16"')])
