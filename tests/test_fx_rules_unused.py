@@ -170,3 +170,25 @@ def test_without_a_backward_the_check_says_it_did_not_run():
     assert report.params_without_grad is None and "FXA108" not in {f.code for f in report.findings}
     assert "FXA108 (unused parameters) not checked: no backward ran (no floating output needs a gradient)" \
         in report.capture.notes
+
+
+def test_fxa108_and_the_memory_simulation_agree_on_which_params_get_no_gradient():
+    # One notion of "used": the parameters FXA108 reports are exactly those the memory simulation
+    # leaves without gradient and optimizer state (torch.optim skips params whose .grad is None).
+    import torch.nn as nn
+
+    from training_profiler.fx_audit import audit
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.head, self.unused_head = nn.Linear(16, 32), nn.Linear(32, 4), nn.Linear(32, 512)
+
+        def forward(self, x):
+            return self.head(self.body(x).relu())
+
+    report = audit(Net(), [(8, 16)], optimizer="adam")
+    assert report.params_without_grad == {"unused_head.weight": 32 * 512, "unused_head.bias": 512}
+    assert set(report.memory.params_without_grad) == set(report.params_without_grad)
+    fxa108 = [f for f in report.findings if f.code == "FXA108"]
+    assert len(fxa108) == 1 and "16,896 params" in fxa108[0].message

@@ -18,7 +18,9 @@ FXA108 = Rule(
         "Parameters that take no part in the forward pass get no gradient. Under "
         "DistributedDataParallel the reducer waits for their gradients forever (the 'Expected to "
         "have finished reduction' error) unless find_unused_parameters=True, which costs an extra "
-        "graph traversal every step; optimizers still allocate state for them."
+        "graph traversal every step. They still cost their parameter memory, and a checkpoint "
+        "that saves them carries dead weights (torch.optim gives them no state: it skips "
+        "parameters whose .grad is None)."
     ),
     fix="Delete the unused submodule, or call requires_grad_(False) on it if it is used only in some modes.",
     references=(f"{DOCS}/generated/torch.nn.parallel.DistributedDataParallel.html",),
