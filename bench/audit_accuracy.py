@@ -14,7 +14,7 @@ For each model, with small batch/sequence sizes so that real CPU steps fit in a 
   the CPU allocator's allocation/free events (``torch.profiler``, ``profile_memory=True``) during
   the third real step, on top of the bytes alive when it starts (params, buffers, Adam state,
   inputs). Error = predicted / measured - 1.
-Targets (issue 3): MACs within +-1% and peak within +-5% on 10/10, never under by more than 5%.
+Targets: MACs within +-1% and peak within +-5% on 10/10, never under by more than 5%.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ def _step_fn(variant, model, loss_fn):
         return watch_training(plain, warmup_steps=100, alert_window=50)
     stats = {}
 
-    def naive(model):  # seed 003's ModelDebugger / Lightning grad_norm style: one sync per parameter
+    def naive(model):  # a per-parameter debugger / Lightning grad_norm style: one sync per parameter
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model)
         loss.backward()

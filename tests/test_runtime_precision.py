@@ -1,5 +1,5 @@
 """analyze_tensor: figures checked against an independent float64 rounding model (plain Python), not
-against the code path under test; the seed's bbox case reproduced from constructed data."""
+against the code path under test; the museum's bounding-box case reproduced from constructed data."""
 
 import importlib.util
 import math

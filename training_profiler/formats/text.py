@@ -1,4 +1,4 @@
-"""The grouped terminal report (seed 004's layout)::
+"""The grouped terminal report, one block per file::
 
     File: model.py
       Line 45: [error] AMP301 binary_cross_entropy is unsafe under autocast ...

@@ -1,4 +1,4 @@
-"""The monitor's alert record and its one-line text (the seed-style ``[ALERT] ...`` messages).
+"""The monitor's alert record and its one-line text (the ``[ALERT] ...`` messages).
 
 Torch-free: the detectors build :class:`Alert` records, the monitor logs them and hands them to
 ``on_alert``; nothing here decides whether something is an alert.

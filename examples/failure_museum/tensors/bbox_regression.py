@@ -12,7 +12,7 @@ import torch
 
 
 def bbox_predictions(rows: int = 1000, seed: int = 0) -> torch.Tensor:
-    """The seed's bbox tensor: both columns evenly cover their span, paired at random (seeded)."""
+    """A bounding-box regression target: both columns evenly cover their span, paired at random (seeded)."""
     generator = torch.Generator().manual_seed(seed)
     pixels = torch.linspace(-1000.0, 1200.0, rows)
     log_scale = torch.linspace(-1.5, 0.8, rows)[torch.randperm(rows, generator=generator)]
