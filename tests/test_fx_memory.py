@@ -9,8 +9,8 @@ import pytest
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
+from training_profiler.fx_audit.batch_solver import max_batch_size  # noqa: E402
 from training_profiler.fx_audit.memory import (  # noqa: E402
-    max_batch_size,
     measure_training_step,
     parse_bytes,
     simulate_training_step,
@@ -341,7 +341,7 @@ def test_repeated_blocks_are_extrapolated_exactly():
 
 def test_max_batch_size_starts_at_two_when_batchnorm_cannot_train_on_one():
     """A ResNet at 32x32 ends in a 1x1 map: training-mode BatchNorm refuses batch 1, not the solver."""
-    from training_profiler.fx_audit.memory import max_batch_size, simulate_training_step
+    from training_profiler.fx_audit.memory import simulate_training_step
     from training_profiler.fx_audit.zoo import resnet18_like
 
     from training_profiler.fx_audit import build_model

@@ -683,7 +683,8 @@ def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> 
 def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict, optimizer: str,
                 amp: str | None, memory_budget: int | None) -> None:
     try:
-        from .memory import max_batch_size, simulate_training_step
+        from .batch_solver import max_batch_size
+        from .memory import simulate_training_step
     except ImportError:
         report.capture.notes.append("memory simulation is not available in this installation")
         return

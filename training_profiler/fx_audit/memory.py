@@ -30,7 +30,6 @@ from typing import Any, Callable
 from ..inputs import spec_to_tensor as _spec_to_tensor
 from ..inputs import split_inputs as _split_inputs
 from ..units import parse_bytes
-from .batch_solver import max_batch_size
 from .memory_tracker import Trace, build_report, innermost_module, label_state, tracker_mode
 from .records import MemoryReport
 from .targets import workspace_rules
@@ -39,7 +38,6 @@ __all__ = [
     "AMP_MODES",
     "OPTIMIZERS",
     "default_loss",
-    "max_batch_size",
     "measure_training_step",
     "parse_bytes",
     "simulate_training_step",
