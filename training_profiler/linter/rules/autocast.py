@@ -7,7 +7,7 @@ import ast
 
 from ...findings import Rule, Severity
 from ..engine import AutocastState, Binding, Context, LintRule, target_key
-from .casts import cast_target_dtype, module_data
+from ._common import cast_target_dtype, module_data
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
@@ -389,6 +389,84 @@ AMP103 = Rule(
     ),
 )
 
+class DeprecatedAmpApi(LintRule):
+    rules = (AMP103,)
+    tokens = ("cuda.amp", "cpu.amp", "cuda import amp", "cpu import amp")
+    autofix_examples = (
+        (
+            "import torch\nscaler = torch.cuda.amp.GradScaler(init_scale=2.0**14)\n"
+            "with torch.cuda.amp.autocast(True, torch.bfloat16):\n    y = f(x)\n",
+            'import torch\nscaler = torch.amp.GradScaler("cuda", init_scale=2.0**14)\n'
+            'with torch.amp.autocast("cuda", enabled=True, dtype=torch.bfloat16):\n    y = f(x)\n',
+        ),
+        (
+            "import torch\n\n@torch.cuda.amp.custom_fwd\ndef f(ctx, x):\n    return x\n\n"
+            "@torch.cuda.amp.custom_fwd(cast_inputs=torch.float32)\ndef g(ctx, x):\n    return x\n",
+            'import torch\n\n@torch.amp.custom_fwd(device_type="cuda")\ndef f(ctx, x):\n    return x\n\n'
+            '@torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)\ndef g(ctx, x):\n    return x\n',
+        ),
+        (
+            "from torch.cuda.amp import GradScaler, autocast as ac\nscaler = GradScaler()\n"
+            "def step(x):\n    with ac(enabled=False):\n        return x\n",
+            'from torch.amp import GradScaler, autocast as ac\nscaler = GradScaler("cuda")\n'
+            'def step(x):\n    with ac("cuda", enabled=False):\n        return x\n',
+        ),
+    )
+
+    def visit_Attribute(self, node: ast.Attribute, ctx: Context) -> None:
+        if node.attr not in _DEPRECATED_ATTRS:
+            return
+        qual = ctx.qualname(node)
+        if qual not in _DEPRECATED or _not_a_use(ctx, node) or _in_compat_fallback(ctx, node):
+            return
+        device, name = _DEPRECATED[qual]
+        # rewritten by dropping the `.cuda` / `.cpu` segment: needs the literal `torch.cuda.amp.X`
+        base = node.value.value if isinstance(node.value, ast.Attribute) else None
+        fixable = (
+            name is not None
+            and isinstance(base, ast.Attribute)
+            and ctx.qualname(base.value) == "torch"
+            and _rewritable_use(ctx, node, name)
+        )
+        ctx.report(AMP103, node, fixable=fixable, old=qual, new=_replacement(name or qual.rsplit(".", 1)[1], device))
+
+    def visit_ImportFrom(self, node: ast.ImportFrom, ctx: Context) -> None:
+        module = node.module or ""
+        if node.level or not module.startswith(("torch.cuda.amp", "torch.cpu.amp")):
+            return
+        names = [a.name for a in node.names if f"{module}.{a.name}" in _DEPRECATED]
+        if not names or _in_compat_fallback(ctx, node):
+            return
+        device = module.split(".")[1]
+        fixable = all(_DEPRECATED.get(f"{module}.{a.name}", (None, None))[1] for a in node.names)
+        module_data(ctx, self).setdefault("imports", []).append((node, module, device, names, fixable))
+
+    def visit_Name(self, node: ast.Name, ctx: Context) -> None:
+        """Uses of names imported from torch.cuda.amp: the import is fixable only if every use is."""
+        binding = ctx.lookup(node.id)
+        if binding is None or not isinstance(binding.node, ast.ImportFrom):
+            return
+        target = binding.import_target or ""
+        if not target.startswith(("torch.cuda.amp.", "torch.cpu.amp.")):
+            return
+        name = target.rsplit(".", 1)[1]
+        if not isinstance(node.ctx, ast.Load) or not _rewritable_use(ctx, node, name):
+            module_data(ctx, self).setdefault("unfixable", set()).add(id(binding.node))
+
+    def leave_scope(self, node: ast.AST, ctx: Context) -> None:
+        if not isinstance(node, ast.Module):
+            return
+        data = module_data(ctx, self)
+        unfixable = data.get("unfixable", set())
+        for imp, module, device, names, fixable in data.get("imports", ()):
+            listed = ", ".join(names)
+            new = f'`from torch.amp import {listed}` and pass "{device}" at each use'
+            ctx.report(AMP103, imp, fixable=fixable and id(imp) not in unfixable, old=f"from {module} import {listed}", new=new)
+
+    def fix_transformer(self, positions):
+        return _deprecated_api_fix(positions)
+
+
 # deprecated qualified name -> (device, public name); the public name is None for the
 # implementation-module spellings, which are reported but not rewritten.
 _DEPRECATED: dict[str, tuple[str, str | None]] = {
@@ -477,84 +555,6 @@ def _rewritable_use(ctx: Context, node: ast.AST, name: str) -> bool:
     if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)) and node in parent.decorator_list:
         return name in ("custom_fwd", "custom_bwd")
     return False
-
-
-class DeprecatedAmpApi(LintRule):
-    rules = (AMP103,)
-    tokens = ("cuda.amp", "cpu.amp", "cuda import amp", "cpu import amp")
-    autofix_examples = (
-        (
-            "import torch\nscaler = torch.cuda.amp.GradScaler(init_scale=2.0**14)\n"
-            "with torch.cuda.amp.autocast(True, torch.bfloat16):\n    y = f(x)\n",
-            'import torch\nscaler = torch.amp.GradScaler("cuda", init_scale=2.0**14)\n'
-            'with torch.amp.autocast("cuda", enabled=True, dtype=torch.bfloat16):\n    y = f(x)\n',
-        ),
-        (
-            "import torch\n\n@torch.cuda.amp.custom_fwd\ndef f(ctx, x):\n    return x\n\n"
-            "@torch.cuda.amp.custom_fwd(cast_inputs=torch.float32)\ndef g(ctx, x):\n    return x\n",
-            'import torch\n\n@torch.amp.custom_fwd(device_type="cuda")\ndef f(ctx, x):\n    return x\n\n'
-            '@torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)\ndef g(ctx, x):\n    return x\n',
-        ),
-        (
-            "from torch.cuda.amp import GradScaler, autocast as ac\nscaler = GradScaler()\n"
-            "def step(x):\n    with ac(enabled=False):\n        return x\n",
-            'from torch.amp import GradScaler, autocast as ac\nscaler = GradScaler("cuda")\n'
-            'def step(x):\n    with ac("cuda", enabled=False):\n        return x\n',
-        ),
-    )
-
-    def visit_Attribute(self, node: ast.Attribute, ctx: Context) -> None:
-        if node.attr not in _DEPRECATED_ATTRS:
-            return
-        qual = ctx.qualname(node)
-        if qual not in _DEPRECATED or _not_a_use(ctx, node) or _in_compat_fallback(ctx, node):
-            return
-        device, name = _DEPRECATED[qual]
-        # rewritten by dropping the `.cuda` / `.cpu` segment: needs the literal `torch.cuda.amp.X`
-        base = node.value.value if isinstance(node.value, ast.Attribute) else None
-        fixable = (
-            name is not None
-            and isinstance(base, ast.Attribute)
-            and ctx.qualname(base.value) == "torch"
-            and _rewritable_use(ctx, node, name)
-        )
-        ctx.report(AMP103, node, fixable=fixable, old=qual, new=_replacement(name or qual.rsplit(".", 1)[1], device))
-
-    def visit_ImportFrom(self, node: ast.ImportFrom, ctx: Context) -> None:
-        module = node.module or ""
-        if node.level or not module.startswith(("torch.cuda.amp", "torch.cpu.amp")):
-            return
-        names = [a.name for a in node.names if f"{module}.{a.name}" in _DEPRECATED]
-        if not names or _in_compat_fallback(ctx, node):
-            return
-        device = module.split(".")[1]
-        fixable = all(_DEPRECATED.get(f"{module}.{a.name}", (None, None))[1] for a in node.names)
-        module_data(ctx, self).setdefault("imports", []).append((node, module, device, names, fixable))
-
-    def visit_Name(self, node: ast.Name, ctx: Context) -> None:
-        """Uses of names imported from torch.cuda.amp: the import is fixable only if every use is."""
-        binding = ctx.lookup(node.id)
-        if binding is None or not isinstance(binding.node, ast.ImportFrom):
-            return
-        target = binding.import_target or ""
-        if not target.startswith(("torch.cuda.amp.", "torch.cpu.amp.")):
-            return
-        name = target.rsplit(".", 1)[1]
-        if not isinstance(node.ctx, ast.Load) or not _rewritable_use(ctx, node, name):
-            module_data(ctx, self).setdefault("unfixable", set()).add(id(binding.node))
-
-    def leave_scope(self, node: ast.AST, ctx: Context) -> None:
-        if not isinstance(node, ast.Module):
-            return
-        data = module_data(ctx, self)
-        unfixable = data.get("unfixable", set())
-        for imp, module, device, names, fixable in data.get("imports", ()):
-            listed = ", ".join(names)
-            new = f'`from torch.amp import {listed}` and pass "{device}" at each use'
-            ctx.report(AMP103, imp, fixable=fixable and id(imp) not in unfixable, old=f"from {module} import {listed}", new=new)
-
-    def fix_transformer(self, positions):
-        return _deprecated_api_fix(positions)
 
 
 def _deprecated_api_fix(positions):
