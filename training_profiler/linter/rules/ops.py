@@ -1,4 +1,9 @@
-"""AMP3xx: operations that are unsafe or inaccurate in low precision."""
+"""AMP3xx: operations that are unsafe or inaccurate in low precision.
+
+Layout: each code has one section (``grep -n AMP302`` lands on it) holding its :class:`Rule`
+(metadata, bad and good examples), then the detector that decides and reports it, then the
+helpers only that section uses. Precision evidence shared with AMP4xx is in ``_common.py``.
+"""
 
 from __future__ import annotations
 
