@@ -1,9 +1,15 @@
 """AMP1xx: autocast scope and API (loss outside the region, backward inside it, deprecated
-device-specific API, autocast outputs used in a nested ``autocast(enabled=False)`` block)."""
+device-specific API, autocast outputs used in a nested ``autocast(enabled=False)`` block).
+
+Layout: shared helpers first; then each code has one section (``grep -n AMP103`` lands on it)
+holding its :class:`Rule` (metadata, bad and good examples), the detector that decides and
+reports it, and the helpers only that section uses.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 
 from ...findings import Rule, Severity
 from ..engine import AutocastState, Binding, Context, LintRule, target_key
@@ -386,6 +392,11 @@ AMP103 = Rule(
         "    from torch.amp import custom_fwd\n"
         "else:\n"
         "    from torch.cuda.amp import custom_fwd\n",
+        "import torch\n"
+        "from lightning_fabric.utilities.imports import _TORCH_GREATER_EQUAL_2_4\n"
+        "\n"
+        "def make_scaler(device):  # torch < 2.4 has no torch.amp.GradScaler(device=...)\n"
+        "    return torch.amp.GradScaler(device=device) if _TORCH_GREATER_EQUAL_2_4 else torch.cuda.amp.GradScaler()\n",
     ),
 )
 
@@ -501,25 +512,46 @@ def _catches_compat_error(handler: ast.ExceptHandler) -> bool:
     return False
 
 
-def _is_version_check(ctx: Context, test: ast.AST) -> bool:
-    """``hasattr(torch.amp, ...)``, ``torch.__version__ >= ...``, ``if TORCH_VERSION ...``."""
+# a version gate's name: `_TORCH_GREATER_EQUAL_2_4`, `is_torch_less_or_equal`, `TORCH_GE_2_4`
+# (words between underscores, so `lossless` or `useless` are not one)
+_VERSION_FLAG = re.compile(r"version|(^|_)(greater|less|lesser|older|newer)(_|$)|(^|_)(ge|gt|le|lt|geq|leq)_?\d", re.IGNORECASE)
+# calls that test an installed version: lightning_utilities' RequirementCache("torch>=2.4") and
+# compare_version("torch", operator.ge, "2.4.0"), packaging's Version, pkg_resources' parse_version
+# (`version.parse(...)` is caught by its name)
+_VERSION_CALLS = frozenset({"RequirementCache", "compare_version", "Version", "parse_version"})
+
+
+def _is_version_check(ctx: Context, test: ast.AST, follow_names: bool = True) -> bool:
+    """``hasattr(torch.amp, ...)``, ``torch.__version__ >= ...``, ``if TORCH_VERSION ...``, a flag
+    named like ``_TORCH_GREATER_EQUAL_2_4``, ``RequirementCache("torch>=2.4")``, or a name bound
+    in this file to one of these (``_NEW_AMP = RequirementCache("torch>=2.4")``)."""
     for sub in ast.walk(test):  # an `if` test: a small expression
-        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in ("hasattr", "getattr"):
-            if sub.args and (ctx.qualname(sub.args[0]) or "").startswith("torch"):
+        if isinstance(sub, ast.Call):
+            func = sub.func
+            if isinstance(func, ast.Name) and func.id in ("hasattr", "getattr"):
+                if sub.args and (ctx.qualname(sub.args[0]) or "").startswith("torch"):
+                    return True
+            called = ctx.call_name(sub) or ast.unparse(func)
+            if called.rsplit(".", 1)[-1] in _VERSION_CALLS:
                 return True
         word = sub.attr if isinstance(sub, ast.Attribute) else sub.id if isinstance(sub, ast.Name) else ""
-        if "version" in word.lower():
+        if word and _VERSION_FLAG.search(word):
             return True
+        if follow_names and word and isinstance(sub.ctx, ast.Load):
+            value = ctx.value_of(sub)
+            if value is not None and _is_version_check(ctx, value, follow_names=False):
+                return True
     return False
 
 
 def _in_compat_fallback(ctx: Context, node: ast.AST) -> bool:
-    """Inside ``except (ImportError, AttributeError):`` or an ``if`` on hasattr / version."""
+    """Inside ``except (ImportError, AttributeError):`` or either arm of an ``if`` (or a
+    conditional expression) on hasattr / a version."""
     child, cur = node, ctx.parent(node)
     while cur is not None:
         if isinstance(cur, ast.ExceptHandler) and _catches_compat_error(cur):
             return True
-        if isinstance(cur, ast.If) and child is not cur.test and _is_version_check(ctx, cur.test):
+        if isinstance(cur, (ast.If, ast.IfExp)) and child is not cur.test and _is_version_check(ctx, cur.test):
             return True
         child, cur = cur, ctx.parent(cur)
     return False
