@@ -400,6 +400,7 @@ AMP103 = Rule(
     ),
 )
 
+
 class DeprecatedAmpApi(LintRule):
     rules = (AMP103,)
     tokens = ("cuda.amp", "cpu.amp", "cuda import amp", "cpu import amp")

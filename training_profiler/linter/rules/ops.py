@@ -276,6 +276,7 @@ AMP302 = Rule(
     ),
 )
 
+
 class LowPrecisionReduction(LintRule):
     rules = (AMP302,)
     # it needs an explicit cast or an autocast region: files without these words cannot fire
@@ -550,6 +551,7 @@ AMP305 = Rule(
     good=_CUSTOM_FN_GOOD,
 )
 
+
 class CustomAutogradFunction(LintRule):
     rules = (AMP303, AMP305)
     tokens = ("autograd",)
@@ -692,6 +694,7 @@ AMP304 = Rule(
         "    return torch.log(2 + x), torch.exp(x) - 2, torch.log(p + 0.5)\n",
     ),
 )
+
 
 class NaiveFormula(LintRule):
     rules = (AMP304,)
