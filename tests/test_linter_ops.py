@@ -96,6 +96,24 @@ def test_amp302_loop_rebinding_and_function_boundaries():
     assert found(src) == [("AMP302", 8, 15)]
 
 
+def test_amp302_binding_in_the_other_if_arm_is_ignored_also_from_inside_a_lambda():
+    """The cast happens in the other arm of the ``if``, so the softmax never sees a half tensor.
+    The arm test walks through the lambda up to the function (flow.path_to stops at a lambda,
+    which is why evident_precision keeps its own branch check)."""
+    src = """\
+    import torch
+
+    def f(x, c):
+        if c:
+            y = x.half()
+        else:
+            g = lambda: y.softmax(-1)
+            return g, y.softmax(-1)
+        return y.softmax(-1)
+    """
+    assert found(src) == [("AMP302", 9, 12)]
+
+
 def test_amp302_autocast_contexts():
     src = """\
     import torch

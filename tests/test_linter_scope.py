@@ -551,3 +551,42 @@ def test_hasattr_on_a_non_torch_object_is_not_a_compatibility_check():
             scaler = torch.cuda.amp.GradScaler()
         """
     assert found(source) == [("AMP103", 3)]
+
+
+def test_deprecated_api_behind_a_torch_version_flag_is_a_compatibility_fallback():
+    """Modelled on pytorch-lightning 2.6.6 plugins/precision/amp.py line 54: the deprecated
+    GradScaler is the fallback arm of a conditional expression on a torch >= 2.4 flag, where
+    torch.amp.GradScaler(device=...) does not exist yet. Flags named like a version gate, names
+    bound to RequirementCache / compare_version, packaging.version comparisons count too."""
+    source = """\
+        import operator
+        import torch
+        from packaging.version import Version
+        from lightning_utilities.core.imports import RequirementCache, compare_version
+        from lightning_fabric.utilities.imports import _TORCH_GREATER_EQUAL_2_4
+
+        _NEW_AMP = RequirementCache("torch>=2.4")
+        _OLD_TORCH = compare_version("torch", operator.lt, "2.4.0")
+
+        class MixedPrecision:
+            def __init__(self, precision, device, scaler=None):
+                if scaler is None and precision == "16-mixed":
+                    scaler = torch.amp.GradScaler(device=device) if _TORCH_GREATER_EQUAL_2_4 else torch.cuda.amp.GradScaler()
+                self.scaler = scaler
+
+        def make_scaler(device):
+            if not _NEW_AMP:
+                return torch.cuda.amp.GradScaler()
+            if _OLD_TORCH:
+                return torch.cuda.amp.GradScaler()
+            if Version(torch.__version__) < Version("2.4"):
+                return torch.cuda.amp.GradScaler()
+            if TORCH_GE_2_4 or is_torch_less_or_equal("2.3"):
+                return torch.amp.GradScaler(device)
+            return torch.cuda.amp.GradScaler() if RequirementCache("torch<2.4") else None
+
+        scaler = torch.cuda.amp.GradScaler() if precision == "16-mixed" else None  # not a version check
+        if _is_lossless(scaler):
+            ac = torch.cuda.amp.autocast()  # `lossless` is no version word
+        """
+    assert found(source) == [("AMP103", 27), ("AMP103", 29)]

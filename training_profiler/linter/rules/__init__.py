@@ -1,5 +1,7 @@
 """The rule registry. Each module below defines LintRule subclasses; one grep for a code finds
-its metadata, its detector and its examples in the same file.
+its metadata, its examples and the logic that decides and reports it together in the same file
+(``tests/test_linter_layout.py`` checks it). Helpers that several rule modules need live in
+``_common.py``: rule modules never import each other.
 
 Codes: AMP1xx autocast scope and API, AMP2xx manual casts, AMP3xx ops unsafe in low precision,
 AMP4xx constants, AMP5xx GradScaler protocol.

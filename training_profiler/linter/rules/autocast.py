@@ -1,13 +1,19 @@
 """AMP1xx: autocast scope and API (loss outside the region, backward inside it, deprecated
-device-specific API, autocast outputs used in a nested ``autocast(enabled=False)`` block)."""
+device-specific API, autocast outputs used in a nested ``autocast(enabled=False)`` block).
+
+Layout: shared helpers first; then each code has one section (``grep -n AMP103`` lands on it)
+holding its :class:`Rule` (metadata, bad and good examples), the detector that decides and
+reports it, and the helpers only that section uses.
+"""
 
 from __future__ import annotations
 
 import ast
+import re
 
 from ...findings import Rule, Severity
 from ..engine import AutocastState, Binding, Context, LintRule, target_key
-from .casts import cast_target_dtype, module_data
+from ._common import cast_target_dtype, module_data
 
 # ---------------------------------------------------------------------------------------------
 # Shared helpers
@@ -386,97 +392,13 @@ AMP103 = Rule(
         "    from torch.amp import custom_fwd\n"
         "else:\n"
         "    from torch.cuda.amp import custom_fwd\n",
+        "import torch\n"
+        "from lightning_fabric.utilities.imports import _TORCH_GREATER_EQUAL_2_4\n"
+        "\n"
+        "def make_scaler(device):  # torch < 2.4 has no torch.amp.GradScaler(device=...)\n"
+        "    return torch.amp.GradScaler(device=device) if _TORCH_GREATER_EQUAL_2_4 else torch.cuda.amp.GradScaler()\n",
     ),
 )
-
-# deprecated qualified name -> (device, public name); the public name is None for the
-# implementation-module spellings, which are reported but not rewritten.
-_DEPRECATED: dict[str, tuple[str, str | None]] = {
-    **{f"torch.cuda.amp.{n}": ("cuda", n) for n in ("autocast", "GradScaler", "custom_fwd", "custom_bwd")},
-    **{f"torch.cpu.amp.{n}": ("cpu", n) for n in ("autocast", "GradScaler")},
-    "torch.cuda.amp.autocast_mode.autocast": ("cuda", None),
-    "torch.cuda.amp.autocast_mode.custom_fwd": ("cuda", None),
-    "torch.cuda.amp.autocast_mode.custom_bwd": ("cuda", None),
-    "torch.cuda.amp.grad_scaler.GradScaler": ("cuda", None),
-    "torch.cpu.amp.autocast_mode.autocast": ("cpu", None),
-    "torch.cpu.amp.grad_scaler.GradScaler": ("cpu", None),
-}
-_DEPRECATED_ATTRS = frozenset(q.rsplit(".", 1)[1] for q in _DEPRECATED)
-_AUTOCAST_POSITIONAL = ("enabled", "dtype", "cache_enabled")  # torch.{cuda,cpu}.amp.autocast
-_COMPAT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError", "AttributeError", "Exception", "BaseException"})
-
-
-def _replacement(name: str, device: str) -> str:
-    if name in ("custom_fwd", "custom_bwd"):
-        return f'torch.amp.{name}(device_type="{device}", ...)'
-    return f'torch.amp.{name}("{device}", ...)'
-
-
-def _catches_compat_error(handler: ast.ExceptHandler) -> bool:
-    if handler.type is None:
-        return True
-    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
-    for t in types:
-        last = t.attr if isinstance(t, ast.Attribute) else t.id if isinstance(t, ast.Name) else None
-        if last in _COMPAT_ERRORS:
-            return True
-    return False
-
-
-def _is_version_check(ctx: Context, test: ast.AST) -> bool:
-    """``hasattr(torch.amp, ...)``, ``torch.__version__ >= ...``, ``if TORCH_VERSION ...``."""
-    for sub in ast.walk(test):  # an `if` test: a small expression
-        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in ("hasattr", "getattr"):
-            if sub.args and (ctx.qualname(sub.args[0]) or "").startswith("torch"):
-                return True
-        word = sub.attr if isinstance(sub, ast.Attribute) else sub.id if isinstance(sub, ast.Name) else ""
-        if "version" in word.lower():
-            return True
-    return False
-
-
-def _in_compat_fallback(ctx: Context, node: ast.AST) -> bool:
-    """Inside ``except (ImportError, AttributeError):`` or an ``if`` on hasattr / version."""
-    child, cur = node, ctx.parent(node)
-    while cur is not None:
-        if isinstance(cur, ast.ExceptHandler) and _catches_compat_error(cur):
-            return True
-        if isinstance(cur, ast.If) and child is not cur.test and _is_version_check(ctx, cur.test):
-            return True
-        child, cur = cur, ctx.parent(cur)
-    return False
-
-
-def _not_a_use(ctx: Context, node: ast.AST) -> bool:
-    """``isinstance(s, torch.cuda.amp.GradScaler)``, ``func is torch.cuda.amp.autocast``,
-    ``{torch.cuda.amp.autocast, ...}``: the class is only compared against or listed (nothing is
-    constructed, no FutureWarning); not reported."""
-    child, cur = node, ctx.parent(node)
-    while cur is not None and not isinstance(cur, ast.stmt):
-        if isinstance(cur, (ast.Compare, ast.List, ast.Tuple, ast.Set, ast.Dict)):
-            return True
-        if isinstance(cur, ast.Call):
-            func = cur.func
-            return func is not child and isinstance(func, ast.Name) and func.id in ("isinstance", "issubclass")
-        child, cur = cur, ctx.parent(cur)
-    return False
-
-
-def _rewritable_use(ctx: Context, node: ast.AST, name: str) -> bool:
-    """Whether the use ``node`` of deprecated ``name`` can be rewritten exactly: a call with
-    plain arguments, or (custom_fwd / custom_bwd) a bare decorator."""
-    parent = ctx.parent(node)
-    if isinstance(parent, ast.Call) and parent.func is node:
-        if any(isinstance(a, ast.Starred) for a in parent.args) or any(k.arg is None for k in parent.keywords):
-            return False
-        if name == "autocast":
-            return len(parent.args) <= len(_AUTOCAST_POSITIONAL)
-        if name in ("custom_fwd", "custom_bwd"):
-            return len(parent.args) <= 1 and all(k.arg != "device_type" for k in parent.keywords)
-        return True
-    if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)) and node in parent.decorator_list:
-        return name in ("custom_fwd", "custom_bwd")
-    return False
 
 
 class DeprecatedAmpApi(LintRule):
@@ -555,6 +477,117 @@ class DeprecatedAmpApi(LintRule):
 
     def fix_transformer(self, positions):
         return _deprecated_api_fix(positions)
+
+
+# deprecated qualified name -> (device, public name); the public name is None for the
+# implementation-module spellings, which are reported but not rewritten.
+_DEPRECATED: dict[str, tuple[str, str | None]] = {
+    **{f"torch.cuda.amp.{n}": ("cuda", n) for n in ("autocast", "GradScaler", "custom_fwd", "custom_bwd")},
+    **{f"torch.cpu.amp.{n}": ("cpu", n) for n in ("autocast", "GradScaler")},
+    "torch.cuda.amp.autocast_mode.autocast": ("cuda", None),
+    "torch.cuda.amp.autocast_mode.custom_fwd": ("cuda", None),
+    "torch.cuda.amp.autocast_mode.custom_bwd": ("cuda", None),
+    "torch.cuda.amp.grad_scaler.GradScaler": ("cuda", None),
+    "torch.cpu.amp.autocast_mode.autocast": ("cpu", None),
+    "torch.cpu.amp.grad_scaler.GradScaler": ("cpu", None),
+}
+_DEPRECATED_ATTRS = frozenset(q.rsplit(".", 1)[1] for q in _DEPRECATED)
+_AUTOCAST_POSITIONAL = ("enabled", "dtype", "cache_enabled")  # torch.{cuda,cpu}.amp.autocast
+_COMPAT_ERRORS = frozenset({"ImportError", "ModuleNotFoundError", "AttributeError", "Exception", "BaseException"})
+
+
+def _replacement(name: str, device: str) -> str:
+    if name in ("custom_fwd", "custom_bwd"):
+        return f'torch.amp.{name}(device_type="{device}", ...)'
+    return f'torch.amp.{name}("{device}", ...)'
+
+
+def _catches_compat_error(handler: ast.ExceptHandler) -> bool:
+    if handler.type is None:
+        return True
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    for t in types:
+        last = t.attr if isinstance(t, ast.Attribute) else t.id if isinstance(t, ast.Name) else None
+        if last in _COMPAT_ERRORS:
+            return True
+    return False
+
+
+# a version gate's name: `_TORCH_GREATER_EQUAL_2_4`, `is_torch_less_or_equal`, `TORCH_GE_2_4`
+# (words between underscores, so `lossless` or `useless` are not one)
+_VERSION_FLAG = re.compile(r"version|(^|_)(greater|less|lesser|older|newer)(_|$)|(^|_)(ge|gt|le|lt|geq|leq)_?\d", re.IGNORECASE)
+# calls that test an installed version: lightning_utilities' RequirementCache("torch>=2.4") and
+# compare_version("torch", operator.ge, "2.4.0"), packaging's Version, pkg_resources' parse_version
+# (`version.parse(...)` is caught by its name)
+_VERSION_CALLS = frozenset({"RequirementCache", "compare_version", "Version", "parse_version"})
+
+
+def _is_version_check(ctx: Context, test: ast.AST, follow_names: bool = True) -> bool:
+    """``hasattr(torch.amp, ...)``, ``torch.__version__ >= ...``, ``if TORCH_VERSION ...``, a flag
+    named like ``_TORCH_GREATER_EQUAL_2_4``, ``RequirementCache("torch>=2.4")``, or a name bound
+    in this file to one of these (``_NEW_AMP = RequirementCache("torch>=2.4")``)."""
+    for sub in ast.walk(test):  # an `if` test: a small expression
+        if isinstance(sub, ast.Call):
+            func = sub.func
+            if isinstance(func, ast.Name) and func.id in ("hasattr", "getattr"):
+                if sub.args and (ctx.qualname(sub.args[0]) or "").startswith("torch"):
+                    return True
+            called = ctx.call_name(sub) or ast.unparse(func)
+            if called.rsplit(".", 1)[-1] in _VERSION_CALLS:
+                return True
+        word = sub.attr if isinstance(sub, ast.Attribute) else sub.id if isinstance(sub, ast.Name) else ""
+        if word and _VERSION_FLAG.search(word):
+            return True
+        if follow_names and word and isinstance(sub.ctx, ast.Load):
+            value = ctx.value_of(sub)
+            if value is not None and _is_version_check(ctx, value, follow_names=False):
+                return True
+    return False
+
+
+def _in_compat_fallback(ctx: Context, node: ast.AST) -> bool:
+    """Inside ``except (ImportError, AttributeError):`` or either arm of an ``if`` (or a
+    conditional expression) on hasattr / a version."""
+    child, cur = node, ctx.parent(node)
+    while cur is not None:
+        if isinstance(cur, ast.ExceptHandler) and _catches_compat_error(cur):
+            return True
+        if isinstance(cur, (ast.If, ast.IfExp)) and child is not cur.test and _is_version_check(ctx, cur.test):
+            return True
+        child, cur = cur, ctx.parent(cur)
+    return False
+
+
+def _not_a_use(ctx: Context, node: ast.AST) -> bool:
+    """``isinstance(s, torch.cuda.amp.GradScaler)``, ``func is torch.cuda.amp.autocast``,
+    ``{torch.cuda.amp.autocast, ...}``: the class is only compared against or listed (nothing is
+    constructed, no FutureWarning); not reported."""
+    child, cur = node, ctx.parent(node)
+    while cur is not None and not isinstance(cur, ast.stmt):
+        if isinstance(cur, (ast.Compare, ast.List, ast.Tuple, ast.Set, ast.Dict)):
+            return True
+        if isinstance(cur, ast.Call):
+            func = cur.func
+            return func is not child and isinstance(func, ast.Name) and func.id in ("isinstance", "issubclass")
+        child, cur = cur, ctx.parent(cur)
+    return False
+
+
+def _rewritable_use(ctx: Context, node: ast.AST, name: str) -> bool:
+    """Whether the use ``node`` of deprecated ``name`` can be rewritten exactly: a call with
+    plain arguments, or (custom_fwd / custom_bwd) a bare decorator."""
+    parent = ctx.parent(node)
+    if isinstance(parent, ast.Call) and parent.func is node:
+        if any(isinstance(a, ast.Starred) for a in parent.args) or any(k.arg is None for k in parent.keywords):
+            return False
+        if name == "autocast":
+            return len(parent.args) <= len(_AUTOCAST_POSITIONAL)
+        if name in ("custom_fwd", "custom_bwd"):
+            return len(parent.args) <= 1 and all(k.arg != "device_type" for k in parent.keywords)
+        return True
+    if isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef)) and node in parent.decorator_list:
+        return name in ("custom_fwd", "custom_bwd")
+    return False
 
 
 def _deprecated_api_fix(positions):

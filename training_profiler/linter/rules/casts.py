@@ -1,81 +1,87 @@
 """AMP2xx: manual casts (``.half()`` next to autocast, pure low-precision training, GradScaler
-with bf16 autocast)."""
+with bf16 autocast).
+
+Layout: each code has one section (``grep -n AMP202`` lands on it) holding its :class:`Rule`
+(metadata, bad and good examples) and the function that decides and reports it. AMP201 and
+AMP202 share one walk, :class:`ManualCasts` after their sections: it records the low-precision
+casts, the optimizers built from ``.parameters()`` and the file's autocast / GradScaler use. A
+cast whose model's parameters reach an optimizer in the same scope is AMP202 (which claims it);
+when the file ends, AMP201 reports the unclaimed casts of a file that uses AMP.
+"""
 
 from __future__ import annotations
 
 import ast
 
 from ...findings import Rule, Severity
-from ..engine import AUTOCAST_NAMES, GRADSCALER_NAMES, Context, LintRule, autocast_call, dtype_name, target_key
+from ..engine import AUTOCAST_NAMES, GRADSCALER_NAMES, Context, LintRule, autocast_call, target_key
+from ._common import CAST_METHOD_DTYPES, cast_target_dtype, module_data
 
-# ---------------------------------------------------------------------------------------------
-# Recognising casts
-
-_METHOD_DTYPES = {"half": "float16", "bfloat16": "bfloat16", "float": "float32", "double": "float64"}
-_DTYPES = {
-    "float16": "float16", "half": "float16", "bfloat16": "bfloat16",
-    "float32": "float32", "float": "float32", "float64": "float64", "double": "float64",
-}
-_TENSOR_TYPES = {"HalfTensor": "float16", "BFloat16Tensor": "bfloat16", "FloatTensor": "float32", "DoubleTensor": "float64"}
 _LOW = ("float16", "bfloat16")
 
 
-def _dtype_of(ctx: Context, node: ast.AST) -> str | None:
-    """``torch.float16`` / ``torch.half`` / ``"bfloat16"`` / ``torch.float`` -> canonical name."""
-    return _DTYPES.get(dtype_name(ctx, node) or "")
-
-
-def _tensor_type_of(ctx: Context, node: ast.AST) -> str | None:
-    """``torch.HalfTensor`` / ``torch.cuda.HalfTensor`` / ``"torch.cuda.HalfTensor"``."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        name = node.value if node.value.startswith("torch.") else None
-    else:
-        name = ctx.qualname(node)
-    if name is None or not name.startswith("torch."):
-        return None
-    return _TENSOR_TYPES.get(name.rsplit(".", 1)[1])
-
-
-def cast_target_dtype(ctx: Context, call: ast.Call) -> str | None:
-    """The floating dtype a tensor/module cast converts to, or None if ``call`` is not one:
-    ``x.half()``, ``x.bfloat16()``, ``x.float()``, ``x.double()``, ``x.to(torch.float16)``,
-    ``x.to(device, dtype=torch.bfloat16)``, ``x.type(torch.HalfTensor)``."""
-    func = call.func
-    if not isinstance(func, ast.Attribute):
-        return None
-    attr = func.attr
-    if attr in _METHOD_DTYPES:
-        result = None if call.args else _METHOD_DTYPES[attr]
-    elif attr == "to":
-        result = None
-        for arg in [*call.args, *(k.value for k in call.keywords if k.arg == "dtype")]:
-            result = result or _dtype_of(ctx, arg)
-    elif attr == "type" and len(call.args) + len(call.keywords) == 1:
-        arg = call.args[0] if call.args else call.keywords[0].value
-        result = _tensor_type_of(ctx, arg) or _dtype_of(ctx, arg)
-    else:
-        return None
-    if result is None or ctx.qualname(func) is not None:  # `torch.Tensor.half(x)`, a module function
-        return None
-    return result
-
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the checks
 
 def _describe_cast(call: ast.Call, dtype: str) -> str:
     attr = call.func.attr  # type: ignore[attr-defined]
-    return f".{attr}()" if attr in _METHOD_DTYPES else f".{attr}(torch.{dtype})"
+    return f".{attr}()" if attr in CAST_METHOD_DTYPES else f".{attr}(torch.{dtype})"
 
 
-def module_data(ctx: Context, rule: LintRule) -> dict:
-    """Scratch space of ``rule`` for the whole file (the module scope's; at module level it is
-    also ``ctx.scope_data(rule)``, so the two must use different keys)."""
-    scope = ctx.scope
-    while scope.parent is not None:
-        scope = scope.parent
-    return scope.data.setdefault(type(rule).__name__, {})
+def _cast_subject(ctx: Context, call: ast.Call) -> str | None:
+    """What a low-precision cast converts in place or rebinds: ``model`` for ``model.half()``
+    as a statement, ``model = Net().half().cuda()``, ``self.model = self.model.half()``."""
+    node: ast.AST = call
+    parent = ctx.parent(node)
+    while isinstance(parent, ast.Attribute):  # climb the method chain `.half().cuda()`
+        outer = ctx.parent(parent)
+        if not (isinstance(outer, ast.Call) and outer.func is parent):
+            return None
+        node, parent = outer, ctx.parent(outer)
+    if isinstance(parent, ast.Expr):
+        return target_key(call.func.value)  # type: ignore[attr-defined]
+    if isinstance(parent, ast.Assign) and len(parent.targets) == 1:
+        return target_key(parent.targets[0])
+    return None
+
+
+def _is_optimizer(name: str | None) -> bool:
+    """``torch.optim.AdamW``, ``bitsandbytes.optim.Adam8bit``, ``apex.optimizers.FusedAdam``."""
+    if not name:
+        return False
+    parts = name.split(".")
+    packages = parts[:-1]
+    return ("optim" in packages or "optimizers" in packages) and "lr_scheduler" not in packages and "swa_utils" not in packages
+
+
+def _optimizer_around(ctx: Context, node: ast.AST) -> str | None:
+    """The optimizer call that ``node`` (a ``.parameters()`` call) is an argument of, if any."""
+    child, cur = node, ctx.parent(node)
+    while cur is not None and not isinstance(cur, ast.stmt):
+        if isinstance(cur, ast.Call) and cur.func is not child:
+            name = ctx.call_name(cur)
+            if _is_optimizer(name):
+                return name.rsplit(".", 1)[1]  # type: ignore[union-attr]
+        child, cur = cur, ctx.parent(cur)
+    return None
+
+
+def _amp_call(ctx: Context, call: ast.Call) -> str | None:
+    """'autocast' / 'GradScaler' when ``call`` constructs one (any spelling of the API)."""
+    func = call.func
+    last = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if last not in ("autocast", "GradScaler"):
+        return None
+    name = ctx.call_name(call)
+    if name in AUTOCAST_NAMES:
+        return "autocast"
+    if name in GRADSCALER_NAMES:
+        return "GradScaler"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
-# AMP201 / AMP202
+# AMP201 manual-cast-with-autocast
 
 AMP201 = Rule(
     code="AMP201",
@@ -142,6 +148,40 @@ AMP201 = Rule(
     ),
 )
 
+
+def _amp201_manual_cast_with_autocast(ctx: Context, data: dict) -> None:
+    """AMP201, when the file ends: each low-precision cast that AMP202 did not claim and that does
+    not depend on a dtype test, in a file that uses autocast or GradScaler. ``data``: the
+    walk's file-wide records (``amp``, ``all_casts``, ``claimed``)."""
+    amp = set(data.get("amp", ()))
+    if "autocast" in ctx.facts:
+        amp.add("autocast")
+    if "gradscaler" in ctx.facts:
+        amp.add("GradScaler")
+    if not amp:
+        return
+    uses = " and ".join(sorted(amp))
+    claimed = data.get("claimed", set())
+    for cast, dtype in data.get("all_casts", ()):
+        if id(cast) not in claimed and not _under_dtype_check(ctx, cast):  # a dtype-aware conversion is deliberate
+            ctx.report(AMP201, cast, cast=_describe_cast(cast, dtype), amp=uses)
+
+
+def _under_dtype_check(ctx: Context, node: ast.AST) -> bool:
+    """``if q.dtype == torch.float32: q = q.half()``: the cast depends on a dtype test (a kernel
+    that needs half precision, a serialization format), so it is not a blind cast next to autocast."""
+    child, parent = node, ctx.parent(node)
+    while parent is not None and not isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
+        if isinstance(parent, (ast.If, ast.IfExp)) and child is not parent.test:
+            if any(isinstance(n, ast.Attribute) and n.attr == "dtype" for n in ast.walk(parent.test)):
+                return True
+        child, parent = parent, ctx.parent(parent)
+    return False
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP202 pure-low-precision-training
+
 AMP202 = Rule(
     code="AMP202",
     name="pure-low-precision-training",
@@ -201,71 +241,20 @@ AMP202 = Rule(
 )
 
 
-def _cast_subject(ctx: Context, call: ast.Call) -> str | None:
-    """What a low-precision cast converts in place or rebinds: ``model`` for ``model.half()``
-    as a statement, ``model = Net().half().cuda()``, ``self.model = self.model.half()``."""
-    node: ast.AST = call
-    parent = ctx.parent(node)
-    while isinstance(parent, ast.Attribute):  # climb the method chain `.half().cuda()`
-        outer = ctx.parent(parent)
-        if not (isinstance(outer, ast.Call) and outer.func is parent):
-            return None
-        node, parent = outer, ctx.parent(outer)
-    if isinstance(parent, ast.Expr):
-        return target_key(call.func.value)  # type: ignore[attr-defined]
-    if isinstance(parent, ast.Assign) and len(parent.targets) == 1:
-        return target_key(parent.targets[0])
-    return None
+def _amp202_pure_low_precision_training(ctx: Context, walk: LintRule, key: str, optimizer: str) -> None:
+    """AMP202: the model ``key`` was cast to low precision and its parameters go to ``optimizer``
+    in the same scope. The cast is claimed, so AMP201 does not report it again."""
+    cast, dtype = ctx.scope_data(walk)["casts"].pop(key)
+    module_data(ctx, walk).setdefault("claimed", set()).add(id(cast))
+    ctx.report(AMP202, cast, model=key, dtype=dtype, optimizer=optimizer)
 
 
-def _is_optimizer(name: str | None) -> bool:
-    """``torch.optim.AdamW``, ``bitsandbytes.optim.Adam8bit``, ``apex.optimizers.FusedAdam``."""
-    if not name:
-        return False
-    parts = name.split(".")
-    packages = parts[:-1]
-    return ("optim" in packages or "optimizers" in packages) and "lr_scheduler" not in packages and "swa_utils" not in packages
-
-
-def _optimizer_around(ctx: Context, node: ast.AST) -> str | None:
-    """The optimizer call that ``node`` (a ``.parameters()`` call) is an argument of, if any."""
-    child, cur = node, ctx.parent(node)
-    while cur is not None and not isinstance(cur, ast.stmt):
-        if isinstance(cur, ast.Call) and cur.func is not child:
-            name = ctx.call_name(cur)
-            if _is_optimizer(name):
-                return name.rsplit(".", 1)[1]  # type: ignore[union-attr]
-        child, cur = cur, ctx.parent(cur)
-    return None
-
-
-def _amp_call(ctx: Context, call: ast.Call) -> str | None:
-    """'autocast' / 'GradScaler' when ``call`` constructs one (any spelling of the API)."""
-    func = call.func
-    last = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
-    if last not in ("autocast", "GradScaler"):
-        return None
-    name = ctx.call_name(call)
-    if name in AUTOCAST_NAMES:
-        return "autocast"
-    if name in GRADSCALER_NAMES:
-        return "GradScaler"
-    return None
-
-
-def _under_dtype_check(ctx: Context, node: ast.AST) -> bool:
-    """``if q.dtype == torch.float32: q = q.half()``: the cast depends on a dtype test (a kernel
-    that needs half precision, a serialization format), so it is not a blind cast next to autocast."""
-    child, parent = node, ctx.parent(node)
-    while parent is not None and not isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
-        if isinstance(parent, (ast.If, ast.IfExp)) and child is not parent.test:
-            if any(isinstance(n, ast.Attribute) and n.attr == "dtype" for n in ast.walk(parent.test)):
-                return True
-        child, parent = parent, ctx.parent(parent)
-    return False
-
+# ---------------------------------------------------------------------------------------------
+# AMP201 / AMP202: the one walk that records casts, optimizers and AMP use
 
 class ManualCasts(LintRule):
+    """Records what AMP201 and AMP202 decide on; the decisions are their functions above."""
+
     rules = (AMP201, AMP202)
     tokens = ("half", "float16", "Half")
 
@@ -291,8 +280,7 @@ class ManualCasts(LintRule):
         dtype = cast_target_dtype(ctx, node)
         if dtype not in _LOW:
             return
-        if not _under_dtype_check(ctx, node):  # a dtype-aware conversion is deliberate: not AMP201
-            module_data(ctx, self).setdefault("all_casts", []).append((node, dtype))
+        module_data(ctx, self).setdefault("all_casts", []).append((node, dtype))
         key = _cast_subject(ctx, node)
         if key is None:
             return
@@ -300,7 +288,7 @@ class ManualCasts(LintRule):
         data.setdefault("casts", {}).setdefault(key, (node, dtype))
         optimizer = data.get("optimizers", {}).get(key)
         if optimizer:
-            self._report_pure(ctx, key, optimizer)
+            _amp202_pure_low_precision_training(ctx, self, key, optimizer)
 
     def _parameters(self, node: ast.Call, func: ast.Attribute, ctx: Context) -> None:
         key = target_key(func.value)
@@ -312,33 +300,16 @@ class ManualCasts(LintRule):
         data = ctx.scope_data(self)
         data.setdefault("optimizers", {})[key] = optimizer
         if key in data.get("casts", {}):
-            self._report_pure(ctx, key, optimizer)
-
-    def _report_pure(self, ctx: Context, key: str, optimizer: str) -> None:
-        cast, dtype = ctx.scope_data(self)["casts"].pop(key)
-        module_data(ctx, self).setdefault("claimed", set()).add(id(cast))
-        ctx.report(AMP202, cast, model=key, dtype=dtype, optimizer=optimizer)
+            _amp202_pure_low_precision_training(ctx, self, key, optimizer)
 
     def leave_scope(self, node: ast.AST, ctx: Context) -> None:
         if not isinstance(node, ast.Module):
             return
-        data = module_data(ctx, self)
-        amp = set(data.get("amp", ()))
-        if "autocast" in ctx.facts:
-            amp.add("autocast")
-        if "gradscaler" in ctx.facts:
-            amp.add("GradScaler")
-        if not amp:
-            return
-        uses = " and ".join(sorted(amp))
-        claimed = data.get("claimed", set())
-        for cast, dtype in data.get("all_casts", ()):
-            if id(cast) not in claimed:
-                ctx.report(AMP201, cast, cast=_describe_cast(cast, dtype), amp=uses)
+        _amp201_manual_cast_with_autocast(ctx, module_data(ctx, self))
 
 
 # ---------------------------------------------------------------------------------------------
-# AMP203
+# AMP203 gradscaler-with-bf16
 
 AMP203 = Rule(
     code="AMP203",

@@ -1,4 +1,10 @@
-"""AMP4xx: numeric constants that do not survive float16."""
+"""AMP4xx: numeric constants that do not survive float16.
+
+Layout: each code has one section (``grep -n AMP403`` lands on it) holding its :class:`Rule` and
+its info-level readiness twin (metadata, bad and good examples) followed by the function that
+decides and reports both; the detector that walks the file for that section comes after, then
+the helpers only that section uses. Helpers shared by the sections come first.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import re
 
 from ...findings import Rule, Severity
 from ..engine import Binding, Context, LintRule, dtype_name, target_key
-from .ops import evident_precision, spelled_name
+from ._common import evident_precision, spelled_name
 
 FP16_MAX = 65504.0
 FP16_SMALLEST_NORMAL = 2.0**-14  # 6.1035e-05; below it float16 keeps fewer digits, below 6e-8 none
@@ -18,6 +24,64 @@ _TIER_NOTE = (
     "torch.float16 (or the package is configured with amp = true); elsewhere the {twin} readiness "
     "advice says the same at info level. bfloat16 alone does not count: it has float32's range."
 )
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers shared by the sections: literal values
+
+
+def _float_value(ctx: Context, node: ast.AST, follow_names: bool = True) -> float | None:
+    """The value of a float literal, ``-literal``, ``float("...")``, or a name bound to one."""
+    sign = 1.0
+    while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        if isinstance(node.op, ast.USub):
+            sign = -sign
+        node = node.operand
+    if isinstance(node, ast.Constant) and type(node.value) is float:
+        return sign * node.value
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "float"
+        and len(node.args) == 1
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+        and ctx.lookup("float") is None  # the builtin, not a rebinding
+    ):
+        try:
+            return sign * float(node.args[0].value)
+        except ValueError:
+            return None
+    if follow_names and isinstance(node, (ast.Name, ast.Attribute)):
+        value = ctx.value_of(node)
+        if value is not None:
+            found = _float_value(ctx, value, follow_names=False)
+            return None if found is None else sign * found
+    return None
+
+
+def _not_fp16(ctx: Context, node: ast.AST, site: ast.AST) -> bool:
+    """The code shows ``node`` is float32 (``x.float()``, ``dtype=torch.float32``) or an integer tensor."""
+    return evident_precision(ctx, node, False, site) in ("float32", "integer")
+
+
+def _is_number(ctx: Context, node: ast.AST) -> bool:
+    if isinstance(node, ast.UnaryOp):
+        node = node.operand
+    return (isinstance(node, ast.Constant) and type(node.value) in (int, float)) or _float_value(ctx, node, False) is not None
+
+
+def _shown(ctx: Context, node: ast.AST, value: float) -> str:
+    """The constant as the user wrote it: ``-1e9``, or ``NEG_INF = -1e9`` for a name."""
+    text = ast.get_source_segment(ctx.source, node) or f"{value:g}"
+    if isinstance(node, (ast.Name, ast.Attribute)):
+        bound = ctx.value_of(node)
+        return f"{text} = {(ast.get_source_segment(ctx.source, bound) if bound else None) or format(value, 'g')}"
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP401 fill-value-overflows-fp16 (readiness twin: AMP404)
 
 _FILL_WHY = (
     "A fill value such as -1e9 works in float32 but not in float16, whose largest finite value is "
@@ -95,6 +159,21 @@ AMP404 = Rule(
     good=_FILL_GOOD,
 )
 
+
+def _amp401_fill_value_overflows_fp16(ctx: Context, value: ast.AST) -> bool:
+    """AMP401 / AMP404: a float literal fill value (or a name bound to one) beyond float16's
+    range; inf is representable. True when ``value`` is a number, so AMP402 need not look."""
+    number = _float_value(ctx, value)
+    if number is None:
+        return False
+    if abs(number) > FP16_MAX and math.isfinite(number):
+        ctx.report_tiered(AMP401, AMP404, value, dtype="float16", value=_shown(ctx, value, number))
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP402 hardcoded-finfo-fill-value (readiness twin: AMP405)
+
 _FINFO_WHY = (
     "torch.finfo(torch.float32).min is -3.4e38, far outside float16's range: filling a float16 "
     "tensor with it raises, and torch.where makes it -inf. The dtype of the tensor changes under "
@@ -162,6 +241,110 @@ AMP405 = Rule(
     ),
     good=_FINFO_GOOD,
 )
+
+
+def _amp402_hardcoded_finfo_fill_value(ctx: Context, value: ast.AST) -> None:
+    """AMP402 / AMP405: ``torch.finfo(<a dtype wider than float16>).min/.max`` as a fill value."""
+    finfo = _hardcoded_finfo(ctx, value)
+    if finfo is not None:
+        ctx.report_tiered(AMP402, AMP405, value, dtype="float16", value=finfo[0], which=finfo[1])
+
+
+_FINFO = {"torch.finfo", "numpy.finfo"}
+_WIDE_DTYPES = {"float32", "float", "float64", "double", "bfloat16"}
+
+
+def _hardcoded_finfo(ctx: Context, node: ast.AST, follow_names: bool = True) -> tuple[str, str] | None:
+    """(shown text, "min"/"max") for ``torch.finfo(torch.float32).min`` and friends."""
+    expr = node
+    while isinstance(expr, ast.UnaryOp) and isinstance(expr.op, (ast.USub, ast.UAdd)):
+        expr = expr.operand
+    if follow_names and target_key(expr) is not None:  # MIN or self.min bound to the constant
+        value = ctx.value_of(expr)
+        found = _hardcoded_finfo(ctx, value, follow_names=False) if value is not None else None
+        return (f"{ast.unparse(expr)} = {found[0]}", found[1]) if found else None
+    if not (isinstance(expr, ast.Attribute) and expr.attr in ("min", "max") and isinstance(expr.value, ast.Call)):
+        return None
+    call = expr.value
+    if ctx.call_name(call) not in _FINFO or call.keywords or len(call.args) > 1:
+        return None
+    if call.args:
+        dtype = ctx.qualname(call.args[0])
+        if dtype is None and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
+            dtype = call.args[0].value
+        if dtype is None or dtype.rsplit(".", 1)[-1] not in _WIDE_DTYPES:
+            return None
+    return ast.unparse(node), expr.attr
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP401 / AMP402: the walk that finds fill values
+
+class FillValue(LintRule):
+    """Finds the fill values of fill calls whose result may be float16; AMP401 and AMP402 decide."""
+
+    rules = (AMP401, AMP402, AMP404, AMP405)
+    tokens = ("masked_fill", "fill_", "full", "where")
+
+    def visit_Call(self, node: ast.Call, ctx: Context) -> None:
+        for value in _fill_values(ctx, node):
+            if not _amp401_fill_value_overflows_fp16(ctx, value):
+                _amp402_hardcoded_finfo_fill_value(ctx, value)
+
+
+# where the fill value sits: (positional indexes, keyword name)
+_FILL_METHODS = {
+    "masked_fill": ((1,), "value"),
+    "masked_fill_": ((1,), "value"),
+    "fill_": ((0,), "value"),
+    "new_full": ((1,), "fill_value"),
+    "where": ((1,), "other"),  # Tensor.where(condition, other)
+}
+_FILL_FUNCTIONS = {
+    "torch.masked_fill": ((2,), "value"),
+    "torch.full": ((1,), "fill_value"),
+    "torch.full_like": ((1,), "fill_value"),
+    "torch.where": ((1, 2), "other"),
+}
+_FILL_ATTRS = set(_FILL_METHODS) | {name.rsplit(".", 1)[-1] for name in _FILL_FUNCTIONS}
+
+
+def _fill_values(ctx: Context, call: ast.Call) -> list[ast.AST]:
+    """The fill-value arguments of a fill call whose result may be float16 (else none)."""
+    func = call.func
+    attr = spelled_name(ctx, func)
+    if attr not in _FILL_ATTRS:
+        return []
+    name = ctx.call_name(call)
+    if name is not None:
+        where = _FILL_FUNCTIONS.get(name)
+    elif isinstance(func, ast.Attribute):
+        where = _FILL_METHODS.get(attr)
+    else:
+        where = None
+    if where is None:
+        return []
+    indexes, keyword = where
+    filled = func.value if name is None else call.args[0] if call.args and name not in ("torch.full", "torch.where") else None
+    if filled is not None and _not_fp16(ctx, filled, call):
+        return []  # x.float().masked_fill(mask, -1e9): the tensor is float32
+    values = [call.args[i] for i in indexes if i < len(call.args)]
+    if name == "torch.where" and len(values) == 2 and all(_is_number(ctx, v) for v in values):
+        return []  # torch.where(mask, 0.0, -1e9): two Python numbers give a default-dtype (float32) tensor
+    for kw in call.keywords:
+        if kw.arg == keyword or (name == "torch.where" and kw.arg == "input"):
+            values.append(kw.value)
+        elif kw.arg == "dtype" and dtype_name(ctx, kw.value) not in ("float16", None):
+            return []  # torch.full(..., dtype=torch.float32): an explicit wider dtype
+        elif kw.arg == "dtype" and isinstance(kw.value, ast.Attribute) and kw.value.attr == "dtype" and (
+            evident_precision(ctx, kw.value.value, False, call) in ("float32", "integer", "bfloat16")
+        ):
+            return []  # dtype=q.dtype where q = q.bfloat16(): bfloat16 and float32 hold the value
+    return [v for v in values if not isinstance(v, ast.Starred)]
+
+
+# ---------------------------------------------------------------------------------------------
+# AMP403 epsilon-below-fp16-resolution (readiness twin: AMP406)
 
 _EPS_WHY = (
     "An epsilon guards a division, log, sqrt or rsqrt against zero. float16 cannot hold values "
@@ -250,157 +433,78 @@ AMP406 = Rule(
 )
 
 
-# ---------------------------------------------------------------------------------------------
-# Literal values
-
-
-def _float_value(ctx: Context, node: ast.AST, follow_names: bool = True) -> float | None:
-    """The value of a float literal, ``-literal``, ``float("...")``, or a name bound to one."""
-    sign = 1.0
-    while isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        if isinstance(node.op, ast.USub):
-            sign = -sign
-        node = node.operand
-    if isinstance(node, ast.Constant) and type(node.value) is float:
-        return sign * node.value
-    if (
-        isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id == "float"
-        and len(node.args) == 1
-        and isinstance(node.args[0], ast.Constant)
-        and isinstance(node.args[0].value, str)
-        and ctx.lookup("float") is None  # the builtin, not a rebinding
-    ):
-        try:
-            return sign * float(node.args[0].value)
-        except ValueError:
-            return None
-    if follow_names and isinstance(node, (ast.Name, ast.Attribute)):
-        value = ctx.value_of(node)
-        if value is not None:
-            found = _float_value(ctx, value, follow_names=False)
-            return None if found is None else sign * found
-    return None
-
-
-def _not_fp16(ctx: Context, node: ast.AST, site: ast.AST) -> bool:
-    """The code shows ``node`` is float32 (``x.float()``, ``dtype=torch.float32``) or an integer tensor."""
-    return evident_precision(ctx, node, False, site) in ("float32", "integer")
-
-
-def _is_number(ctx: Context, node: ast.AST) -> bool:
-    if isinstance(node, ast.UnaryOp):
-        node = node.operand
-    return (isinstance(node, ast.Constant) and type(node.value) in (int, float)) or _float_value(ctx, node, False) is not None
-
-
-def _shown(ctx: Context, node: ast.AST, value: float) -> str:
-    """The constant as the user wrote it: ``-1e9``, or ``NEG_INF = -1e9`` for a name."""
-    text = ast.get_source_segment(ctx.source, node) or f"{value:g}"
-    if isinstance(node, (ast.Name, ast.Attribute)):
-        bound = ctx.value_of(node)
-        return f"{text} = {(ast.get_source_segment(ctx.source, bound) if bound else None) or format(value, 'g')}"
-    return text
-
-
-# ---------------------------------------------------------------------------------------------
-# AMP401 / AMP402: fill values
-
-# where the fill value sits: (positional indexes, keyword name)
-_FILL_METHODS = {
-    "masked_fill": ((1,), "value"),
-    "masked_fill_": ((1,), "value"),
-    "fill_": ((0,), "value"),
-    "new_full": ((1,), "fill_value"),
-    "where": ((1,), "other"),  # Tensor.where(condition, other)
-}
-_FILL_FUNCTIONS = {
-    "torch.masked_fill": ((2,), "value"),
-    "torch.full": ((1,), "fill_value"),
-    "torch.full_like": ((1,), "fill_value"),
-    "torch.where": ((1, 2), "other"),
-}
-_FILL_ATTRS = set(_FILL_METHODS) | {name.rsplit(".", 1)[-1] for name in _FILL_FUNCTIONS}
-_FINFO = {"torch.finfo", "numpy.finfo"}
-_WIDE_DTYPES = {"float32", "float", "float64", "double", "bfloat16"}
-
-
-def _fill_values(ctx: Context, call: ast.Call) -> list[ast.AST]:
-    """The fill-value arguments of a fill call whose result may be float16 (else none)."""
-    func = call.func
-    attr = spelled_name(ctx, func)
-    if attr not in _FILL_ATTRS:
-        return []
-    name = ctx.call_name(call)
-    if name is not None:
-        where = _FILL_FUNCTIONS.get(name)
-    elif isinstance(func, ast.Attribute):
-        where = _FILL_METHODS.get(attr)
+def _amp403_epsilon_below_fp16(ctx: Context, eps: ast.AST, value: float, operand: ast.AST, site: ast.AST) -> None:
+    """AMP403 / AMP406: an epsilon below float16 resolution guards ``operand``. AMP403 where
+    ``operand`` can be float16 here, with the evidence; where it can be float16 only if the code
+    runs in fp16 at all, the file-level evidence decides (else AMP406)."""
+    provenance = _Provenance(ctx, site)
+    kind, evidence = provenance.of(operand)
+    if kind not in ("low", "unknown") or provenance.in_float32_code():
+        return
+    fmt = {"value": _shown(ctx, eps, value), "operand": _describe(ctx, operand)}
+    if kind == "low":
+        ctx.report(AMP403, eps, evidence=evidence, **fmt)
     else:
-        where = None
-    if where is None:
-        return []
-    indexes, keyword = where
-    filled = func.value if name is None else call.args[0] if call.args and name not in ("torch.full", "torch.where") else None
-    if filled is not None and _not_fp16(ctx, filled, call):
-        return []  # x.float().masked_fill(mask, -1e9): the tensor is float32
-    values = [call.args[i] for i in indexes if i < len(call.args)]
-    if name == "torch.where" and len(values) == 2 and all(_is_number(ctx, v) for v in values):
-        return []  # torch.where(mask, 0.0, -1e9): two Python numbers give a default-dtype (float32) tensor
-    for kw in call.keywords:
-        if kw.arg == keyword or (name == "torch.where" and kw.arg == "input"):
-            values.append(kw.value)
-        elif kw.arg == "dtype" and dtype_name(ctx, kw.value) not in ("float16", None):
-            return []  # torch.full(..., dtype=torch.float32): an explicit wider dtype
-        elif kw.arg == "dtype" and isinstance(kw.value, ast.Attribute) and kw.value.attr == "dtype" and (
-            evident_precision(ctx, kw.value.value, False, call) in ("float32", "integer", "bfloat16")
-        ):
-            return []  # dtype=q.dtype where q = q.bfloat16(): bfloat16 and float32 hold the value
-    return [v for v in values if not isinstance(v, ast.Starred)]
+        ctx.report_tiered(AMP403, AMP406, eps, dtype="float16", **fmt)
 
 
-def _hardcoded_finfo(ctx: Context, node: ast.AST, follow_names: bool = True) -> tuple[str, str] | None:
-    """(shown text, "min"/"max") for ``torch.finfo(torch.float32).min`` and friends."""
-    expr = node
-    while isinstance(expr, ast.UnaryOp) and isinstance(expr.op, (ast.USub, ast.UAdd)):
-        expr = expr.operand
-    if follow_names and target_key(expr) is not None:  # MIN or self.min bound to the constant
-        value = ctx.value_of(expr)
-        found = _hardcoded_finfo(ctx, value, follow_names=False) if value is not None else None
-        return (f"{ast.unparse(expr)} = {found[0]}", found[1]) if found else None
-    if not (isinstance(expr, ast.Attribute) and expr.attr in ("min", "max") and isinstance(expr.value, ast.Call)):
-        return None
-    call = expr.value
-    if ctx.call_name(call) not in _FINFO or call.keywords or len(call.args) > 1:
-        return None
-    if call.args:
-        dtype = ctx.qualname(call.args[0])
-        if dtype is None and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str):
-            dtype = call.args[0].value
-        if dtype is None or dtype.rsplit(".", 1)[-1] not in _WIDE_DTYPES:
-            return None
-    return ast.unparse(node), expr.attr
+class SmallEpsilon(LintRule):
+    rules = (AMP403, AMP406)
+    tokens = ("e-", "E-", "0.0000")  # how a literal below 6.1e-5 is spelled
 
+    def _eps(self, ctx: Context, node: ast.AST) -> float | None:
+        value = _float_value(ctx, node)
+        return value if value is not None and 0.0 < value < FP16_SMALLEST_NORMAL else None
 
-class FillValue(LintRule):
-    rules = (AMP401, AMP402, AMP404, AMP405)
-    tokens = ("masked_fill", "fill_", "full", "where")
+    def _check_sum(self, ctx: Context, expr: ast.AST, site: ast.AST) -> None:
+        """Report epsilons added inside ``expr`` (``n + 1e-8``, ``(v + eps) ** 0.5 * s``), unless
+        what they are added to is evidently float32."""
+        stack = [expr]
+        while stack:
+            cur = stack.pop()
+            if isinstance(cur, ast.UnaryOp):
+                stack.append(cur.operand)
+            elif isinstance(cur, ast.BinOp):
+                for side, other in ((cur.left, cur.right), (cur.right, cur.left)):
+                    value = self._eps(ctx, side) if isinstance(cur.op, ast.Add) else None
+                    if value is None:
+                        stack.append(side)
+                    else:
+                        _amp403_epsilon_below_fp16(ctx, side, value, other, site)
+
+    def visit_BinOp(self, node: ast.BinOp, ctx: Context) -> None:
+        if isinstance(node.op, ast.Div):
+            self._check_sum(ctx, node.right, node)
+
+    def visit_AugAssign(self, node: ast.AugAssign, ctx: Context) -> None:
+        if isinstance(node.op, ast.Div):
+            self._check_sum(ctx, node.value, node)
 
     def visit_Call(self, node: ast.Call, ctx: Context) -> None:
-        for value in _fill_values(ctx, node):
-            number = _float_value(ctx, value)
-            if number is not None:
-                if abs(number) > FP16_MAX and math.isfinite(number):
-                    ctx.report_tiered(AMP401, AMP404, value, dtype="float16", value=_shown(ctx, value, number))
-                continue
-            finfo = _hardcoded_finfo(ctx, value)
-            if finfo is not None:
-                ctx.report_tiered(AMP402, AMP405, value, dtype="float16", value=finfo[0], which=finfo[1])
+        func = node.func
+        attr = spelled_name(ctx, func)
+        if attr not in _EPS_ATTRS:
+            return
+        name = ctx.call_name(node)
+        if name is None and not isinstance(func, ast.Attribute):
+            return
+        if name in _GUARDED_FUNCTIONS and node.args:
+            self._check_sum(ctx, node.args[0], node)
+        elif name is None and attr in _GUARDED_METHODS and not node.args:
+            self._check_sum(ctx, func.value, node)
+        elif name in _DIVIDES or (name is None and attr in _DIVIDE_METHODS):
+            position = _DIVIDES[name] if name else _DIVIDE_METHODS[attr]
+            divisor = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "other"), None)
+            if divisor is not None:
+                self._check_sum(ctx, divisor, node)
+        elif name in _CLAMP_FUNCTIONS or (name is None and attr in _CLAMP_METHODS):
+            position = _CLAMP_FUNCTIONS[name] if name else _CLAMP_METHODS[attr]
+            low = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "min"), None)
+            value = self._eps(ctx, low) if low is not None else None
+            clamped = func.value if name is None else node.args[0] if node.args else None
+            if value is not None and clamped is not None:
+                _amp403_epsilon_below_fp16(ctx, low, value, clamped, node)
 
-
-# ---------------------------------------------------------------------------------------------
-# AMP403: epsilons below float16 resolution
 
 _GUARDED_FUNCTIONS = {"torch.log", "torch.log2", "torch.log10", "torch.sqrt", "torch.rsqrt"}
 _GUARDED_METHODS = {"log", "log2", "log10", "sqrt", "rsqrt"}
@@ -599,74 +703,3 @@ def _is_mask(node: ast.AST) -> bool:
         node = node.value
     name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else ""
     return "mask" in name.lower() or isinstance(node, ast.Compare)
-
-
-class SmallEpsilon(LintRule):
-    rules = (AMP403, AMP406)
-    tokens = ("e-", "E-", "0.0000")  # how a literal below 6.1e-5 is spelled
-
-    def _eps(self, ctx: Context, node: ast.AST) -> float | None:
-        value = _float_value(ctx, node)
-        return value if value is not None and 0.0 < value < FP16_SMALLEST_NORMAL else None
-
-    def _check_sum(self, ctx: Context, expr: ast.AST, site: ast.AST) -> None:
-        """Report epsilons added inside ``expr`` (``n + 1e-8``, ``(v + eps) ** 0.5 * s``), unless
-        what they are added to is evidently float32."""
-        stack = [expr]
-        while stack:
-            cur = stack.pop()
-            if isinstance(cur, ast.UnaryOp):
-                stack.append(cur.operand)
-            elif isinstance(cur, ast.BinOp):
-                for side, other in ((cur.left, cur.right), (cur.right, cur.left)):
-                    value = self._eps(ctx, side) if isinstance(cur.op, ast.Add) else None
-                    if value is None:
-                        stack.append(side)
-                    else:
-                        self._report(ctx, side, value, other, site)
-
-    def visit_BinOp(self, node: ast.BinOp, ctx: Context) -> None:
-        if isinstance(node.op, ast.Div):
-            self._check_sum(ctx, node.right, node)
-
-    def visit_AugAssign(self, node: ast.AugAssign, ctx: Context) -> None:
-        if isinstance(node.op, ast.Div):
-            self._check_sum(ctx, node.value, node)
-
-    def visit_Call(self, node: ast.Call, ctx: Context) -> None:
-        func = node.func
-        attr = spelled_name(ctx, func)
-        if attr not in _EPS_ATTRS:
-            return
-        name = ctx.call_name(node)
-        if name is None and not isinstance(func, ast.Attribute):
-            return
-        if name in _GUARDED_FUNCTIONS and node.args:
-            self._check_sum(ctx, node.args[0], node)
-        elif name is None and attr in _GUARDED_METHODS and not node.args:
-            self._check_sum(ctx, func.value, node)
-        elif name in _DIVIDES or (name is None and attr in _DIVIDE_METHODS):
-            position = _DIVIDES[name] if name else _DIVIDE_METHODS[attr]
-            divisor = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "other"), None)
-            if divisor is not None:
-                self._check_sum(ctx, divisor, node)
-        elif name in _CLAMP_FUNCTIONS or (name is None and attr in _CLAMP_METHODS):
-            position = _CLAMP_FUNCTIONS[name] if name else _CLAMP_METHODS[attr]
-            low = node.args[position] if position < len(node.args) else next((k.value for k in node.keywords if k.arg == "min"), None)
-            value = self._eps(ctx, low) if low is not None else None
-            clamped = func.value if name is None else node.args[0] if node.args else None
-            if value is not None and clamped is not None:
-                self._report(ctx, low, value, clamped, node)
-
-    def _report(self, ctx: Context, eps: ast.AST, value: float, operand: ast.AST, site: ast.AST) -> None:
-        """AMP403 where ``operand`` can be float16 here, with the evidence; where it can be float16
-        only if the code runs in fp16 at all, the file-level evidence decides (else AMP406)."""
-        provenance = _Provenance(ctx, site)
-        kind, evidence = provenance.of(operand)
-        if kind not in ("low", "unknown") or provenance.in_float32_code():
-            return
-        fmt = {"value": _shown(ctx, eps, value), "operand": _describe(ctx, operand)}
-        if kind == "low":
-            ctx.report(AMP403, eps, evidence=evidence, **fmt)
-        else:
-            ctx.report_tiered(AMP403, AMP406, eps, dtype="float16", **fmt)

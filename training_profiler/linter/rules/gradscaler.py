@@ -232,6 +232,7 @@ AMP501 = Rule(
     ),
 )
 
+
 def _amp501_step_without_scaled_backward(body: _Body) -> None:
     """AMP501: ``scaler.step`` after a plain ``loss.backward()``, when nothing in the body is scaled."""
     if any(e.kind in (_SCALED_BACKWARD, _SCALED_GRAD) for e in body.events):

@@ -1,4 +1,9 @@
-"""AMP3xx: operations that are unsafe or inaccurate in low precision."""
+"""AMP3xx: operations that are unsafe or inaccurate in low precision.
+
+Layout: each code has one section (``grep -n AMP302`` lands on it) holding its :class:`Rule`
+(metadata, bad and good examples), then the detector that decides and reports it, then the
+helpers only that section uses. Precision evidence shared with AMP4xx is in ``_common.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,11 @@ import ast
 import re
 
 from ...findings import Rule, Severity
-from ..engine import AutocastState, Context, LintRule, dtype_name, target_key
+from ..engine import AutocastState, Context, LintRule, target_key
+from ._common import DTYPE_PRESERVING, dtype_arg, evident_precision, spelled_name
 
 AMP_DOCS = "https://pytorch.org/docs/stable/amp.html"
 
-
-def spelled_name(ctx: Context, func: ast.AST) -> str | None:
-    """The called name as written (``x.sum`` -> "sum"), through an import alias for a bare name
-    (``from torch import softmax as sm``: ``sm`` -> "softmax"). A cheap filter before qualnames."""
-    if isinstance(func, ast.Attribute):
-        return func.attr
-    if isinstance(func, ast.Name):
-        name = ctx.qualname(func)
-        return name.rsplit(".", 1)[-1] if name else func.id
-    return None
 
 _BCE_WHY = (
     "binary_cross_entropy takes probabilities and computes log(p); in fp16 a sigmoid output "
@@ -280,172 +276,6 @@ AMP302 = Rule(
     ),
 )
 
-# function qualname -> op name shown in the message
-_REDUCTION_FUNCTIONS = {
-    "torch.softmax": "softmax",
-    "torch.log_softmax": "log_softmax",
-    "torch.special.softmax": "softmax",
-    "torch.special.log_softmax": "log_softmax",
-    "torch.nn.functional.softmax": "softmax",
-    "torch.nn.functional.log_softmax": "log_softmax",
-    "torch.nn.functional.softmin": "softmin",
-    "torch.cumsum": "cumsum",
-    "torch.cumprod": "cumprod",
-    "torch.prod": "prod",
-    "torch.sum": "sum",
-    "torch.norm": "norm",
-    "torch.linalg.norm": "norm",
-    "torch.linalg.vector_norm": "vector_norm",
-}
-_REDUCTION_METHODS = {"softmax", "log_softmax", "cumsum", "cumprod", "prod", "sum", "norm"}
-_REDUCTION_ATTRS = {name.rsplit(".", 1)[-1] for name in _REDUCTION_FUNCTIONS} | _REDUCTION_METHODS
-
-# the precision an expression evidently has: "float16", "bfloat16", "float32" (or wider), "integer" (or bool)
-_CAST_METHODS = {
-    "half": "float16", "bfloat16": "bfloat16", "float": "float32", "double": "float32",
-    "long": "integer", "int": "integer", "bool": "integer",
-}
-_DTYPES = {
-    "float16": "float16", "bfloat16": "bfloat16", "float32": "float32", "float": "float32", "float64": "float32",
-    "double": "float32", "int64": "integer", "long": "integer", "int32": "integer", "int": "integer", "bool": "integer",
-}
-_NOT_LOW = ("float32", "integer")
-# methods whose result has the dtype of their receiver
-_DTYPE_PRESERVING = {
-    "view", "reshape", "transpose", "permute", "contiguous", "squeeze", "unsqueeze", "flatten",
-    "clone", "detach", "masked_fill", "t", "expand", "narrow", "chunk", "split",
-}
-
-
-def _dtype_arg(ctx: Context, call: ast.Call) -> str | None:
-    """The precision named by ``dtype=`` or a positional dtype (``x.to('cuda', torch.half)``)."""
-    for kw in call.keywords:
-        if kw.arg == "dtype":
-            return _DTYPES.get(dtype_name(ctx, kw.value) or "")
-    for arg in call.args:
-        found = _DTYPES.get(dtype_name(ctx, arg) or "")
-        if found:
-            return found
-    return None
-
-
-def _if_branches(ctx: Context, node: ast.AST) -> dict[int, bool]:
-    """For each enclosing ``if`` statement (within the function): is ``node`` in its else branch?"""
-    out = {}
-    child, parent = node, ctx.parent(node)
-    while parent is not None and not isinstance(parent, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Module)):
-        if isinstance(parent, ast.If) and child is not parent.test:
-            out[id(parent)] = any(child is stmt for stmt in parent.orelse)
-        child, parent = parent, ctx.parent(parent)
-    return out
-
-
-def _exclusive_branches(ctx: Context, a: ast.AST, b: ast.AST) -> bool:
-    """True when ``a`` and ``b`` sit in different branches of one ``if``: one never sees the other."""
-    branches_a = _if_branches(ctx, a)
-    return bool(branches_a) and any(branches_a.get(key, in_else) != in_else for key, in_else in _if_branches(ctx, b).items())
-
-
-def evident_precision(ctx: Context, expr: ast.AST, autocast_is_low: bool, site: ast.AST | None = None, depth: int = 0) -> str | None:
-    """"float16" / "bfloat16" / "float32" when the code makes the dtype of ``expr`` evident
-    (explicit casts, ``dtype=``, names bound to those in the same function); None when unknown.
-    ``autocast_is_low``: a name bound inside an enabled autocast region counts as low precision.
-    ``site``: the visited node that uses ``expr`` (bindings in the other branch of an ``if`` are ignored)."""
-    if depth > 3:
-        return None
-    if isinstance(expr, ast.Call):
-        func = expr.func
-        if isinstance(func, ast.Attribute):
-            if func.attr in _CAST_METHODS and not expr.args and not expr.keywords:
-                return _CAST_METHODS[func.attr]
-            if func.attr in ("to", "type"):
-                return _dtype_arg(ctx, expr)
-            if func.attr in _DTYPE_PRESERVING:
-                return evident_precision(ctx, func.value, autocast_is_low, site, depth + 1)
-        for kw in expr.keywords:
-            if kw.arg == "dtype":
-                return _DTYPES.get(dtype_name(ctx, kw.value) or "")
-        return None
-    if isinstance(expr, ast.Subscript) or (isinstance(expr, ast.Attribute) and expr.attr in ("T", "mT", "data")):
-        return evident_precision(ctx, expr.value, autocast_is_low, site, depth + 1)
-    if isinstance(expr, ast.Compare):
-        return "integer"  # a bool tensor: (pred == y).sum() counts
-    if isinstance(expr, ast.BinOp):
-        sides = {
-            evident_precision(ctx, expr.left, autocast_is_low, site, depth + 1),
-            evident_precision(ctx, expr.right, autocast_is_low, site, depth + 1),
-        }
-        sides.discard(None)
-        if len(sides) == 1:
-            return sides.pop()
-        sides.discard("integer")  # an integer tensor takes the floating operand's dtype
-        return sides.pop() if len(sides) == 1 else "float32" if sides else None  # float16 + bfloat16 -> float32
-    key = target_key(expr)
-    binding = ctx.lookup(key) if key else None
-    if binding is None or (site is not None and _exclusive_branches(ctx, binding.node, site)):
-        return None
-    if binding.value is not None:
-        found = evident_precision(ctx, binding.value, autocast_is_low, binding.node, depth + 1)
-        if found:
-            return found
-    state = binding.autocast
-    if autocast_is_low and state is not None and state.active:
-        return state.effective_dtype
-    return None
-
-
-def _looks_like_tensor_method(call: ast.Call, func: ast.Attribute) -> bool:
-    """``x.sum(-1)`` rather than ``self.norm(x)`` (a LayerNorm module) or ``cls.softmax(x)``."""
-    receiver = func.value
-    if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
-        return False
-    if func.attr == "norm" and call.args:  # Tensor.norm(p=2, dim=...): p is a number or a string
-        return isinstance(call.args[0], ast.Constant)
-    return True
-
-
-def _from_outside(ctx: Context, operand: ast.AST, region: AutocastState) -> bool:
-    """True when ``operand`` names a tensor that entered ``region`` from outside (a parameter, a
-    value bound before it or under an enclosing autocast); False for values computed inside it."""
-    base = operand
-    while True:
-        if isinstance(base, ast.Subscript) or (isinstance(base, ast.Attribute) and base.attr in ("T", "mT", "data")):
-            base = base.value
-        elif isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute) and base.func.attr in _DTYPE_PRESERVING:
-            base = base.func.value
-        else:
-            break
-    key = target_key(base)
-    if key is None:
-        return False  # an expression computed here, e.g. softmax(self.proj(x))
-    binding = ctx.lookup(key)
-    state = binding.autocast if binding is not None else None
-    while state is not None:
-        if state is region:
-            return False
-        state = state.outer
-    return True
-
-
-def _low_precision_context(ctx: Context, operand: ast.AST, op: str, site: ast.AST) -> str | None:
-    """Why ``op(operand)`` would run in low precision here, or None when it runs in float32."""
-    state = ctx.autocast
-    if state is not None and state.active:
-        if state.device != "cpu" or op == "prod":  # CUDA autocast (and CPU for prod) promote to float32
-            return None
-        if evident_precision(ctx, operand, False, site) in _NOT_LOW:
-            return None
-        return "under CPU autocast"
-    if state is not None:  # autocast(enabled=False): the op runs in the dtype it receives
-        found = evident_precision(ctx, operand, True, site)
-        if found in _NOT_LOW or (found is None and not _from_outside(ctx, operand, state)):
-            return None
-        return "inside autocast(enabled=False)"
-    found = evident_precision(ctx, operand, False, site)
-    if found in ("float16", "bfloat16"):
-        return f"on a tensor cast to {found}"
-    return None
-
 
 class LowPrecisionReduction(LintRule):
     rules = (AMP302,)
@@ -469,11 +299,87 @@ class LowPrecisionReduction(LintRule):
             op, operand = attr, func.value
         else:
             return
-        if operand is None or isinstance(operand, ast.Starred) or _dtype_arg(ctx, node):
+        if operand is None or isinstance(operand, ast.Starred) or dtype_arg(ctx, node):
             return
         where = _low_precision_context(ctx, operand, op, node)
         if where:
             ctx.report(AMP302, node, op=op, where=where)
+
+
+def _low_precision_context(ctx: Context, operand: ast.AST, op: str, site: ast.AST) -> str | None:
+    """Why ``op(operand)`` would run in low precision here, or None when it runs in float32."""
+    state = ctx.autocast
+    if state is not None and state.active:
+        if state.device != "cpu" or op == "prod":  # CUDA autocast (and CPU for prod) promote to float32
+            return None
+        if evident_precision(ctx, operand, False, site) in _NOT_LOW:
+            return None
+        return "under CPU autocast"
+    if state is not None:  # autocast(enabled=False): the op runs in the dtype it receives
+        found = evident_precision(ctx, operand, True, site)
+        if found in _NOT_LOW or (found is None and not _from_outside(ctx, operand, state)):
+            return None
+        return "inside autocast(enabled=False)"
+    found = evident_precision(ctx, operand, False, site)
+    if found in ("float16", "bfloat16"):
+        return f"on a tensor cast to {found}"
+    return None
+
+
+# function qualname -> op name shown in the message
+_REDUCTION_FUNCTIONS = {
+    "torch.softmax": "softmax",
+    "torch.log_softmax": "log_softmax",
+    "torch.special.softmax": "softmax",
+    "torch.special.log_softmax": "log_softmax",
+    "torch.nn.functional.softmax": "softmax",
+    "torch.nn.functional.log_softmax": "log_softmax",
+    "torch.nn.functional.softmin": "softmin",
+    "torch.cumsum": "cumsum",
+    "torch.cumprod": "cumprod",
+    "torch.prod": "prod",
+    "torch.sum": "sum",
+    "torch.norm": "norm",
+    "torch.linalg.norm": "norm",
+    "torch.linalg.vector_norm": "vector_norm",
+}
+_REDUCTION_METHODS = {"softmax", "log_softmax", "cumsum", "cumprod", "prod", "sum", "norm"}
+_REDUCTION_ATTRS = {name.rsplit(".", 1)[-1] for name in _REDUCTION_FUNCTIONS} | _REDUCTION_METHODS
+
+_NOT_LOW = ("float32", "integer")
+
+
+def _looks_like_tensor_method(call: ast.Call, func: ast.Attribute) -> bool:
+    """``x.sum(-1)`` rather than ``self.norm(x)`` (a LayerNorm module) or ``cls.softmax(x)``."""
+    receiver = func.value
+    if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
+        return False
+    if func.attr == "norm" and call.args:  # Tensor.norm(p=2, dim=...): p is a number or a string
+        return isinstance(call.args[0], ast.Constant)
+    return True
+
+
+def _from_outside(ctx: Context, operand: ast.AST, region: AutocastState) -> bool:
+    """True when ``operand`` names a tensor that entered ``region`` from outside (a parameter, a
+    value bound before it or under an enclosing autocast); False for values computed inside it."""
+    base = operand
+    while True:
+        if isinstance(base, ast.Subscript) or (isinstance(base, ast.Attribute) and base.attr in ("T", "mT", "data")):
+            base = base.value
+        elif isinstance(base, ast.Call) and isinstance(base.func, ast.Attribute) and base.func.attr in DTYPE_PRESERVING:
+            base = base.func.value
+        else:
+            break
+    key = target_key(base)
+    if key is None:
+        return False  # an expression computed here, e.g. softmax(self.proj(x))
+    binding = ctx.lookup(key)
+    state = binding.autocast if binding is not None else None
+    while state is not None:
+        if state is region:
+            return False
+        state = state.outer
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -645,6 +551,36 @@ AMP305 = Rule(
     good=_CUSTOM_FN_GOOD,
 )
 
+
+class CustomAutogradFunction(LintRule):
+    rules = (AMP303, AMP305)
+    tokens = ("autograd",)
+
+    def visit_ClassDef(self, node: ast.ClassDef, ctx: Context) -> None:
+        if not any(ctx.qualname(base) in _FUNCTION_BASES for base in node.bases):
+            return
+        missing = []
+        for stmt in node.body:
+            if isinstance(stmt, ast.FunctionDef) and stmt.name in ("forward", "backward"):
+                which = "custom_fwd" if stmt.name == "forward" else "custom_bwd"
+                if not any(_is_amp_decorator(ctx, deco, which) for deco in stmt.decorator_list):
+                    missing.append(f"{stmt.name} lacks @{which}")
+        if missing and _autocast_sensitive(ctx, node):
+            # the severity depends on whether the file uses autocast anywhere: decide at the end
+            scope = ctx.scope
+            while scope.parent is not None:
+                scope = scope.parent
+            scope.data.setdefault(type(self).__name__, []).append((node, " and ".join(missing)))
+
+    def leave_scope(self, node: ast.AST, ctx: Context) -> None:
+        if not isinstance(node, ast.Module):
+            return
+        pending = ctx.scope.data.get(type(self).__name__, ())
+        uses_autocast = "autocast" in ctx.facts or _AUTOCAST_CALL.search(ctx.source) is not None or ctx.amp_config
+        for cls, missing in pending:
+            ctx.report(AMP303 if uses_autocast else AMP305, cls, name=cls.name, missing=missing)
+
+
 _FUNCTION_BASES = {"torch.autograd.Function", "torch.autograd.function.Function"}
 _AMP_DECORATORS = {
     "custom_fwd": {"torch.amp.custom_fwd", "torch.amp.autocast_mode.custom_fwd", "torch.cuda.amp.custom_fwd", "torch.cuda.amp.autocast_mode.custom_fwd"},
@@ -693,35 +629,6 @@ def _autocast_sensitive(ctx: Context, cls: ast.ClassDef) -> bool:
                   and node.value.id in grads):
                 return False  # backward casts to grad.dtype itself
     return sensitive
-
-
-class CustomAutogradFunction(LintRule):
-    rules = (AMP303, AMP305)
-    tokens = ("autograd",)
-
-    def visit_ClassDef(self, node: ast.ClassDef, ctx: Context) -> None:
-        if not any(ctx.qualname(base) in _FUNCTION_BASES for base in node.bases):
-            return
-        missing = []
-        for stmt in node.body:
-            if isinstance(stmt, ast.FunctionDef) and stmt.name in ("forward", "backward"):
-                which = "custom_fwd" if stmt.name == "forward" else "custom_bwd"
-                if not any(_is_amp_decorator(ctx, deco, which) for deco in stmt.decorator_list):
-                    missing.append(f"{stmt.name} lacks @{which}")
-        if missing and _autocast_sensitive(ctx, node):
-            # the severity depends on whether the file uses autocast anywhere: decide at the end
-            scope = ctx.scope
-            while scope.parent is not None:
-                scope = scope.parent
-            scope.data.setdefault(type(self).__name__, []).append((node, " and ".join(missing)))
-
-    def leave_scope(self, node: ast.AST, ctx: Context) -> None:
-        if not isinstance(node, ast.Module):
-            return
-        pending = ctx.scope.data.get(type(self).__name__, ())
-        uses_autocast = "autocast" in ctx.facts or _AUTOCAST_CALL.search(ctx.source) is not None or ctx.amp_config
-        for cls, missing in pending:
-            ctx.report(AMP303 if uses_autocast else AMP305, cls, name=cls.name, missing=missing)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -787,59 +694,6 @@ AMP304 = Rule(
         "    return torch.log(2 + x), torch.exp(x) - 2, torch.log(p + 0.5)\n",
     ),
 )
-
-_SOFTMAXES = {"torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"}
-_EXPS = {"torch.exp"}
-_SUM_KEYWORDS = {"dim", "keepdim"}  # torch.logsumexp(input, dim, keepdim=False)
-
-
-def _not_self(node: ast.AST) -> bool:
-    return not (isinstance(node, ast.Name) and node.id in ("self", "cls"))
-
-
-def _torch_unary(ctx: Context, node: ast.AST, spelled: str, functions: set[str]) -> ast.AST | None:
-    """x for ``torch.f(x)`` (qualname in ``functions``) or the tensor method ``x.f()``."""
-    if not isinstance(node, ast.Call) or node.keywords:
-        return None
-    func = node.func
-    if spelled_name(ctx, func) != spelled:
-        return None
-    name = ctx.call_name(node)
-    if name is not None:
-        if name in functions and len(node.args) == 1 and not isinstance(node.args[0], ast.Starred):
-            return node.args[0]
-        return None
-    if isinstance(func, ast.Attribute) and not node.args and _not_self(func.value):
-        return func.value
-    return None
-
-
-def _is_one(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value == 1
-
-
-def _import_triples(body) -> list[tuple[str | None, str, str | None]]:
-    """(from-module or None, imported name, alias) for the top-level imports of a module."""
-    triples = []
-    for stmt in body:
-        if isinstance(stmt, ast.Import):
-            triples += [(None, a.name, a.asname) for a in stmt.names]
-        elif isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level:
-            triples += [(stmt.module, a.name, a.asname) for a in stmt.names]
-    return triples
-
-
-def _functional_prefix(imports) -> str | None:
-    """How the module spells torch.nn.functional: its alias (``F``), else ``torch.nn.functional``."""
-    torch_name = None
-    for module, name, alias in imports:
-        if module is None and name == "torch.nn.functional" and alias:
-            return alias
-        if module == "torch.nn" and name == "functional":
-            return alias or name
-        if module is None and torch_name is None and (name == "torch" or (name.startswith("torch.") and not alias)):
-            torch_name = alias or "torch"
-    return f"{torch_name}.nn.functional" if torch_name else None
 
 
 class NaiveFormula(LintRule):
@@ -938,6 +792,60 @@ class NaiveFormula(LintRule):
 
     def fix_transformer(self, positions):
         return _naive_formula_fix(positions)
+
+
+_SOFTMAXES = {"torch.softmax", "torch.nn.functional.softmax", "torch.special.softmax"}
+_EXPS = {"torch.exp"}
+_SUM_KEYWORDS = {"dim", "keepdim"}  # torch.logsumexp(input, dim, keepdim=False)
+
+
+def _not_self(node: ast.AST) -> bool:
+    return not (isinstance(node, ast.Name) and node.id in ("self", "cls"))
+
+
+def _torch_unary(ctx: Context, node: ast.AST, spelled: str, functions: set[str]) -> ast.AST | None:
+    """x for ``torch.f(x)`` (qualname in ``functions``) or the tensor method ``x.f()``."""
+    if not isinstance(node, ast.Call) or node.keywords:
+        return None
+    func = node.func
+    if spelled_name(ctx, func) != spelled:
+        return None
+    name = ctx.call_name(node)
+    if name is not None:
+        if name in functions and len(node.args) == 1 and not isinstance(node.args[0], ast.Starred):
+            return node.args[0]
+        return None
+    if isinstance(func, ast.Attribute) and not node.args and _not_self(func.value):
+        return func.value
+    return None
+
+
+def _is_one(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float) and node.value == 1
+
+
+def _import_triples(body) -> list[tuple[str | None, str, str | None]]:
+    """(from-module or None, imported name, alias) for the top-level imports of a module."""
+    triples = []
+    for stmt in body:
+        if isinstance(stmt, ast.Import):
+            triples += [(None, a.name, a.asname) for a in stmt.names]
+        elif isinstance(stmt, ast.ImportFrom) and stmt.module and not stmt.level:
+            triples += [(stmt.module, a.name, a.asname) for a in stmt.names]
+    return triples
+
+
+def _functional_prefix(imports) -> str | None:
+    """How the module spells torch.nn.functional: its alias (``F``), else ``torch.nn.functional``."""
+    torch_name = None
+    for module, name, alias in imports:
+        if module is None and name == "torch.nn.functional" and alias:
+            return alias
+        if module == "torch.nn" and name == "functional":
+            return alias or name
+        if module is None and torch_name is None and (name == "torch" or (name.startswith("torch.") and not alias)):
+            torch_name = alias or "torch"
+    return f"{torch_name}.nn.functional" if torch_name else None
 
 
 def _naive_formula_fix(positions):
