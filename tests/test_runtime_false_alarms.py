@@ -16,14 +16,7 @@ from training_profiler.runtime.baseline import AdaptiveDetector
 from training_profiler.runtime.detectors import HostDetectors
 
 TRACES = Path(__file__).resolve().parent / "fixtures" / "runtime" / "converged_runs.json"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _alerts(values, **options):
@@ -61,12 +54,13 @@ def test_wobble_far_below_the_early_scale_is_not_an_anomaly_but_a_return_to_it_i
     assert _alerts(values, scale_floor=0.0) == [(s, "spike") for s in range(392, 900, 97)]
 
 
-def test_the_floor_is_fixed_from_the_warmup_median_and_reported_baselines_stay_in_natural_units():
+def test_the_floor_is_fixed_from_where_the_run_started_and_baselines_stay_in_natural_units():
+    # a warm-up that falls fast: median 1, upper decile 10 (the start); c = 0.01 x 10
     det = AdaptiveDetector(warmup_steps=10, alert_window=5, scale_floor=0.01)
-    for i in range(10):
-        det.update(i, 4.0)
-    assert det.baseline_natural()[0] == pytest.approx(4.0)
-    assert math.exp(det.baseline()[0]) == pytest.approx(4.04)  # judged as log(value + 0.01 x 4)
+    for i, v in enumerate([10.0, 5.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]):
+        det.update(i, v)
+    assert math.exp(det.baseline()[0]) == pytest.approx(1.1)  # judged as log(value + 0.1)
+    assert det.baseline_natural()[0] == pytest.approx(1.0)
 
 
 def test_bad_scale_floor_is_a_clear_error():

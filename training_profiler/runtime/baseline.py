@@ -22,9 +22,10 @@ steps at a flat level the baseline moves there and a ``shift`` info verdict is r
 
 Scale-aware floor: a run that converges (loss 13 -> 1e-10) ends in relative wobbles (1e-10 ->
 1e-6) that are huge in log space and meaningless at the run's own scale. At the end of warm-up the
-detector fixes an offset ``c = scale_floor x`` the warm-up median and judges ``log(value + c)``
+detector fixes an offset ``c = scale_floor x`` the run's early scale (the upper decile of the
+warm-up values: where the run started, not where a fast warm-up already got to) and judges ``log(value + c)``
 from then on: values well above ``c`` are judged exactly as before, changes far below it vanish,
-and a value must climb to about ``c`` before it can count as a rise. The default 0.2 is the
+and a value must climb to about ``c`` before it can count as a rise. The default 0.1 is the
 smallest that keeps real converging runs under 0.5 false alarms per 10k steps while every planted
 fault is still caught within 25 steps (``bench/fit_monitor_floor.py``, on recorded runs; the
 held-out runs are in ``bench/monitor_detection.py``).
@@ -89,7 +90,7 @@ class AdaptiveDetector:
         divergence_span: int = 500,
         low_ratio: float | None = None,
         sigma_floor: float = 0.02,
-        scale_floor: float = 0.2,
+        scale_floor: float = 0.1,
     ) -> None:
         if warmup_steps < 10:
             raise ValueError(f"warmup_steps={warmup_steps} is too short to learn a baseline: use at least 10")
@@ -109,7 +110,7 @@ class AdaptiveDetector:
         self.log_low_ratio = math.log(low_ratio) if low_ratio else None
         self.sigma_floor = sigma_floor
         if not 0.0 <= scale_floor < 1.0:
-            raise ValueError(f"scale_floor={scale_floor} must be in [0, 1): a fraction of the warm-up median")
+            raise ValueError(f"scale_floor={scale_floor} must be in [0, 1): a fraction of the run's early scale")
         self.scale_floor = scale_floor
         self._offset = 0.0  # c of the scale-aware floor, fixed at the end of warm-up
         self._span_blocks = divergence_span // _BLOCK
@@ -154,8 +155,9 @@ class AdaptiveDetector:
         return y if self._offset == 0.0 else math.log(math.exp(y) + self._offset)
 
     def _fix_floor(self) -> None:
-        """End of warm-up: fix c from the warm-up median and move the history onto log(value + c)."""
-        self._offset = self.scale_floor * math.exp(_median_sorted(self._sorted))
+        """End of warm-up: fix c from the early scale and move the history onto log(value + c)."""
+        early = self._sorted[(9 * len(self._sorted)) // 10]  # upper decile of the warm-up (log)
+        self._offset = self.scale_floor * math.exp(early)
         if self._offset == 0.0:
             return
         self._rebaseline([self._floored(y) for y in self._fifo])
