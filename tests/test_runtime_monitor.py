@@ -564,12 +564,13 @@ def test_async_host_copies_report_nan_with_its_own_step_once_the_device_catches_
                 continue
             if step < 28:
                 assert nan_alerts == []  # the copy of step 25 has not landed yet
-            elif step == 28:
+            elif step == 28:  # landed: the steps before it are judged first (one sync), in step order
                 assert [(a.step, a.metric) for a in nan_alerts] == [(25, "loss")]
-            if step == 32:  # steps 1-25 are judged; the copy of 26-30 lands at step 33
-                assert [r["step"] for r in monitor._history] == list(range(1, 26))
-            if step == 33:
-                assert [r["step"] for r in monitor._history] == list(range(1, 31))
+                assert [r["step"] for r in monitor._history] == list(range(1, 29))
+            if step == 35:  # back to periodic batches: the copy of 29-33 lands at step 36
+                assert [r["step"] for r in monitor._history] == list(range(1, 29))
+            if step == 36:
+                assert [r["step"] for r in monitor._history] == list(range(1, 34))
     history = monitor.history
     assert [(a.step, a.metric) for a in monitor.alerts if a.kind == "nonfinite"] == [(25, "loss")]
     assert [r["step"] for r in history] == list(range(1, 41))

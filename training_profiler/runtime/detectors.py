@@ -113,7 +113,9 @@ class HostDetectors:
         if metric not in rec or metric not in self.series:
             return None
         center, spread = self.series[metric].baseline_natural()
-        if not self.series[metric].ready:
+        if not math.isfinite(rec[metric]):  # never "OK" next to a NaN/Inf, however old the last alert
+            status = "NON-FINITE"
+        elif not self.series[metric].ready:
             status = f"warm-up ({self.warmup_steps} steps)"
         elif self.last_alert is not None and rec["step"] - self.last_alert.step < self.alert_window:
             status = f"ALERT ({self.last_alert.kind})"

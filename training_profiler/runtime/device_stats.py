@@ -80,10 +80,11 @@ class StatsBuffer:
     its column layout, and the device-side writers of each statistic.
 
     ``transfer`` mirrors the whole buffer (sent every ``rows`` steps), ``fast`` the loss and global
-    norm of each row (sent every step, so NaN/Inf is seen at its own step).
+    norm of each row (sent every step, so NaN/Inf is seen at its own step). Row ``control`` (after
+    the step rows) holds one 0/1 flag per name of ``flags``: what this rank has switched off.
     """
 
-    def __init__(self, model: nn.Module, rows: int) -> None:
+    def __init__(self, model: nn.Module, rows: int, flags: tuple[str, ...] = ()) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise ValueError(f"watch_training: {type(model).__name__} has no trainable parameters to watch")
@@ -115,8 +116,13 @@ class StatsBuffer:
         self._c_over = self._c_update + n_layers
         self._c_under = self._c_over + n_act
         self._c_grad_precision = self._c_under + n_act  # overflow, underflow of fp16/bf16 gradients
-        width = self._c_grad_precision + 2
-        self.buf = torch.full((rows, width), math.nan, dtype=torch.float32, device=device)
+        # one extra row at the end: the control row, in which each rank flags what it switched
+        # off (one column per name of ``flags``); it travels with the periodic all-reduce
+        width = max(self._c_grad_precision + 2, len(flags))
+        self.buf = torch.full((rows + 1, width), math.nan, dtype=torch.float32, device=device)
+        self.control = rows
+        self.flags = list(flags)
+        self.buf[self.control].zero_()
         self.transfer = HostMirror(self.buf)
         self.fast = HostMirror(torch.empty((rows, 2), device=device))
         self._idx_cache: tuple[tuple[int, ...], Any] | None = None
@@ -209,7 +215,16 @@ class StatsBuffer:
         w = torch.zeros(n, device=self.device).index_add_(0, idx, torch.stack(weight).square_())
         row[self._c_update : self._c_over].copy_((d / w).sqrt_())
 
+    def raise_flag(self, name: str) -> None:
+        """Mark ``name`` as switched off on this rank (a device write, no sync)."""
+        self.buf[self.control, self.flags.index(name)].fill_(1.0)
+
     # -- host side ---------------------------------------------------------------------------------
+    def raised_flags(self, control: np.ndarray) -> set[str]:
+        """The names flagged in a control row that has reached the host (after the all-reduce:
+        flagged on at least one rank)."""
+        return {name for name, v in zip(self.flags, control) if v > 0}
+
     def record(self, step: int, has_loss: bool, has_grad: bool, values: np.ndarray) -> dict[str, Any]:
         """One row that has reached the host, as a history record (only what was measured)."""
         nl = len(self.layers)

@@ -9,8 +9,9 @@ module's output (strided sample). Each step's values are one row of a small devi
 at once (non-blocking) so a NaN/Inf is reported with the exact step it happened, and the whole
 buffer every ``transfer_every`` steps, when the host runs the detectors of :mod:`.detectors`.
 This module ties them together: it finds the model, owns the hooks and the step cycle, and emits
-the alerts (:mod:`.alerts`). Nothing here ever raises into the training loop: an internal error
-is logged once and that metric is switched off.
+the alerts (:mod:`.alerts`), in step order. Nothing here ever raises into the training loop: an
+internal error is logged once and switches that statistic off (or, outside any one statistic,
+stops the monitor); under ``torch.distributed`` the ranks agree on it in the periodic all-reduce.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ __all__ = ["Alert", "TrainingMonitor", "watch_training"]
 
 logger = logging.getLogger("training_profiler")
 
+# what one rank's switch-off changes in the reduced statistics of every rank: agreed in the
+# control row of the periodic all-reduce ("monitor": this rank's monitor stopped altogether)
+_AGREED = ("loss", "grad_norm", "loss_scale", "update_ratio", "activation_precision", "monitor")
+_RECORD_KEYS = {"loss": ("loss",), "grad_norm": ("grad_norm", "layer_grad_norms", "grad_overflow", "grad_underflow"),
+                "loss_scale": ("loss_scale",), "update_ratio": ("update_ratio",),
+                "activation_precision": ("activation_overflow", "activation_underflow")}
+
 
 class TrainingMonitor:
     """The monitor behind :func:`watch_training`; use it as a decorator, a context manager, or
@@ -44,6 +52,22 @@ class TrainingMonitor:
 
     ``alerts`` and ``history`` are read after :meth:`flush` (they flush on access); hooks are
     removed by :meth:`close` (or on leaving the ``with`` block).
+
+    ``on_alert(alert)`` is called once per :class:`Alert`, on the training thread inside a
+    training step (or inside flush/close), in step order, after the alert has been logged and
+    added to ``alerts``; on rank 0 only unless ``all_ranks``. An alert is handed out once every
+    earlier step has been judged: a NaN/Inf at once (single process: the monitor judges the
+    steps before it first, one host sync), the others when their batch reaches the host (at the
+    latest every ``transfer_every`` steps; distributed, NaN/Inf waits for that too). Keep the
+    callback quick. It may read ``monitor.alerts`` / ``monitor.history`` (they do not flush from
+    inside it). An exception it raises is logged once and otherwise ignored: it never reaches
+    the training loop, detection goes on and later alerts still reach the callback. To stop
+    training on an alert, set a flag in the callback and check it in your loop.
+
+    The monitor never raises into training: an internal error in one statistic is logged once
+    (logger ``training_profiler``) and switches that statistic off; any other internal error
+    stops the monitor. Under ``torch.distributed`` every rank switches off what any rank
+    switched off, agreed in the periodic all-reduce, so the collectives stay in step.
     """
 
     def __init__(
@@ -94,14 +118,21 @@ class TrainingMonitor:
         self._cadence_hooks: list[Any] = []
         self._closed = False
         self._in_step = False
+        self._stopped = False  # after an internal error outside any one statistic
+        self._draining = False  # distributed: stopped here, still joining the next collective to say so
+        self._queue: list[Alert] = []  # found, waiting for every earlier step to be judged
+        self._judged = 0  # every step up to this one has been judged
+        self._catch_up = False  # a NaN/Inf alert waits for earlier steps: judge them now
+        self._emitting = False
+        self._on_alert_failed = False
+        self._rank, self._world = 0, 1
         if model is not None:
             self._attach(model)
 
     # -- public API ------------------------------------------------------------------------------
     @property
     def alerts(self) -> list[Alert]:
-        """Every alert so far, by step (NaN/Inf alerts are raised at once, the others when their
-        batch reaches the host)."""
+        """Every alert so far, in step order (see the class docstring for when each is handed out)."""
         self.flush()
         return sorted(self._alerts, key=lambda a: a.step)
 
@@ -176,27 +207,31 @@ class TrainingMonitor:
         self._begin_step()
 
     def flush(self) -> None:
-        """Process every step recorded so far (waits for the device: one sync)."""
-        if self.model is None or self._closed:
+        """Judge every step recorded so far (waits for the device: one sync). Never raises;
+        distributed, a partial batch waits for its collective."""
+        if self.model is None or self._closed or self._stopped or self._draining or self._emitting:
             return
-        self._drain_fast(wait=True)
-        if self._row and self._world == 1:  # distributed: partial batches stay until the next full one
-            self._transfer_batch()
-        if self._batch is not None:
-            self._stats.transfer.wait(0)
-            self._process_batch()
+        try:
+            self._judge_all()
+        except Exception as exc:  # noqa: BLE001 - never mask the caller's own error
+            self._fail(exc)
 
     def close(self) -> None:
-        """Process what is pending and remove every hook; training code is left untouched."""
+        """Judge what is pending and remove every hook; training code is left untouched. Never
+        raises, so it cannot mask an exception that is leaving a ``with`` block."""
         if self._closed:
             return
         self._in_step = False
-        self._remove_cadence_hooks()
         self.flush()
-        for handle in self._hooks:
-            handle.remove()
-        self._hooks.clear()
         self._closed = True
+        self._release_queue()  # alerts whose earlier steps will never be judged (a partial distributed batch)
+        for handle in [*self._cadence_hooks, *self._hooks]:
+            try:
+                handle.remove()
+            except Exception:  # noqa: BLE001, S110 - a hook that cannot be removed is already gone
+                pass
+        self._cadence_hooks.clear()
+        self._hooks.clear()
 
     def export_history(self, path: str | Path) -> Path:
         """Write ``history`` to ``path``: ``.jsonl`` (one object per step) or ``.csv`` (one column
@@ -272,7 +307,7 @@ class TrainingMonitor:
             self.scaler = next((v for v in values if isinstance(v, torch.amp.GradScaler)), None)
 
     def _attach(self, model: nn.Module) -> None:
-        self._stats = StatsBuffer(model, self.transfer_every)
+        self._stats = StatsBuffer(model, self.transfer_every, flags=_AGREED)
         self.model = model
         self._detectors = HostDetectors(self._stats.layers, self._stats.act_layers, warmup_steps=self.warmup_steps,
                                         alert_window=self.alert_window, vanishing_floor=self.vanishing_floor)
@@ -285,12 +320,12 @@ class TrainingMonitor:
         self._act_stats: dict[int, torch.Tensor] = {}
         self._hooks.append(_optim_hooks.register_optimizer_step_pre_hook(self._optimizer_pre_hook))
         self._hooks.append(_optim_hooks.register_optimizer_step_post_hook(self._optimizer_post_hook))
-        self._rank, self._world = 0, 1
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self._rank, self._world = torch.distributed.get_rank(), torch.distributed.get_world_size()
 
     # -- never break training ------------------------------------------------------------------
     def _guarded(self, metric: str, fn: Callable, *args: Any) -> Any:
+        """``fn(*args)``; an error switches ``metric`` off (logged once), never reaches training."""
         if metric in self._disabled:
             return None
         try:
@@ -299,7 +334,38 @@ class TrainingMonitor:
             self._disabled.add(metric)
             logger.warning("[Monitor] internal error while computing %s (%s: %s); this metric is disabled, "
                            "training continues", metric, type(exc).__name__, exc)
+            if metric in _AGREED and self._world > 1:
+                try:
+                    self._stats.raise_flag(metric)  # the other ranks switch it off at the next collective
+                except Exception as flag_exc:  # noqa: BLE001
+                    self._fail(flag_exc)
             return None
+
+    def _fail(self, exc: Exception) -> None:
+        """An internal error outside any one statistic: monitoring stops (on every rank), training
+        goes on. Distributed, this rank still joins the next periodic collective, which tells the
+        others, so none is left waiting in it."""
+        if self._stopped or self._draining:
+            return
+        logger.warning("[Monitor] internal error (%s: %s); monitoring stops, training continues",
+                       type(exc).__name__, exc)
+        self._snapshot = None
+        try:
+            self._remove_cadence_hooks()
+        except Exception:  # noqa: BLE001, S110 - close() tries again
+            pass
+        if self._world > 1 and not self._closed:
+            try:
+                self._stats.raise_flag("monitor")
+                self._draining = True
+                return
+            except Exception:  # noqa: BLE001 - cannot tell the others: nothing more to do here
+                pass
+        self._stop()
+
+    def _stop(self) -> None:
+        self._stopped, self._draining = True, False
+        self._release_queue()  # what was found before the stop is still true
 
     # -- per step (device side, no host sync) -----------------------------------------------------
     def _precision_step(self, step: int) -> bool:
@@ -308,31 +374,54 @@ class TrainingMonitor:
     def _begin_step(self) -> None:
         if self._closed or self.model is None:
             return
-        self._in_step = True
-        self._stats.buf[self._row].fill_(math.nan)
+        self._in_step = True  # counted even when stopped: step_count stays the number of steps
         self._grads_done = False
         self._snapshot = None
         self._act_stats = {}
-        if self._precision_step(self.step_count + 1):
-            self._guarded("activation_precision", self._add_cadence_hooks)
+        if self._draining or self._stopped:
+            return
+        try:
+            self._stats.buf[self._row].fill_(math.nan)
+            if self._precision_step(self.step_count + 1):
+                self._guarded("activation_precision", self._add_cadence_hooks)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
 
     def _abandon_step(self) -> None:
         self._in_step = False
         self._snapshot = None
-        self._remove_cadence_hooks()
+        try:
+            self._remove_cadence_hooks()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
 
     def _end_step(self, out: Any) -> None:
         if self._closed or self.model is None or not self._in_step:
             return
         self._in_step = False
         self.step_count += 1
-        step = self.step_count
+        if self._stopped:
+            return
+        if not self._draining:
+            try:
+                self._record_row(self.step_count, out)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(exc)
+                if self._stopped:
+                    return
+        self._row += 1  # on every rank, whatever failed: the collectives depend on it
+        try:
+            self._after_row()
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    def _record_row(self, step: int, out: Any) -> None:
         self._remove_cadence_hooks()
         stats = self._stats
         row = stats.buf[self._row]
         has_loss = self._guarded("loss", stats.write_loss, row, out) or False
         if not self._grads_done:
-            self._write_grads(row)
+            self._write_grads(row, step)
         if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
             self._guarded("loss_scale", stats.write_scale, row, self.scaler._scale)
         precision = self._precision_step(step)
@@ -342,16 +431,22 @@ class TrainingMonitor:
         stats.fast.copy(self._row, row[:2], self._row)
         self._pending_fast.append((self._row, step, has_loss, self._grads_done))
         self._row_meta.append((step, has_loss, self._grads_done, precision))
-        self._row += 1
-        if not stats.fast.cuda:
-            self._drain_fast(wait=False)  # a CPU "copy" has landed already: report this step now
-        if self._row == self.transfer_every:
-            self._guarded("transfer", self._transfer_batch)
-        elif self._batch is not None and stats.transfer.ready(0):
-            self._guarded("transfer", self._process_batch)
 
-    def _write_grads(self, row: torch.Tensor) -> None:
-        if self._guarded("grad_norm", self._stats.write_grads, row, self._precision_step(self.step_count + 1)):
+    def _after_row(self) -> None:
+        """The periodic work after a step's row is complete."""
+        if not self._draining:
+            if not self._stats.fast.cuda:
+                self._drain_fast(wait=False)  # a CPU "copy" has landed already: check this step now
+            if self._catch_up and self._world == 1:  # a NaN/Inf alert waits: judge the steps before it
+                self._judge_all()
+                return
+        if self._row == self.transfer_every:
+            self._transfer_batch()
+        elif self._batch is not None and not self._draining and self._stats.transfer.ready(0):
+            self._process_batch()
+
+    def _write_grads(self, row: torch.Tensor, step: int) -> None:
+        if self._guarded("grad_norm", self._stats.write_grads, row, self._precision_step(step)):
             self._grads_done = True
 
     # optimizer hooks are global (they see every optimizer): act only for ours
@@ -364,16 +459,24 @@ class TrainingMonitor:
         return False
 
     def _optimizer_pre_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not self._in_step or not self._is_ours(optimizer):
+        if not self._in_step or self._draining or self._stopped:
             return
-        self._write_grads(self._stats.buf[self._row])
-        if self._precision_step(self.step_count + 1):
-            self._snapshot = self._guarded("update_ratio", self._stats.snapshot)
+        try:
+            if not self._is_ours(optimizer):
+                return
+            self._write_grads(self._stats.buf[self._row], self.step_count + 1)
+            if self._precision_step(self.step_count + 1):
+                self._snapshot = self._guarded("update_ratio", self._stats.snapshot)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if self._snapshot is None or not self._in_step or optimizer is not self.optimizer:
             return
-        self._guarded("update_ratio", self._stats.write_update_ratio, self._stats.buf[self._row], self._snapshot)
+        try:
+            self._guarded("update_ratio", self._stats.write_update_ratio, self._stats.buf[self._row], self._snapshot)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
         self._snapshot = None
 
     def _add_cadence_hooks(self) -> None:
@@ -394,67 +497,147 @@ class TrainingMonitor:
 
     # -- host side -------------------------------------------------------------------------------------
     def _transfer_batch(self) -> None:
-        """Ship the filled buffer to the host (non-blocking); it is judged once it has landed."""
-        transfer = self._stats.transfer
-        if self._batch is not None:  # the previous copy: long done unless the GPU is far behind
-            transfer.wait(0)
-            self._process_batch()
-        buf = self._stats.buf
+        """Ship the buffer's rows to the host (non-blocking); they are judged once they have landed.
+        Distributed: first the all-reduce, on every rank at the same step (even on a rank whose
+        monitor has stopped, which says so in the control row and then leaves)."""
+        n, meta = self._row, self._row_meta
+        self._row, self._row_meta = 0, []  # first: whatever fails below, the next step has a row
+        stats = self._stats
+        if self._batch is not None and not self._draining:  # the previous copy: long done unless the GPU is far behind
+            try:
+                stats.transfer.wait(0)
+                self._process_batch()
+            except Exception as exc:  # noqa: BLE001 - this rank must still join the collective below
+                self._fail(exc)
+            if self._stopped:  # agreed in the previous collective (or single process): no collective
+                return
         if self._world > 1:  # reduced statistics: the mean over ranks (DDP grads are already equal)
-            torch.distributed.all_reduce(buf)
-            buf.div_(self._world)
-        n = self._row
-        transfer.copy(0, buf[:n], slice(0, n))
-        self._batch, self._row_meta = self._row_meta[:n], self._row_meta[n:]
-        self._row = 0
-        if transfer.ready(0):
+            try:
+                torch.distributed.all_reduce(stats.buf)
+            except Exception as exc:  # noqa: BLE001 - the process group itself failed
+                self._fail(exc)
+                self._stop()
+                return
+            if self._draining:
+                self._stop()  # the others read "monitor" in this collective's control row
+                return
+            stats.buf.div_(self._world)
+            stats.transfer.copy(0, stats.buf, slice(None))  # with the control row
+        else:
+            stats.transfer.copy(0, stats.buf[:n], slice(0, n))
+        self._batch = meta
+        if stats.transfer.ready(0):
+            self._process_batch()
+        if self._in_step and 0 < n < self.transfer_every:  # a flush inside a step: its row moves to row 0,
+            stats.buf[0].copy_(stats.buf[n])  # after the copy above (on CPU the buffer is the host side)
+
+    def _judge_all(self) -> None:
+        """Judge every step recorded so far (single process: ships a partial batch; one sync)."""
+        self._catch_up = False
+        self._drain_fast(wait=True)
+        if self._row and self._world == 1:
+            self._transfer_batch()
+        if self._batch is not None:
+            self._stats.transfer.wait(0)
             self._process_batch()
 
     def _drain_fast(self, wait: bool) -> None:
-        """Report NaN/Inf in loss or global gradient norm of each step whose copy has landed."""
+        """Check for NaN/Inf the loss and global gradient norm of each step whose copy has landed."""
         fast = self._stats.fast
         while self._pending_fast:
             row, step, has_loss, has_grad = self._pending_fast[0]
             if not fast.ready(row):
                 if not wait and len(self._pending_fast) < self.transfer_every:
-                    return
+                    break
                 fast.wait(row)
             self._pending_fast.popleft()
             values = fast.view[row] if fast.cuda else self._stats.transfer.view[row, :2]
-            if has_loss:
-                self._detectors.check_finite(step, "loss", float(values[0]), self.scaler)
-            if has_grad:
-                self._detectors.check_finite(step, "grad_norm", float(values[1]), self.scaler)
+            loss, norm = float(values[0]), float(values[1])
+            if has_loss and not math.isfinite(loss):  # the common case stays two float checks
+                self._guarded("detectors", self._detectors.check_finite, step, "loss", loss, self.scaler)
+            if has_grad and not math.isfinite(norm):
+                self._guarded("detectors", self._detectors.check_finite, step, "grad_norm", norm, self.scaler)
+        if self._detectors.pending:
+            self._catch_up = any(a.step > self._judged for a in self._detectors.pending)
             self._emit()
 
     def _process_batch(self) -> None:
         meta, self._batch = self._batch or [], None
-        block = self._stats.transfer.view[: len(meta)].copy()
+        view = self._stats.transfer.view
+        block = view[: len(meta)].copy()
+        agreed: set[str] = set()
+        if self._world > 1:
+            agreed = self._stats.raised_flags(view[self._stats.control])
+            if "monitor" in agreed:
+                logger.warning("[Monitor] monitoring was stopped on another rank after an internal error; "
+                               "it stops here too")
+                self._stop()
+                return
+            for name in sorted(agreed - self._disabled):
+                logger.warning("[Monitor] %s was switched off on another rank after an internal error; it is "
+                               "off here too", name)
+                self._disabled.add(name)
+                self._stats.raise_flag(name)  # every rank keeps flagging it from now on
         for (step, has_loss, has_grad, precision), values in zip(meta, block):
-            rec = self._stats.record(step, has_loss, has_grad, values)
-            self._history.append(rec)
-            self._guarded("detectors", self._judge, rec)
-            if step % self.log_every == 0 and self._rank == 0:
-                line = self._detectors.status(rec)
+            rec = self._guarded("history", self._record, step, has_loss, has_grad, values, agreed)
+            if rec is not None:
+                self._guarded("detectors", self._detectors.judge, rec)
+            self._judged = step
+            self._emit()
+            if rec is not None and step % self.log_every == 0 and self._rank == 0:
+                line = self._guarded("status", self._detectors.status, rec)
                 if line is not None:
                     logger.info(line)
 
-    def _judge(self, rec: dict[str, Any]) -> None:
-        try:
-            self._detectors.judge(rec)
-        finally:  # alerts found before an error are still reported
-            self._emit()
+    def _record(self, step: int, has_loss: bool, has_grad: bool, values: np.ndarray,
+                switched_off: set[str]) -> dict[str, Any]:
+        rec = self._stats.record(step, has_loss, has_grad, values)
+        for name in switched_off:  # the reduced value mixes measured and unmeasured ranks: not measured
+            for key in _RECORD_KEYS.get(name, ()):
+                rec.pop(key, None)
+        self._history.append(rec)
+        return rec
 
     # -- alerts --------------------------------------------------------------------------------
     def _emit(self) -> None:
-        """Log and hand out the alerts the detectors have found."""
-        found, self._detectors.pending = self._detectors.pending, []
-        for alert in found:
-            self._alerts.append(alert)
-            if self._rank == 0 or self.all_ranks:
-                logger.warning(alert.message)
-                if self.on_alert is not None:
-                    self.on_alert(alert)
+        """Log and hand out, in step order, the alerts of every step judged so far."""
+        if self._detectors.pending:
+            self._queue += self._detectors.pending
+            self._detectors.pending.clear()
+        elif not self._queue:  # the common case: nothing to say
+            return
+        if self._emitting or not any(a.step <= self._judged for a in self._queue):
+            return
+        ready = sorted((a for a in self._queue if a.step <= self._judged), key=lambda a: a.step)
+        self._queue = [a for a in self._queue if a.step > self._judged]
+        self._emitting = True  # on_alert may read monitor.alerts: no flush from inside it
+        try:
+            for alert in ready:
+                self._deliver(alert)
+        finally:
+            self._emitting = False
+
+    def _release_queue(self) -> None:
+        """Hand out every alert found, judged or not (the monitor is closing or stopping)."""
+        if self._detectors is not None:
+            self._judged = max([self._judged, *(a.step for a in self._queue),
+                                *(a.step for a in self._detectors.pending)])
+            self._emit()
+
+    def _deliver(self, alert: Alert) -> None:
+        self._alerts.append(alert)
+        if self._rank != 0 and not self.all_ranks:
+            return
+        logger.warning(alert.message)
+        if self.on_alert is None:
+            return
+        try:
+            self.on_alert(alert)
+        except Exception as exc:  # noqa: BLE001 - the user's callback must not break training either
+            if not self._on_alert_failed:
+                self._on_alert_failed = True
+                logger.warning("[Monitor] on_alert raised %s: %s; the alert is logged and in monitor.alerts, "
+                               "monitoring goes on (reported once)", type(exc).__name__, exc, exc_info=True)
 
 
 def watch_training(fn: Callable | None = None, /, *, model: nn.Module | None = None,
