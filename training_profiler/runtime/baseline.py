@@ -21,11 +21,11 @@ A level shift that persists (an LR schedule step) is not an alert: after ``alert
 steps at a flat level the baseline moves there and a ``shift`` info verdict is returned.
 
 Scale-aware floor: a run that converges (loss 13 -> 1e-10) ends in relative wobbles (1e-10 ->
-1e-6) that are huge in log space and meaningless at the run's own scale. At the end of warm-up the
-detector fixes an offset ``c = scale_floor x`` the run's early scale (the upper decile of the
-warm-up values: where the run started, not where a fast warm-up already got to) and judges ``log(value + c)``
-from then on: values well above ``c`` are judged exactly as before, changes far below it vanish,
-and a value must climb to about ``c`` before it can count as a rise. The default 0.1 is the
+1e-6) that are huge in log space and meaningless at the run's own scale. At the end of warm-up
+the detector fixes an offset ``c = scale_floor x`` the run's early scale (the upper decile of the
+warm-up values: where the run started, not where a fast warm-up already got to) and judges
+``log(value + c)`` from then on: values well above ``c`` are judged exactly as before, changes far
+below it vanish, and a value must climb to about ``c`` before it can count as a rise. The default 0.1 is the
 smallest that keeps real converging runs under 0.5 false alarms per 10k steps while every planted
 fault is still caught within 25 steps (``bench/fit_monitor_floor.py``, on recorded runs; the
 held-out runs are in ``bench/monitor_detection.py``).
