@@ -16,7 +16,7 @@ persistent level shift (x0.3..x1.5, an LR schedule step), 0-3 isolated real spik
 also reported by size), and one terminal event in 3 of 4 runs: a true explosion (growth 5%-65%
 per step until Inf), a slow divergence (0.2%-1% per step) or a NaN injection.
 Scores: false alarms per 10k clean steps, spike recall, missed explosions / divergences
-(no alert before Inf, resp. before 10x growth), detection delays, NaN delay; the seed's
+(no alert before Inf, resp. before 10x growth), detection delays, NaN delay; the naive
 mean/std-after-warm-up rule is scored side by side.
 """
 
@@ -95,14 +95,14 @@ def make_trace(rng: np.random.Generator, steps: int, heavy_tails: bool = False) 
 
 def score(runs: int, steps: int, seed: int, heavy_tails: bool = False) -> dict:
     rng = np.random.default_rng(seed)
-    out = {"clean_steps": 0, "fa": 0, "seed_fa_events": 0, "seed_fa_steps": 0, "spikes": 0, "spikes_hit": 0,
-           "seed_spikes_hit": 0, "explosions": 0, "expl_missed": 0, "expl_delay": [], "seed_expl_delay": [],
+    out = {"clean_steps": 0, "fa": 0, "meanstd_fa_events": 0, "meanstd_fa_steps": 0, "spikes": 0, "spikes_hit": 0,
+           "meanstd_spikes_hit": 0, "explosions": 0, "expl_missed": 0, "expl_delay": [], "meanstd_expl_delay": [],
            "divergences": 0, "div_missed": 0, "div_delay": [], "nan": 0, "nan_delay": [], "shifts": 0,
            "shift_infos": 0, "seconds": 0.0, "spike_sizes": []}
     for _ in range(runs):
         values, truth = make_trace(rng, steps, heavy_tails)
-        det, seed_rule = AdaptiveDetector(warmup_steps=WARMUP, alert_window=ALERT_WINDOW), MeanStdRule(WARMUP)
-        alerts, seed_alarms, infos = [], [], 0
+        det, meanstd_rule = AdaptiveDetector(warmup_steps=WARMUP, alert_window=ALERT_WINDOW), MeanStdRule(WARMUP)
+        alerts, meanstd_alarms, infos = [], [], 0
         t = time.perf_counter()
         for i, v in enumerate(values.tolist()):
             verdict = det.update(i, v)
@@ -113,8 +113,8 @@ def score(runs: int, steps: int, seed: int, heavy_tails: bool = False) -> dict:
                     infos += 1
         out["seconds"] += time.perf_counter() - t
         for i, v in enumerate(values.tolist()):
-            if seed_rule.update(i, v):
-                seed_alarms.append(i)
+            if meanstd_rule.update(i, v):
+                meanstd_alarms.append(i)
         t0 = truth["t0"]
         excused = set()
         for s in truth["spikes"]:
@@ -123,19 +123,19 @@ def score(runs: int, steps: int, seed: int, heavy_tails: bool = False) -> dict:
         clean_set = set(clean)
         out["clean_steps"] += len(clean)
         out["fa"] += sum(1 for a in alerts if a in clean_set)
-        prev, seed_set = False, set(seed_alarms)
+        prev, meanstd_set = False, set(meanstd_alarms)
         for i in range(WARMUP, t0):
-            on = i in seed_set
+            on = i in meanstd_set
             if i in clean_set and on:
-                out["seed_fa_steps"] += 1
+                out["meanstd_fa_steps"] += 1
                 if not prev:
-                    out["seed_fa_events"] += 1
+                    out["meanstd_fa_events"] += 1
             prev = on
         for s, (in_sigma, in_log) in zip(truth["spikes"], truth["spike_sizes"]):
             hit = any(s <= a <= s + 2 for a in alerts)
             out["spikes"] += 1
             out["spikes_hit"] += hit
-            out["seed_spikes_hit"] += any(s <= a <= s + 2 for a in seed_alarms)
+            out["meanstd_spikes_hit"] += any(s <= a <= s + 2 for a in meanstd_alarms)
             out["spike_sizes"].append((in_sigma, in_log, hit))
         out["shifts"] += "shift" in truth
         out["shift_infos"] += infos
@@ -149,9 +149,9 @@ def score(runs: int, steps: int, seed: int, heavy_tails: bool = False) -> dict:
                 out["expl_delay"].append(hit[0] - t0)
             else:
                 out["expl_missed"] += 1
-            seed_after = [a for a in seed_alarms if a >= t0]
-            if seed_after:
-                out["seed_expl_delay"].append(seed_after[0] - t0)
+            meanstd_after = [a for a in meanstd_alarms if a >= t0]
+            if meanstd_after:
+                out["meanstd_expl_delay"].append(meanstd_after[0] - t0)
         elif ev == "divergence":
             out["divergences"] += 1
             hit = [a for a in after if a < truth["ten_x"]]
@@ -247,15 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     med = (lambda xs: statistics.median(xs) if xs else math.nan)
     noise = "Student-t(5)" if args.heavy_tails else "Gaussian"
     print(f"monitor detection benchmark: {args.runs} runs x {args.steps} steps, seed {args.seed}, {noise} log noise")
-    print(f"{'':34}{'adaptive (ours)':>18}{'seed mean/std':>16}")
-    print(f"{'false alarms / 10k clean steps':34}{r['fa'] * per10k:18.3f}{r['seed_fa_events'] * per10k:16.1f}")
+    print(f"{'':34}{'adaptive (ours)':>18}{'mean/std rule':>16}")
+    print(f"{'false alarms / 10k clean steps':34}{r['fa'] * per10k:18.3f}{r['meanstd_fa_events'] * per10k:16.1f}")
     print(f"{'clean steps alarmed':34}{r['fa'] / max(r['clean_steps'], 1):18.4%}"
-          f"{r['seed_fa_steps'] / max(r['clean_steps'], 1):16.1%}")
+          f"{r['meanstd_fa_steps'] / max(r['clean_steps'], 1):16.1%}")
     print(f"{'spike recall':34}{r['spikes_hit'] / max(r['spikes'], 1):18.1%}"
-          f"{r['seed_spikes_hit'] / max(r['spikes'], 1):16.1%}   ({r['spikes']} spikes)")
+          f"{r['meanstd_spikes_hit'] / max(r['spikes'], 1):16.1%}   ({r['spikes']} spikes)")
     print(f"{'missed explosions':34}{r['expl_missed']:18d}{'':16}   (of {r['explosions']})")
     print(f"{'explosion delay median / max':34}{med(r['expl_delay']):12.1f} / {max(r['expl_delay'], default=0):3d}"
-          f"{med(r['seed_expl_delay']):16.1f}")
+          f"{med(r['meanstd_expl_delay']):16.1f}")
     print(f"{'missed slow divergences (<10x)':34}{r['div_missed']:18d}{'':16}   (of {r['divergences']})")
     print(f"{'divergence delay median':34}{med(r['div_delay']):18.1f}")
     print(f"{'NaN delay (max)':34}{max(r['nan_delay'], default=0):18}{'':16}   (of {r['nan']})")

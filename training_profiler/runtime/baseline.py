@@ -271,7 +271,7 @@ class AdaptiveDetector:
 
 
 class MeanStdRule:
-    """The seed's rule, for comparison: mean and std of the warm-up values, then alarm on every
+    """The naive rule, for comparison: mean and std of the warm-up values, then alarm on every
     value more than ``k`` standard deviations away (no robustness, no adaptation)."""
 
     def __init__(self, warmup_steps: int = 100, k: float = 3.0) -> None:
