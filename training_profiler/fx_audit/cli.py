@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=_INPUT_HELP + " (optional for the built-in zoo models)")
     audit.add_argument("--dtype", action="append", default=[], choices=DTYPES, help=argparse.SUPPRESS)  # deprecated
     audit.add_argument("--batch-size", type=int, default=None, help="replace the leading dimension of every input")
-    audit.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "sgd-momentum"),
+    audit.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "sgd-momentum", "adam-fused",
+                                                               "adamw-fused"),
                        help="optimizer of the simulated training step (default adam)")
     audit.add_argument("--amp", default=None, choices=_AMP, help="autocast precision (bf16/fp16) or pure low-precision weights")
     audit.add_argument("--memory", default=None, metavar="BUDGET",

@@ -49,7 +49,7 @@ __all__ = [
 
 AMP_MODES = (None, "bf16", "fp16", "pure-bf16", "pure-fp16")
 TARGETS = ("cpu", "cuda")
-OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum")
+OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum", "adam-fused", "adamw-fused")
 
 # --------------------------------------------------------------------------------------------
 # the training step shared by the simulation and the real measurement
@@ -81,6 +81,8 @@ def _make_optimizer(optimizer: Any, params: list, lr: float, device_type: str):
     # pass the default it would choose for real tensors on this device.
     foreach = device_type in ("cuda", "xpu")
     name = optimizer.lower()
+    if name in ("adam-fused", "adamw-fused"):  # one fused kernel per group: no per-parameter temporaries
+        return (torch.optim.AdamW if name == "adamw-fused" else torch.optim.Adam)(params, lr=lr, fused=True)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, foreach=foreach)
     if name == "adamw":
@@ -401,7 +403,8 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, targ
     if target == "cuda":
         from .targets.cuda import finish_cuda_report
 
-        finish_cuda_report(report, trace, last_step)
+        finish_cuda_report(report, trace, last_step,
+                           host_steps=not (opt.defaults.get("fused") or opt.defaults.get("capturable")))
     if trace.corrected_ops:
         sources = sorted({trace.rules[op].source for op in trace.corrected_ops})
         report.notes.append(

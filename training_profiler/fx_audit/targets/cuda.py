@@ -109,19 +109,27 @@ def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sca
     """F.scaled_dot_product_attention through the aten op of the CUDA backend it would use."""
     import torch
 
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        # attention.cpp convert_boolean_attn_mask: where(~mask, -inf, 0) in the query's dtype
+        attn_mask = torch.where(attn_mask.logical_not(), torch.full((), float("-inf"), dtype=query.dtype),
+                                torch.zeros((), dtype=query.dtype))
     backend = sdpa_backend(query, key, value, attn_mask, dropout_p)
-    if enable_gqa and key.shape[-3] != query.shape[-3]:  # GQA: flash/math only; repeat k/v as math does
-        backend = "math" if backend == "efficient" else backend
-    if backend == "flash" and not enable_gqa:
+    if enable_gqa and key.shape[-3] != query.shape[-3] and backend == "efficient":
+        backend = "math"  # the memory-efficient kernel has no GQA (sdp_utils.cpp)
+    if backend == "flash":
         return torch.ops.aten._scaled_dot_product_flash_attention(
             query, key, value, dropout_p, is_causal, False, scale=scale)[0]
     if backend == "efficient":
+        if attn_mask is not None and attn_mask.shape[-1] % 16:
+            # attention.cpp preprocess_mask: the bias's last dim padded to 16 elements, then sliced
+            last = attn_mask.shape[-1]
+            padded = attn_mask.new_empty((*attn_mask.shape[:-1], -(-last // 16) * 16))
+            attn_mask = padded[..., :last].copy_(attn_mask)
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
         return torch.ops.aten._scaled_dot_product_efficient_attention(
             query, key, value, attn_mask, needs_grad, dropout_p, is_causal, scale=scale)[0]
-    return torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
-        enable_gqa=enable_gqa)
+    return torch.ops.aten._scaled_dot_product_attention_math(
+        query, key, value, attn_mask, dropout_p, is_causal, None, scale=scale, enable_gqa=enable_gqa)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +141,13 @@ def _fake_cuda_like(t, mode):
 
     with mode:
         return torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="cuda")
+
+
+# the functions whose fp32 autocast policy passes dtype=float32 instead of casting the input
+# ("fp32_set_opt_dtype" in aten/src/ATen/autocast_mode.cpp); whether a call takes it is still
+# decided by the AutocastCUDA kernel (the output dtype it gives)
+_SET_OPT_DTYPE = {"softmax", "log_softmax", "softmin", "sum", "prod", "cumsum", "cumprod", "nansum", "norm",
+                  "linalg_vector_norm", "linalg_matrix_norm", "vector_norm", "matrix_norm"}
 
 
 def autocast_casts(func, args: tuple, kwargs: dict, dtype) -> dict:
@@ -171,7 +186,7 @@ def autocast_casts(func, args: tuple, kwargs: dict, dtype) -> dict:
                 out = func(*cuda_args, **cuda_kwargs)
             low = [x.dtype for x in leaves if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)]
             if (not casts and low and isinstance(out, torch.Tensor) and out.dtype == torch.float32
-                    and "dtype" not in kwargs):
+                    and "dtype" not in kwargs and getattr(func, "__name__", "") in _SET_OPT_DTYPE):
                 casts["dtype"] = torch.float32
         except Exception:  # noqa: BLE001 - an op the fake CUDA path cannot run: no casts known
             casts.clear()
@@ -274,15 +289,25 @@ class CudaEmulation:
 _GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "addmv", "mv", "_scaled_mm", "addmm_activation"}
 
 
-def finish_cuda_report(report, trace, last_step: int, capability=(9, 0)) -> None:
+def finish_cuda_report(report, trace, last_step: int, host_steps: bool = True, capability=(9, 0)) -> None:
     """Add what the CUDA target knows beyond the tensors to a simulated ``MemoryReport``: the
     cuBLAS workspaces (one per thread that runs a GEMM: the step's own thread, and autograd's
     device thread in backward: ``CublasHandlePool.cpp`` keeps one per (handle, stream) and handles
     are per thread) and the caching allocator's view (``cuda_allocator.replay`` of every allocation
     and free of the simulation, peaks reset when the last step starts): reserved bytes, and blocks
-    charged whole where the allocator does not split them."""
+    charged whole where the allocator does not split them. ``host_steps``: the optimizer keeps its
+    ``step`` counters on the host (torch.optim Adam/AdamW unless fused or capturable), so they take
+    no GPU block (the simulation, on CPU tensors, counted one 512-byte block each)."""
     from .cuda_allocator import replay
 
+    steps = [r for r in trace.storages if host_steps and r.category == "optimizer_state"
+             and (r.description or "").startswith("step of")]
+    if steps:
+        on_host = sum(r.nbytes for r in steps)
+        report.peak_bytes -= on_host
+        report.breakdown["optimizer_state"] -= on_host
+        on_host_ids = {id(r) for r in steps}
+        trace.storages = [r for r in trace.storages if id(r) not in on_host_ids]
     phases = {record.phase for record in trace.storages if record.op in _GEMM_OPS}
     threads = int(bool(phases & {"forward", "loss", "optimizer"})) + int("backward" in phases)
     workspace = cublas_workspace_bytes(capability)
