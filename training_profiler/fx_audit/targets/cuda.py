@@ -184,10 +184,16 @@ def autocast_casts(func, args: tuple, kwargs: dict, dtype) -> dict:
         try:
             with torch.no_grad(), mode, _Casts():
                 out = func(*cuda_args, **cuda_kwargs)
-            low = [x.dtype for x in leaves if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)]
-            if (not casts and low and isinstance(out, torch.Tensor) and out.dtype == torch.float32
-                    and "dtype" not in kwargs and getattr(func, "__name__", "") in _SET_OPT_DTYPE):
-                casts["dtype"] = torch.float32
+            low = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)]
+            if not casts and low and isinstance(out, torch.Tensor) and out.dtype == torch.float32:
+                torch.set_autocast_enabled("cuda", False)
+                with torch.no_grad(), mode:
+                    plain = func(*cuda_args, **cuda_kwargs)
+                if plain.dtype != out.dtype:  # autocast ran the call in fp32 without casting its inputs
+                    if getattr(func, "__name__", "") in _SET_OPT_DTYPE and "dtype" not in kwargs:
+                        casts["dtype"] = torch.float32
+                    else:  # inside a composite (cross_entropy: log_softmax in fp32): cast the inputs
+                        casts.update(dict.fromkeys(low, torch.float32))
         except Exception:  # noqa: BLE001 - an op the fake CUDA path cannot run: no casts known
             casts.clear()
         finally:
