@@ -337,3 +337,46 @@ def test_cli_target_option_and_config_key(tmp_path, capsys):
                          'target = "gpu"\n')
     with pytest.raises(ValueError, match="unknown target 'gpu' for model 'm'"):
         load_config(pyproject)
+
+
+# --- bench/gpu_check.py --------------------------------------------------------------------------
+
+
+def test_gpu_check_exits_cleanly_without_a_gpu(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the check would run for minutes")
+    script = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0
+    assert done.stdout.splitlines() == [
+        "gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False): nothing checked"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gpu_check_markdown_table():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    row = {"model": "mlp", "mode": "fp32", "predicted": {"allocated": 104 * MiB, "reserved": 120 * MiB},
+           "measured": {"allocated": 100 * MiB, "reserved": 128 * MiB}, "error_allocated": 0.04,
+           "error_reserved": -0.0625, "ok": True}
+    result = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8", "capability": "9.0", "seconds": 300.0,
+              "memory": [row, {"model": "lstm", "mode": "bf16", "error": "RuntimeError: boom", "ok": False}],
+              "monitor": {"syncs_per_step": 0.0, "error_mode": "no sync raised", "plain_ms": 10.0,
+                          "monitored_ms": 10.05, "added_fraction": 0.005},
+              "analyze_tensor": [{"tensor": "normal 1024x512", "max_rel_diff": 0.0, "ok": True}]}
+    lines = gpu_check.markdown(result).splitlines()
+    assert lines[0] == "# GPU check: NVIDIA H100 80GB HBM3"
+    assert "| mlp | fp32 | 104.0 | 100.0 | +4.0% | 120.0 | 128.0 | -6.2% | yes |" in lines
+    assert "| lstm | bf16 | failed: RuntimeError: boom | | | | | | no |" in lines
+    assert "| 0.00 | no sync raised | 10.000 | 10.050 | +0.50% |" in lines
+    assert "| normal 1024x512 | 0.00e+00 | yes |" in lines

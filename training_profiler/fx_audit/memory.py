@@ -302,11 +302,12 @@ def _repeated_blocks(model) -> tuple[str, int] | None:
 def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int) -> MemoryReport:
     """The 3-block report with peak and breakdown grown linearly to ``count`` blocks."""
     extra = count - 3
-    large.peak_bytes += extra * (large.peak_bytes - small.peak_bytes)
+    per_block = large.peak_bytes - small.peak_bytes
+    large.peak_bytes += extra * per_block
     large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
-    if large.reserved_bytes is not None and small.reserved_bytes is not None:  # CUDA target
-        large.reserved_bytes += extra * (large.reserved_bytes - small.reserved_bytes)
-        large.fragmentation_bytes = max(large.reserved_bytes - large.peak_bytes, 0)
+    if large.reserved_bytes is not None:  # CUDA target: the 3-block run's cached-but-unused bytes kept
+        large.reserved_bytes += extra * per_block
+
     prefix = f"{path}.2"
     # parameters without a gradient in the last kept block are so in every block after it
     large.params_without_grad += tuple(

@@ -13,8 +13,9 @@ CPU tensors and brings the CUDA behaviour in explicitly, each rule with its sour
   backend's own aten op, so autograd saves what it saves (flash: logsumexp and the Philox RNG state;
   memory-efficient: logsumexp, seed and offset; math: the attention matrix).
 - **Workspaces**: cuBLAS/cuBLASLt workspaces (``cublas_workspace_bytes``), kept per (handle,
-  stream) by ``aten/src/ATen/cuda/CublasHandlePool.cpp``; a cuDNN convolution workspace as a flagged
-  bound (``cuda_rules``). No oneDNN rules.
+  stream) by ``aten/src/ATen/cuda/CublasHandlePool.cpp``. cuDNN convolution workspaces depend on the
+  algorithm cuDNN picks (heuristics, or ``benchmark=True``): not added to the peak, but bounded and
+  flagged (``finish_cuda_report``). No per-op rules, so no oneDNN corrections.
 - **Allocator**: ``cuda_allocator`` (512-byte blocks, segments, reserved bytes).
 
 Optimizers use torch's CUDA default (foreach); see ``memory._make_optimizer``.
@@ -26,14 +27,11 @@ import os
 import re
 from typing import Any
 
-from . import WorkspaceRule
-
 __all__ = [
     "CudaEmulation",
     "SDPA_SOURCE",
     "autocast_casts",
     "cublas_workspace_bytes",
-    "cuda_rules",
     "finish_cuda_report",
     "sdpa_backend",
 ]
@@ -59,24 +57,6 @@ def cublas_workspace_bytes(capability: tuple[int, int] = (9, 0), env: dict | Non
     return size
 
 
-def _nbytes(t) -> int:
-    return t.numel() * t.element_size() if t is not None and hasattr(t, "numel") else 0
-
-
-def _conv_workspace(args, outputs):
-    # cuDNN picks an algorithm whose workspace fits free memory; its size depends on the algorithm
-    # (heuristics, or benchmark=True). Bounded estimate: the largest operand. Flagged (exact=False).
-    return {}, max(_nbytes(args[0]), _nbytes(args[1]), _nbytes(outputs[0]) if outputs else 0)
-
-
-def cuda_rules() -> dict[str, WorkspaceRule]:
-    """Per-op rules of the CUDA target: only the cuDNN convolution workspace (transient, an
-    estimate). The cuBLAS workspaces are per-process constants added by the simulation."""
-    source = "cuDNN convolution workspace: bounded estimate (largest operand), not a cuDNN formula"
-    return {
-        "convolution": WorkspaceRule("convolution", _conv_workspace, source, exact=False),
-        "convolution_backward": WorkspaceRule("convolution_backward", _conv_workspace, source, exact=False),
-    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,6 +318,13 @@ def finish_cuda_report(report, trace, last_step: int, host_steps: bool = True, c
                             "counted, as max_memory_allocated counts them")
     report.reserved_bytes = max(allocator.peak_reserved, report.peak_bytes)
     report.fragmentation_bytes = report.reserved_bytes - report.peak_bytes
+    convolutions = [r.nbytes for r in trace.storages if r.op in ("convolution", "convolution_backward")]
+    if convolutions:  # flagged: cuDNN's algorithm choice decides, from none to about an operand
+        report.confidence = "low"
+        report.notes.append(
+            f"CUDA: cuDNN convolution workspaces are not in the peak; bounded estimate: up to {max(convolutions):,} "
+            "bytes more (the largest convolution operand) if cuDNN picks a workspace-hungry algorithm"
+        )
     if threads:
         report.notes.append(
             f"CUDA: {threads} cuBLAS workspace(s) of {workspace / 2**20:.3g} MiB included (sm90 default or "
