@@ -149,9 +149,7 @@ def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase
     import torch
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    if region is None:
-        def region(dtype):
-            return torch.autocast(device_type, dtype=dtype, enabled=dtype is not None)
+    region = region or (lambda dtype: torch.autocast(device_type, dtype=dtype, enabled=dtype is not None))
     for step in range(first, first + steps):
         phase.step = step
         phase.name = "zero_grad"
@@ -343,9 +341,7 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, targ
         from .targets.cuda_allocator import round_size
 
         trace.round_bytes = round_size
-
-        def region(dtype):
-            return CudaEmulation(dtype)
+        region = CudaEmulation  # CudaEmulation(dtype): CUDA autocast and SDPA around the forward
     phase = _Phase()
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False)

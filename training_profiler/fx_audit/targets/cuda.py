@@ -57,8 +57,6 @@ def cublas_workspace_bytes(capability: tuple[int, int] = (9, 0), env: dict | Non
     return size
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # SDPA
 
@@ -135,8 +133,9 @@ def autocast_casts(func, args: tuple, kwargs: dict, dtype) -> dict:
     from PyTorch's AutocastCUDA kernels run on fake CUDA copies of the tensors; plus
     ``{"dtype": torch.float32}`` for the ops autocast runs in fp32 through their ``dtype`` argument
     instead of casting (softmax, log_softmax, sum, prod, cumsum, ...: "fp32_set_opt_dtype" in
-    ``aten/src/ATen/autocast_mode.cpp``). Casts of intermediates inside a Python-level function
-    (not its inputs) are not returned."""
+    ``aten/src/ATen/autocast_mode.cpp``). For a Python-level composite (``F.multi_head_attention_forward``)
+    only the casts of its inputs are returned, the first one per input: the dtypes of its
+    intermediates follow from them, not from their own autocast policy."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -149,7 +148,7 @@ def autocast_casts(func, args: tuple, kwargs: dict, dtype) -> dict:
         def __torch_dispatch__(self, op, types, a=(), kw=None):
             kw = kw or {}
             if op is torch.ops.aten._to_copy.default and "dtype" in kw and id(a[0]) in index:
-                casts[index[id(a[0])]] = kw["dtype"]
+                casts.setdefault(index[id(a[0])], kw["dtype"])  # a composite's first use decides
             return op(*a, **kw)
 
     with _disable_current_modes(), torch._C.DisableTorchFunction():
@@ -164,7 +163,8 @@ def autocast_casts(func, args: tuple, kwargs: dict, dtype) -> dict:
         try:
             with torch.no_grad(), mode, _Casts():
                 out = func(*cuda_args, **cuda_kwargs)
-            low = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)]
+            low = [i for i, x in enumerate(leaves)
+                   if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16)]
             if not casts and low and isinstance(out, torch.Tensor) and out.dtype == torch.float32:
                 torch.set_autocast_enabled("cuda", False)
                 with torch.no_grad(), mode:
