@@ -157,6 +157,19 @@ def _transformer():
     return _Transformer(d=256, layers=4).cuda()
 
 
+def _syncs_per_step(fn, model, steps: int) -> float:
+    """Host syncs per step: under sync debug mode "warn" every synchronizing CUDA call warns."""
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(steps):
+                fn(model)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught) / steps
+
+
 def check_monitor(steps: int = 50, rounds: int = 5) -> dict:
     import torch.nn.functional as F
 
@@ -183,17 +196,8 @@ def check_monitor(steps: int = 50, rounds: int = 5) -> dict:
             fn(model)
     torch.cuda.synchronize()
 
+    syncs = {variant: _syncs_per_step(fn, model, steps) for variant, (fn, model) in fns.items()}
     fn, model = fns["monitored"]
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for _ in range(steps):
-                fn(model)
-            torch.cuda.current_stream().query()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    syncs = sum("synchronizing" in str(w.message) for w in caught)
     error = None
     torch.cuda.set_sync_debug_mode("error")
     try:
@@ -215,10 +219,12 @@ def check_monitor(steps: int = 50, rounds: int = 5) -> dict:
             torch.cuda.synchronize()
             times[variant].append((time.perf_counter() - t) / steps * 1e3)
     plain_ms, monitored_ms = statistics.median(times["plain"]), statistics.median(times["monitored"])
-    result = {"steps": steps, "syncs_per_step": syncs / steps, "error_mode": error or "no sync raised",
+    result = {"steps": steps, "syncs_per_step": syncs["monitored"], "unmonitored_syncs_per_step": syncs["plain"],
+              "error_mode": error or "no sync raised",
               "plain_ms": plain_ms, "monitored_ms": monitored_ms, "added_ms": monitored_ms - plain_ms,
-              "added_fraction": monitored_ms / plain_ms - 1, "ok": syncs == 0 and error is None}
-    print(f"monitor: {result['syncs_per_step']:.2f} syncs/step (warn mode), error mode: {result['error_mode']}; "
+              "added_fraction": monitored_ms / plain_ms - 1, "ok": syncs["monitored"] == 0 and error is None}
+    print(f"monitor: {result['syncs_per_step']:.2f} syncs/step (unmonitored "
+          f"{result['unmonitored_syncs_per_step']:.2f}; warn mode), error mode: {result['error_mode']}; "
           f"{plain_ms:.3f} -> {monitored_ms:.3f} ms/step ({result['added_fraction']:+.2%})", flush=True)
     del fns
     _free()
@@ -280,6 +286,17 @@ def check_analyze_tensor() -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
+def _guarded(check):
+    """Run one section; a crash is recorded (and the other sections still run and get written)."""
+    try:
+        return check()
+    except Exception as exc:  # noqa: BLE001
+        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        print(f"{check.__name__} FAILED {message}", flush=True)
+        _free()
+        return {"failed": message}
+
+
 def markdown(result: dict) -> str:
     lines = [f"# GPU check: {result['gpu']}", "",
              f"torch {result['torch']}, CUDA {result['cuda']}, capability {result['capability']}, "
@@ -297,17 +314,24 @@ def markdown(result: dict) -> str:
                      f"{row['error_allocated']:+.1%} | {_mib(p['reserved'])} | {_mib(m['reserved'])} | "
                      f"{row['error_reserved']:+.1%} | {'yes' if row['ok'] else 'no'} |")
     monitor = result.get("monitor")
-    if monitor:
+    if monitor and "failed" in monitor:
+        lines += ["", "## Monitor in steady state", "", f"failed: {monitor['failed']}"]
+    elif monitor:
         lines += ["", "## Monitor in steady state", "",
-                  "| Syncs/step (warn mode) | Error mode | Unmonitored ms/step | Monitored ms/step | Added |",
-                  "|---:|---|---:|---:|---:|",
-                  f"| {monitor['syncs_per_step']:.2f} | {monitor['error_mode']} | {monitor['plain_ms']:.3f} | "
+                  "| Syncs/step monitored | Syncs/step unmonitored | Error mode | Unmonitored ms/step | "
+                  "Monitored ms/step | Added |",
+                  "|---:|---:|---|---:|---:|---:|",
+                  f"| {monitor['syncs_per_step']:.2f} | {monitor['unmonitored_syncs_per_step']:.2f} | "
+                  f"{monitor['error_mode']} | {monitor['plain_ms']:.3f} | "
                   f"{monitor['monitored_ms']:.3f} | {monitor['added_fraction']:+.2%} |"]
-    if result.get("analyze_tensor"):
+    tensors = result.get("analyze_tensor")
+    if isinstance(tensors, dict):
+        lines += ["", "## analyze_tensor on CUDA vs CPU", "", f"failed: {tensors['failed']}"]
+    elif tensors:
         lines += ["", "## analyze_tensor on CUDA vs CPU", "", "| Tensor | Max relative difference | Same |",
                   "|---|---:|---|"]
         lines += [f"| {r['tensor']} | {r['max_rel_diff']:.2e} | {'yes' if r['ok'] else 'no'} |"
-                  for r in result["analyze_tensor"]]
+                  for r in tensors]
     return "\n".join(lines) + "\n"
 
 
@@ -332,9 +356,9 @@ def main(argv=None) -> int:
           f"{'error':>9}", flush=True)
     result["memory"] = check_memory(args.only or list(GPU_INPUTS))
     if not args.skip_monitor:
-        result["monitor"] = check_monitor()
+        result["monitor"] = _guarded(check_monitor)
     if not args.skip_tensor:
-        result["analyze_tensor"] = check_analyze_tensor()
+        result["analyze_tensor"] = _guarded(check_analyze_tensor)
     result["seconds"] = time.perf_counter() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

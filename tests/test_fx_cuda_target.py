@@ -371,12 +371,13 @@ def test_gpu_check_markdown_table():
            "error_reserved": -0.0625, "ok": True}
     result = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.13.0", "cuda": "12.8", "capability": "9.0", "seconds": 300.0,
               "memory": [row, {"model": "lstm", "mode": "bf16", "error": "RuntimeError: boom", "ok": False}],
-              "monitor": {"syncs_per_step": 0.0, "error_mode": "no sync raised", "plain_ms": 10.0,
+              "monitor": {"syncs_per_step": 0.0, "unmonitored_syncs_per_step": 0.0,
+                          "error_mode": "no sync raised", "plain_ms": 10.0,
                           "monitored_ms": 10.05, "added_fraction": 0.005},
               "analyze_tensor": [{"tensor": "normal 1024x512", "max_rel_diff": 0.0, "ok": True}]}
     lines = gpu_check.markdown(result).splitlines()
     assert lines[0] == "# GPU check: NVIDIA H100 80GB HBM3"
     assert "| mlp | fp32 | 104.0 | 100.0 | +4.0% | 120.0 | 128.0 | -6.2% | yes |" in lines
     assert "| lstm | bf16 | failed: RuntimeError: boom | | | | | | no |" in lines
-    assert "| 0.00 | no sync raised | 10.000 | 10.050 | +0.50% |" in lines
+    assert "| 0.00 | 0.00 | no sync raised | 10.000 | 10.050 | +0.50% |" in lines
     assert "| normal 1024x512 | 0.00e+00 | yes |" in lines
