@@ -32,14 +32,25 @@ __all__ = [
     "SDPA_SOURCE",
     "autocast_casts",
     "cublas_workspace_bytes",
+    "device_capability",
     "finish_cuda_report",
     "sdpa_backend",
 ]
 
 SDPA_SOURCE = "aten/src/ATen/native/transformers/cuda/sdp_utils.cpp (torch 2.13)"
+PLANNING_CAPABILITY = (9, 0)  # Hopper (H100/H200): the GPU assumed when this machine has none
 
 
-def cublas_workspace_bytes(capability: tuple[int, int] = (9, 0), env: dict | None = None) -> int:
+def device_capability() -> tuple[int, int]:
+    """The compute capability the CUDA target sizes for: this machine's GPU 0, else sm90."""
+    import torch
+
+    if torch.cuda.is_available():
+        return tuple(torch.cuda.get_device_capability())
+    return PLANNING_CAPABILITY
+
+
+def cublas_workspace_bytes(capability: tuple[int, int] = PLANNING_CAPABILITY, env: dict | None = None) -> int:
     """Bytes of one cuBLAS workspace (``CublasHandlePool.cpp``, ``parseChosenWorkspaceSize``):
     ``CUBLAS_WORKSPACE_CONFIG=:SIZE:COUNT[:SIZE:COUNT...]`` gives the sum of SIZE KiB x COUNT;
     unset, 4096 KiB x 8 = 32 MiB on sm90 (Hopper), else 4096 KiB x 2 + 16 KiB x 8. cuBLASLt shares
@@ -61,7 +72,7 @@ def cublas_workspace_bytes(capability: tuple[int, int] = (9, 0), env: dict | Non
 # SDPA
 
 
-def sdpa_backend(query, key, value, attn_mask=None, dropout_p: float = 0.0, capability=(9, 0)) -> str:
+def sdpa_backend(query, key, value, attn_mask=None, dropout_p: float = 0.0, capability=PLANNING_CAPABILITY) -> str:
     """"flash", "efficient" or "math": the backend ``sdp_utils.cpp`` selects on CUDA for these
     inputs (priority flash > memory-efficient > math; cuDNN attention, which recent torch tries
     first on sm90/sm100 with new cuDNN, is not modelled and saves about what flash saves).
@@ -91,7 +102,7 @@ def _sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, sca
         # attention.cpp convert_boolean_attn_mask: where(~mask, -inf, 0) in the query's dtype
         attn_mask = torch.where(attn_mask.logical_not(), torch.full((), float("-inf"), dtype=query.dtype),
                                 torch.zeros((), dtype=query.dtype))
-    backend = sdpa_backend(query, key, value, attn_mask, dropout_p)
+    backend = sdpa_backend(query, key, value, attn_mask, dropout_p, device_capability())
     if enable_gqa and key.shape[-3] != query.shape[-3] and backend == "efficient":
         backend = "math"  # the memory-efficient kernel has no GQA (sdp_utils.cpp)
     if backend == "flash":
@@ -272,10 +283,16 @@ class CudaEmulation:
 # the report
 
 
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 _GEMM_OPS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "addmv", "mv", "_scaled_mm", "addmm_activation"}
 
 
-def finish_cuda_report(report, trace, last_step: int, host_steps: bool = True, capability=(9, 0)) -> None:
+def finish_cuda_report(report, trace, last_step: int, host_steps: bool = True, capability=None) -> None:
     """Add what the CUDA target knows beyond the tensors to a simulated ``MemoryReport``: the
     cuBLAS workspaces (one per thread that runs a GEMM: the step's own thread, and autograd's
     device thread in backward: ``CublasHandlePool.cpp`` keeps one per (handle, stream) and handles
@@ -294,6 +311,7 @@ def finish_cuda_report(report, trace, last_step: int, host_steps: bool = True, c
         report.breakdown["optimizer_state"] -= on_host
         on_host_ids = {id(r) for r in steps}
         trace.storages = [r for r in trace.storages if id(r) not in on_host_ids]
+    capability = capability or device_capability()
     phases = {record.phase for record in trace.storages if record.op in _GEMM_OPS}
     threads = int(bool(phases & {"forward", "loss", "optimizer"})) + int("backward" in phases)
     workspace = cublas_workspace_bytes(capability)
@@ -325,9 +343,10 @@ def finish_cuda_report(report, trace, last_step: int, host_steps: bool = True, c
             f"CUDA: cuDNN convolution workspaces are not in the peak; bounded estimate: up to {max(convolutions):,} "
             "bytes more (the largest convolution operand) if cuDNN picks a workspace-hungry algorithm"
         )
+    arch = f"sm{capability[0]}{capability[1]}" + ("" if _has_gpu() else " assumed: no GPU here")
     if threads:
         report.notes.append(
-            f"CUDA: {threads} cuBLAS workspace(s) of {workspace / 2**20:.3g} MiB included (sm90 default or "
+            f"CUDA: {threads} cuBLAS workspace(s) of {workspace / 2**20:.3g} MiB included ({arch}, "
             "CUBLAS_WORKSPACE_CONFIG; CublasHandlePool.cpp)"
         )
     report.notes.append(
