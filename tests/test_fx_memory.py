@@ -141,11 +141,11 @@ def test_meta_fake_and_cpu_models_give_the_same_prediction():
     cpu = simulate_training_step(_cnn(), (4, 3, 16, 16))
     with torch.device("meta"):
         meta_model = _cnn()
-    meta = simulate_training_step(meta_model, torch.empty(4, 3, 16, 16, device="meta"))
+    meta = simulate_training_step(meta_model, torch.empty(4, 3, 16, 16, device="meta"), target="cpu")
     with FakeTensorMode():
         fake_model = _cnn()
         fake_input = torch.empty(4, 3, 16, 16)
-    fake = simulate_training_step(fake_model, fake_input)
+    fake = simulate_training_step(fake_model, fake_input, target="cpu")
     assert cpu.peak_bytes == meta.peak_bytes == fake.peak_bytes
     assert cpu.breakdown == meta.breakdown == fake.breakdown
     assert cpu.peak_phase == meta.peak_phase == fake.peak_phase
@@ -347,9 +347,9 @@ def test_max_batch_size_starts_at_two_when_batchnorm_cannot_train_on_one():
     from training_profiler.fx_audit import build_model
 
     model = build_model(resnet18_like)
-    budget = simulate_training_step(model, [(6, 3, 32, 32)]).peak_bytes
-    assert max_batch_size(model, lambda b: [(b, 3, 32, 32)], budget) == 6
-    assert max_batch_size(model, lambda b: [(b, 3, 32, 32)], 1024) == 0
+    budget = simulate_training_step(model, [(6, 3, 32, 32)], target="cpu").peak_bytes
+    assert max_batch_size(model, lambda b: [(b, 3, 32, 32)], budget, target="cpu") == 6
+    assert max_batch_size(model, lambda b: [(b, 3, 32, 32)], 1024, target="cpu") == 0
 
 
 class _UnusedHead(nn.Module):

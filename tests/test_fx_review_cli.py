@@ -126,7 +126,7 @@ def test_audit_sarif_and_markdown_views(project, capsys):
 
 def test_compare_side_by_side(project, capsys):
     assert main(["compare", "models:small", "models:wide", "--input", "8,3,32,32", "--memory", "64MiB",
-                 "--format", "markdown"]) == 0
+                 "--format", "markdown", "--target", "cpu"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| Model | Params | MACs | FLOPs/step | Peak memory | Max batch | Findings |"
     small, wide = (line.split(" | ") for line in lines[2:4])

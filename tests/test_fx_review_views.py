@@ -66,7 +66,7 @@ def test_markdown_view_has_totals_findings_and_top_layers():
     lines = md.splitlines()
     assert lines[0] == "### training-profiler audit: `Net`"
     assert "| Params | 2,000,448 (trainable 2,000,448) |" in lines
-    assert "| Peak memory (training step) | 3.00 GiB (backward at `fc`; adam) |" in lines
+    assert "| Peak memory (training step) | 3.00 GiB (backward at `fc`; cpu, adam) |" in lines
     assert "#### Findings (2, 1 error)" in lines
     assert ("| error | `FXA101` | `models/net.py:15 module 'fc'` | Linear 'fc' holds 2,000,000 params (100% of the model): "
             "add a bottleneck or shrink it | " + BIG_FC.fix + " |") in lines
@@ -217,7 +217,7 @@ def test_peak_has_one_source_the_memory_report():
     report = make_report(peak=3 * 2**30)
     report.memory.peak_bytes = 2**30  # the totals follow: nothing to reconcile
     assert report.totals["peak_bytes"] == 2**30 and report.to_dict()["totals"]["peak_bytes"] == 2**30
-    assert "| Peak memory (training step) | 1.00 GiB (backward at `fc`; adam) |" in audit_to_markdown(report)
+    assert "| Peak memory (training step) | 1.00 GiB (backward at `fc`; cpu, adam) |" in audit_to_markdown(report)
     report.memory = None
     assert report.totals["peak_bytes"] is None
     assert "| Peak memory (training step) | not simulated |" in audit_to_markdown(report)

@@ -405,7 +405,8 @@ def test_cli_writes_each_report_kind(tmp_path, capsys, one_thread):
     models = tmp_path / "models.py"
     models.write_text(MODELS)
     out = tmp_path / "audit.html"
-    assert main(["audit", f"{models}:small", "--input", "2,4", "--optimizer", "sgd", "--format", "html", "-o", str(out)]) == 0
+    assert main(["audit", f"{models}:small", "--input", "2,4", "--optimizer", "sgd", "--format", "html", "-o", str(out),
+                 "--target", "cpu"]) == 0
     assert capsys.readouterr().err.strip().endswith(f"wrote {out}")
     assert Page(out.read_text()).charts["chart-breakdown"]["series"]["params"] == [232]
 

@@ -21,7 +21,9 @@ def _memory_line(report) -> str:
     if memory is None:
         return "not simulated"
     where = memory.peak_phase + (f" at `{memory.peak_module}`" if memory.peak_module else "")
-    extras = [x for x in (memory.optimizer, f"amp {memory.amp}" if memory.amp else None) if x]
+    extras = [x for x in (memory.target, memory.optimizer, f"amp {memory.amp}" if memory.amp else None,
+                          f"reserved {human_bytes(memory.reserved_bytes)}" if memory.reserved_bytes is not None else None)
+              if x]
     return f"{human_bytes(memory.peak_bytes)} ({where}{'; ' + ', '.join(extras) if extras else ''})"
 
 

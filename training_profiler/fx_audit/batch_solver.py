@@ -17,12 +17,14 @@ def max_batch_size(
     optimizer: Any = "adam",
     amp: str | None = None,
     limit: int = 1 << 20,
+    target: str | None = None,
 ) -> int:
     """The largest batch size whose simulated training-step peak fits in ``budget_bytes``
     (0 if not even batch 1 fits). ``make_inputs(batch_size)`` returns example inputs as accepted
     by ``simulate_training_step``. Peak memory grows about linearly with the batch size: secant
     steps from batches 1 and 2 find the crossing (a few fake runs), then a bracket and bisection
-    settle it exactly."""
+    settle it exactly. On the CUDA target the budget is compared with the predicted reserved
+    bytes (``max_memory_reserved``: an OOM happens when a new segment does not fit)."""
     from .memory import simulate_training_step
 
     budget = parse_bytes(budget_bytes)
@@ -34,7 +36,8 @@ def max_batch_size(
 
     def peak(batch: int) -> int:
         if batch not in peaks:
-            peaks[batch] = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp).peak_bytes
+            report = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp, target=target)
+            peaks[batch] = report.reserved_bytes if report.reserved_bytes is not None else report.peak_bytes
         return peaks[batch]
 
     start = 1

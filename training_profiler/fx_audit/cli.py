@@ -20,6 +20,9 @@ __all__ = ["register", "run_audit", "run_compare", "run_diff"]
 _INPUT_HELP = ("one positional input (repeat for several): SHAPE such as 8,3,224,224 (float32), SHAPE:DTYPE such "
                "as 8,1024:int64, SHAPE:intN such as 8,1024:int1000 (token ids in [0, N)), or a .pt file")
 _AMP = ("bf16", "fp16", "pure-bf16", "pure-fp16")
+_TARGETS = ("cpu", "cuda")  # fx_audit/memory.py TARGETS (the CLI imports no torch at parse time)
+_TARGET_HELP = ("device the memory simulation predicts (default: cuda for models built on meta, "
+                "cpu for --config models with real-weights)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,12 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help=_INPUT_HELP + " (optional for the built-in zoo models)")
     audit.add_argument("--dtype", action="append", default=[], choices=DTYPES, help=argparse.SUPPRESS)  # deprecated
     audit.add_argument("--batch-size", type=int, default=None, help="replace the leading dimension of every input")
-    audit.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "sgd-momentum"),
+    audit.add_argument("--optimizer", default="adam", choices=("adam", "adamw", "sgd", "sgd-momentum", "adam-fused",
+                                                               "adamw-fused"),
                        help="optimizer of the simulated training step (default adam)")
     audit.add_argument("--amp", default=None, choices=_AMP, help="autocast precision (bf16/fp16) or pure low-precision weights")
     audit.add_argument("--memory", default=None, metavar="BUDGET",
                        help="memory budget, e.g. 24GiB: report the largest batch that fits; exit 1 if the step does not")
     audit.add_argument("--no-memory", action="store_true", help="skip the training-step memory simulation (faster)")
+    audit.add_argument("--target", default=None, choices=_TARGETS, help=_TARGET_HELP)
     audit.add_argument("--fail-level", choices=SEVERITY_NAMES, default=None,
                        help="exit 1 when a finding of at least this severity is reported (default: error; "
                             "with --config only when given)")
@@ -67,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--optimizer", default="adam")
     compare.add_argument("--amp", default=None, choices=_AMP)
     compare.add_argument("--memory", default=None, help="device memory, e.g. 24GiB: adds the largest batch that fits")
+    compare.add_argument("--target", default=None, choices=_TARGETS, help=_TARGET_HELP)
     compare.add_argument("--format", choices=("text", "markdown", "html"), default="text")
     compare.add_argument("-o", "--output", default=None, metavar="FILE", help="write the report to FILE (default: stdout)")
     compare.set_defaults(run=run_compare)
@@ -146,7 +152,8 @@ def run_audit(args: argparse.Namespace) -> int:
                           + (", then the training-step memory simulation" if done == total and not args.no_memory else ""))
 
         report = _usage(lambda: audit(model, inputs, optimizer=args.optimizer, amp=args.amp, batch_size=args.batch_size,
-                                      memory=not args.no_memory, memory_budget=budget, progress=progress, rules=False))
+                                      memory=not args.no_memory, memory_budget=budget, progress=progress, rules=False,
+                                      target=args.target))
     report.model = args.model
     report.findings += architecture_findings(report, model, AuditConfig(memory_budget=budget), factory)
     if args.format in ("markdown", "sarif"):
@@ -197,7 +204,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     specs = [parse_input_spec(token) for token in args.input]
     memory = _usage(lambda: parse_bytes(args.memory)) if args.memory else None
-    reports = _usage(lambda: audit_models(args.factories, specs, args.optimizer, args.amp, memory))
+    reports = _usage(lambda: audit_models(args.factories, specs, args.optimizer, args.amp, memory, args.target))
     if args.format == "html":
         from ..formats.html import compare_to_html
 

@@ -12,7 +12,7 @@ __all__ = ["audit_models", "compare_models", "compare_rows", "compare_table"]
 
 
 def audit_models(factories: list[str], inputs: list[InputSpec], optimizer: str = "adam", amp: str | None = None,
-                 memory: int | None = None) -> list[Any]:
+                 memory: int | None = None, target: str | None = None) -> list[Any]:
     """One audit report per ``module:factory``: each model built and audited on the meta device."""
     from .review import audit_model, build
 
@@ -20,7 +20,7 @@ def audit_models(factories: list[str], inputs: list[InputSpec], optimizer: str =
     for spec in factories:
         factory = load_factory(spec)
         reports.append(audit_model(build(factory), [i.make("meta") for i in inputs], optimizer=optimizer, amp=amp,
-                                   factory=factory, name=spec, memory_budget=memory))
+                                   factory=factory, name=spec, memory_budget=memory, target=target))
     return reports
 
 
@@ -37,9 +37,9 @@ def compare_rows(reports: list[Any]) -> list[dict[str, Any]]:
 
 
 def compare_models(factories: list[str], inputs: list[InputSpec], optimizer: str = "adam", amp: str | None = None,
-                   memory: int | None = None) -> list[dict[str, Any]]:
+                   memory: int | None = None, target: str | None = None) -> list[dict[str, Any]]:
     """One row per ``module:factory``: each model built and audited on the meta device."""
-    return compare_rows(audit_models(factories, inputs, optimizer, amp, memory))
+    return compare_rows(audit_models(factories, inputs, optimizer, amp, memory, target))
 
 
 def compare_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:

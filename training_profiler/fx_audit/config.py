@@ -12,6 +12,7 @@ Configuration (``pyproject.toml``)::
     dtype = "float32"                          # dtype of the inputs whose token names none
     optimizer = "adamw"                        # adam | adamw | sgd | sgd-momentum
     amp = "bf16"                               # bf16 | fp16 | pure-bf16 | pure-fp16 (optional)
+    target = "cuda"                            # cpu | cuda: device of the memory prediction (optional)
     real-weights = false                       # build on CPU with real weights (enables FXA105)
     max-params = 12_000_000                    # budgets, all optional
     max-peak-memory = "8GiB"
@@ -51,6 +52,7 @@ class ModelSpec:
     inputs: tuple[InputSpec, ...]
     optimizer: str = "adam"
     amp: str | None = None
+    target: str | None = None
     real_weights: bool = False
     budget: Budget = field(default_factory=Budget)
 
@@ -65,7 +67,7 @@ def _input(value: Any, dtype: str, where: str) -> InputSpec:
                      "or [8, 3, 224, 224]")
 
 
-_SPEC_KEYS = {"factory", "inputs", "dtype", "optimizer", "amp", "real-weights", "max-params", "max-peak-memory",
+_SPEC_KEYS = {"factory", "inputs", "dtype", "optimizer", "amp", "target", "real-weights", "max-params", "max-peak-memory",
               "max-flops", "fail-on"}
 
 
@@ -77,6 +79,9 @@ def _model_spec(name: str, table: dict[str, Any]) -> ModelSpec:
                          f"use {', '.join(sorted(_SPEC_KEYS))}")
     if "factory" not in table or "inputs" not in table:
         raise ValueError(f"[tool.training-profiler.audit.models.{name}] needs factory = \"module:function\" and inputs = [\"8,3,224,224\"]")
+    target = table.get("target")
+    if target is not None and target not in ("cpu", "cuda"):
+        raise ValueError(f"unknown target {target!r} for model {name!r}: use \"cpu\" or \"cuda\"")
     dtype = str(table.get("dtype", "float32"))
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r} for model {name!r}: use one of {', '.join(DTYPES)}")
@@ -92,7 +97,7 @@ def _model_spec(name: str, table: dict[str, Any]) -> ModelSpec:
     )
     return ModelSpec(name=name, factory=str(table["factory"]),
                      inputs=tuple(_input(i, dtype, f"models.{name}.inputs") for i in inputs),
-                     optimizer=str(table.get("optimizer", "adam")), amp=table.get("amp"),
+                     optimizer=str(table.get("optimizer", "adam")), amp=table.get("amp"), target=target,
                      real_weights=bool(table.get("real-weights", False)), budget=budget)
 
 

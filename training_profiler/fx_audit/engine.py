@@ -567,7 +567,7 @@ def _source(model: nn.Module) -> dict[str, Any]:
 def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: str | None = None,
           batch_size: int | None = None, memory: bool = True, *, memory_budget: int | None = None,
           capture_paths: tuple[str, ...] = PATHS, dedup_blocks: bool = True,
-          progress: Progress | None = None, rules: bool = True) -> AuditReport:
+          progress: Progress | None = None, rules: bool = True, target: str | None = None) -> AuditReport:
     """Audit ``model`` on ``example_inputs`` without allocating: per-layer records and totals.
 
     ``example_inputs``: a tensor, a tuple of tensors (meta tensors cost nothing) or shapes (float32),
@@ -577,6 +577,8 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     for the largest batch size that fits. ``progress(done, total, layer)`` is called per node.
     ``dedup_blocks`` costs identical repeated blocks (``layers.2`` ... of a ModuleList) once.
     ``rules`` runs the architecture rules (FXA1xx, default thresholds) into ``report.findings``.
+    ``target`` ("cpu"/"cuda") is the device the memory simulation predicts; default: a real
+    model's own device, "cuda" for a meta or fake model (``report.memory.target`` says which).
     The model is never modified, moved or hooked.
     """
     if not isinstance(model, nn.Module):
@@ -643,7 +645,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
         params_without_grad=auditor.params_without_grad(),
     )
     if memory:
-        _add_memory(report, model, args, kwargs, optimizer, amp, memory_budget)
+        _add_memory(report, model, args, kwargs, optimizer, amp, memory_budget, target)
     if rules:
         from .rules import AuditConfig, check_report
 
@@ -681,7 +683,7 @@ def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> 
 
 
 def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict, optimizer: str,
-                amp: str | None, memory_budget: int | None) -> None:
+                amp: str | None, memory_budget: int | None, target: str | None = None) -> None:
     try:
         from .batch_solver import max_batch_size
         from .memory import simulate_training_step
@@ -692,7 +694,8 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
         report.capture.notes.append("no trainable parameters: no training step to simulate")
         return
     try:
-        memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp)
+        memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp,
+                                        target=target)
     except ValueError as exc:
         if exc.__cause__ is not None and is_data_dependent(exc.__cause__):
             raise _data_dependent_error("the training-step memory simulation", exc.__cause__,
@@ -704,4 +707,4 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
             return tuple(_with_batch(a, batch) for a in args)
 
         report.totals.max_batch_size = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
-                                                         amp=amp)
+                                                         amp=amp, target=memory.target)

@@ -37,14 +37,17 @@ from .targets import workspace_rules
 __all__ = [
     "AMP_MODES",
     "OPTIMIZERS",
+    "TARGETS",
     "default_loss",
     "measure_training_step",
     "parse_bytes",
+    "resolve_target",
     "simulate_training_step",
 ]
 
 AMP_MODES = (None, "bf16", "fp16", "pure-bf16", "pure-fp16")
-OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum")
+TARGETS = ("cpu", "cuda")
+OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum", "adam-fused", "adamw-fused")
 
 # --------------------------------------------------------------------------------------------
 # the training step shared by the simulation and the real measurement
@@ -76,6 +79,8 @@ def _make_optimizer(optimizer: Any, params: list, lr: float, device_type: str):
     # pass the default it would choose for real tensors on this device.
     foreach = device_type in ("cuda", "xpu")
     name = optimizer.lower()
+    if name in ("adam-fused", "adamw-fused"):  # one fused kernel per group: no per-parameter temporaries
+        return (torch.optim.AdamW if name == "adamw-fused" else torch.optim.Adam)(params, lr=lr, fused=True)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, foreach=foreach)
     if name == "adamw":
@@ -136,16 +141,19 @@ class _Phase:
 
 
 def _run_steps(model, args, kwargs, opt, loss_fn, amp, device_type, steps, phase: _Phase, first: int = 0,
-               current_layer: Callable[[], str | None] = lambda: None):
+               current_layer: Callable[[], str | None] = lambda: None, region: Callable | None = None):
+    """``region(dtype)``: the context of the forward and loss (default: torch.autocast on
+    ``device_type``; the CUDA target passes its emulation of CUDA autocast and SDPA)."""
     import torch
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    region = region or (lambda dtype: torch.autocast(device_type, dtype=dtype, enabled=dtype is not None))
     for step in range(first, first + steps):
         phase.step = step
         phase.name = "zero_grad"
         opt.zero_grad(set_to_none=True)
         phase.name = "forward"
-        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with region(autocast_dtype):
             output = _call_model(model, args, kwargs, current_layer)
             phase.name = "loss"
             loss = (loss_fn or default_loss)(output)
@@ -169,6 +177,22 @@ def _simulation_device(model) -> str:
     return "cpu"
 
 
+def resolve_target(model, target: str | None = None) -> str:
+    """The device a simulation predicts: ``target`` ("cpu"/"cuda") when given; else the device of
+    a real model's tensors, and "cuda" for a meta or fake model (planning for a GPU)."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    if target is not None:
+        if target not in TARGETS:
+            raise ValueError(f"unknown target {target!r}: use one of {', '.join(TARGETS)}")
+        return target
+    for tensor in (*model.parameters(), *model.buffers()):
+        if isinstance(tensor, FakeTensor) or tensor.device.type == "meta":
+            return "cuda"
+        return "cuda" if tensor.device.type == "cuda" else "cpu"
+    return "cuda"
+
+
 
 # --------------------------------------------------------------------------------------------
 # public API
@@ -184,6 +208,7 @@ def simulate_training_step(
     loss_fn: Callable | None = None,
     lr: float = 1e-3,
     repeated_blocks: bool = True,
+    target: str | None = None,
 ) -> MemoryReport:
     """Predict the peak memory of one steady-state training step without allocating it.
 
@@ -198,12 +223,12 @@ def simulate_training_step(
     forward/backward: the state of torch's optimizers depends only on the parameters' shapes);
     the peak reported is that of the last step.
 
-    The simulated device is that of the parameters (a model on ``meta`` is simulated as CPU), and
-    autocast uses that device type's op lists: for a CPU or meta model these are CPU autocast's
-    lists, which lower the same matmul/conv/linear family as CUDA's but keep some ops (e.g. some
-    reductions and norms) in other precisions than CUDA would. Optimizers use torch's own default
-    for real tensors on that device (for-loop on CPU, foreach on CUDA). The CUDA caching
-    allocator's block rounding and cuBLAS/cuDNN workspaces are not modelled.
+    ``target`` ("cpu" or "cuda"; ``resolve_target``): the device predicted. Default: a real
+    model's own device, "cuda" for a meta or fake model. The CPU target uses CPU autocast's op
+    lists, oneDNN's workspaces and the for-loop optimizers. The CUDA target (``targets/cuda.py``)
+    uses CUDA autocast's own casts, the SDPA backend CUDA would pick, foreach optimizers, the
+    caching allocator's 512-byte blocks (the peak is what ``max_memory_allocated`` would say),
+    the cuBLAS workspaces, and reports ``reserved_bytes`` (``max_memory_reserved``).
 
     The returned ``MemoryReport`` holds the peak of the last step, the phase ("forward", "loss",
     "backward", "optimizer") and the module running at the peak (in backward: the module whose
@@ -224,7 +249,8 @@ def simulate_training_step(
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_options(optimizer, amp, steps)
-    options = dict(optimizer=optimizer, amp=amp, steps=steps, loss_fn=loss_fn, lr=lr)
+    options = dict(optimizer=optimizer, amp=amp, steps=steps, loss_fn=loss_fn, lr=lr,
+                   target=resolve_target(model, target))
     blocks = _repeated_blocks(model) if repeated_blocks else None
     if blocks is not None:
         path, count = blocks
@@ -272,8 +298,12 @@ def _repeated_blocks(model) -> tuple[str, int] | None:
 def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int) -> MemoryReport:
     """The 3-block report with peak and breakdown grown linearly to ``count`` blocks."""
     extra = count - 3
-    large.peak_bytes += extra * (large.peak_bytes - small.peak_bytes)
+    per_block = large.peak_bytes - small.peak_bytes
+    large.peak_bytes += extra * per_block
     large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
+    if large.reserved_bytes is not None:  # CUDA target: the 3-block run's cached-but-unused bytes kept
+        large.reserved_bytes += extra * per_block
+
     prefix = f"{path}.2"
     # parameters without a gradient in the last kept block are so in every block after it
     large.params_without_grad += tuple(
@@ -289,7 +319,8 @@ def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int
     return large
 
 
-def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep: tuple[str, int] | None = None):
+def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, target: str = "cpu",
+              keep: tuple[str, int] | None = None):
     """One simulation; ``keep=(path, k)`` keeps only the first k blocks of that container."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -297,10 +328,18 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
 
     from .capture import fake_copy, quiet_fake_tensor_logs
 
-    device = _simulation_device(model)
+    # the CUDA target runs on fake CPU tensors with CUDA's behaviour brought in (targets/cuda.py)
+    device = "cpu" if target == "cuda" else _simulation_device(model)
     pure_dtype = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}.get(amp)
     autocast_amp = amp if amp in ("bf16", "fp16") else None
-    trace = Trace(rules=workspace_rules(device))
+    trace = Trace(rules=workspace_rules(target if target == "cuda" else device))
+    region = None
+    if target == "cuda":
+        from .targets.cuda import CudaEmulation
+        from .targets.cuda_allocator import round_size
+
+        trace.round_bytes = round_size
+        region = CudaEmulation  # CudaEmulation(dtype): CUDA autocast and SDPA around the forward
     phase = _Phase()
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
@@ -318,7 +357,7 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
             raise ValueError(
                 f"{type(model).__name__} has no trainable parameters: nothing to train, no step to simulate"
             )
-        opt = _make_optimizer(optimizer, params, lr, device)
+        opt = _make_optimizer(optimizer, params, lr, target if target == "cuda" else device)
         tracker = ModuleTracker()
         mode, track = tracker_mode(trace, phase, tracker, type(model).__name__)
         names = {}
@@ -340,7 +379,7 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
         with tracker, mode:
             _prime_optimizer(params, opt, phase)
             _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1,
-                       current_layer=current_layer)
+                       current_layer=current_layer, region=region)
             without_grad = [p for p in params if p.grad is None]
             if without_grad:
                 # torch.optim skips parameters whose .grad is None, so they never get state; the
@@ -349,16 +388,22 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
                     opt.state.pop(p, None)
                 last_step = steps
                 _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, 1, phase, first=steps,
-                           current_layer=current_layer)
+                           current_layer=current_layer, region=region)
         label_state(trace, fake_model, opt, names)
         report = build_report(trace, last_step)
         report.params_without_grad = tuple(names[id(p)] for p in params if p.grad is None)
     report.optimizer = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
     report.amp = amp
+    report.target = target
+    if target == "cuda":
+        from .targets.cuda import finish_cuda_report
+
+        finish_cuda_report(report, trace, last_step,
+                           host_steps=not (opt.defaults.get("fused") or opt.defaults.get("capturable")))
     if trace.corrected_ops:
         sources = sorted({trace.rules[op].source for op in trace.corrected_ops})
         report.notes.append(
-            f"{device.upper()} kernel workspaces that fake tensors do not show were added from a measured per-op "
+            f"{target.upper()} kernel workspaces that fake tensors do not show were added from a measured per-op "
             f"table: {', '.join(sorted(trace.corrected_ops))} ({'; '.join(sources)})"
         )
     approximate = sorted(op for op in trace.corrected_ops if not trace.rules[op].exact)

@@ -53,6 +53,7 @@ class Trace:
     timeline: list[dict[str, Any]] = field(default_factory=list)
     corrected_ops: set = field(default_factory=set)
     rules: dict = field(default_factory=dict)  # op -> WorkspaceRule of the simulated device's target
+    round_bytes: Any = None  # the target allocator's rounding of one request (CUDA: 512-byte blocks)
 
 
 def innermost_module(tracker, root_name: str) -> str | None:
@@ -87,8 +88,9 @@ def tracker_mode(trace: Trace, phase, tracker, root_name: str):
         if key in trace.live:
             return None
         trace.events += 1
+        nbytes = storage.nbytes()
         record = _Storage(
-            nbytes=storage.nbytes(), phase=phase.name, module=module, op=op, shape=list(tensor.shape),
+            nbytes=trace.round_bytes(nbytes) if trace.round_bytes is not None else nbytes, phase=phase.name, module=module, op=op, shape=list(tensor.shape),
             dtype=str(tensor.dtype).replace("torch.", ""), step=phase.step, alloc_event=trace.events,
         )
         trace.storages.append(record)

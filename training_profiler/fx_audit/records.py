@@ -91,6 +91,9 @@ class MemoryReport:
     notes: list[str] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)  # [{phase, module, live_bytes}], subsampled
     params_without_grad: tuple[str, ...] = ()  # trainable params that got no .grad: no optimizer state either
+    target: str = "cpu"  # the device simulated: "cpu" or "cuda" (fx_audit/targets)
+    reserved_bytes: int | None = None  # CUDA: predicted max_memory_reserved (caching allocator segments)
+    fragmentation_bytes: int | None = None  # CUDA: reserved minus allocated at their peaks (cached, unused)
 
 
 @dataclass(eq=False)

@@ -37,7 +37,7 @@ def build(factory: Callable[[], Any], real_weights: bool = False):
 
 def audit_model(model: Any, inputs: Any, *, config: AuditConfig | None = None, optimizer: str = "adam",
                 amp: str | None = None, factory: Callable | None = None, name: str | None = None,
-                memory: bool = True, memory_budget: int | None = None) -> AuditReport:
+                memory: bool = True, memory_budget: int | None = None, target: str | None = None) -> AuditReport:
     """Audit ``model`` with the engine and run the architecture rules on the result.
 
     ``factory``: where the model was built, used as the source location of findings that no
@@ -46,7 +46,8 @@ def audit_model(model: Any, inputs: Any, *, config: AuditConfig | None = None, o
     """
     from . import audit
 
-    report = audit(model, inputs, optimizer=optimizer, amp=amp, memory=memory, memory_budget=memory_budget, rules=False)
+    report = audit(model, inputs, optimizer=optimizer, amp=amp, memory=memory, memory_budget=memory_budget, rules=False,
+                   target=target)
     if name:
         report.model = name
     report.findings = architecture_findings(report, model, config, factory)
@@ -74,7 +75,7 @@ def _audit_spec(spec: ModelSpec, config: AuditConfig, base: Path) -> AuditReport
     model = build(factory, spec.real_weights)
     device = "cpu" if spec.real_weights else "meta"
     return audit_model(model, [i.make(device) for i in spec.inputs], config=config, optimizer=spec.optimizer,
-                       amp=spec.amp, factory=factory, name=spec.name)
+                       amp=spec.amp, factory=factory, name=spec.name, target=spec.target)
 
 
 def run_config(path: str | os.PathLike, fmt: str = "text", fail_level: Severity | None = None) -> int:

@@ -96,8 +96,11 @@ def summary_lines(report: AuditReport) -> list[str]:
     if memory is not None:
         where = f" at {memory.peak_module}" if memory.peak_module else ""
         parts = ", ".join(f"{k} {human_bytes(v)}" for k, v in memory.breakdown.items())
-        lines.append(f"Training-step peak ({memory.optimizer or 'no optimizer'}, {memory.amp or 'fp32'}): "
+        lines.append(f"Training-step peak on {memory.target} ({memory.optimizer or 'no optimizer'}, {memory.amp or 'fp32'}): "
                      f"{human_bytes(memory.peak_bytes)} in {memory.peak_phase}{where}")
+        if memory.reserved_bytes is not None:
+            lines.append(f"  reserved by the CUDA caching allocator: {human_bytes(memory.reserved_bytes)} "
+                         f"(of which cached but unused: {human_bytes(memory.fragmentation_bytes)})")
         lines.append(f"  at the peak: {parts}" + (f"   [confidence: {memory.confidence}]"
                                                    if memory.confidence != "high" else ""))
         lines.extend(f"  note: {note}" for note in memory.notes)
