@@ -213,13 +213,22 @@ class TrainingMonitor:
         if self.model is None and not self._closed:
             if model is None:
                 raise ValueError("observe_step: the monitor has no model yet: pass observe_step(loss, model=model)")
-            self.optimizer = self.optimizer if optimizer is None else optimizer
-            self.scaler = self.scaler if scaler is None else scaler
-            self._attach(model)
+            self.attach(model, optimizer, scaler)
         if not self._in_step:
             self._begin_step()
         self._end_step(loss)
         self._raise_alert()
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scaler: Any = None) -> None:
+        """Start watching ``model`` (a framework callback, before the first step); the optimizer
+        and scaler given here replace none set before. Does nothing once a model is attached."""
+        if self.model is not None or self._closed:
+            return
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"watch_training: model must be a torch.nn.Module, got {type(model).__name__}")
+        self.optimizer = self.optimizer if optimizer is None else optimizer
+        self.scaler = self.scaler if scaler is None else scaler
+        self._attach(model)
 
     def observe_gradients(self) -> None:
         """Record this step's gradients now: a framework's pre-optimizer-step hook, after the

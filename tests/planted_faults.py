@@ -1,0 +1,66 @@
+"""Planted faults shared by the framework callback tests (test_runtime_lightning.py,
+test_runtime_transformers.py): one tiny regression, the same batches and the same optimizer
+schedule in a hand-written loop (the decorator), a Lightning Trainer and a Hugging Face Trainer,
+so that the same fault must give the same alert step through all three.
+
+Steps are numbered from 1, as in the alerts: step ``i`` trains on batch ``i - 1``.
+"""
+
+import torch
+from torch import nn
+
+from training_profiler import watch_training
+
+STEPS = 80
+BATCH = 32
+LR = 0.01
+LR_RAISE_AFTER = 60  # the update of step 61 onwards uses LR x LR_FACTOR: the gradients explode at step 62
+LR_FACTOR = 100.0
+NAN_STEP = 30  # the batch of this step is NaN
+OPTIONS = {"warmup_steps": 20, "alert_window": 10}
+
+
+def make_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+
+
+def make_data(nan_step=None):
+    """(x, y) for STEPS steps of BATCH rows; the rows of ``nan_step``'s batch are NaN."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(STEPS * BATCH, 8, generator=g)
+    y = x @ torch.randn(8, 1, generator=g) + 0.1 * torch.randn(STEPS * BATCH, 1, generator=g)
+    if nan_step is not None:
+        x[(nan_step - 1) * BATCH : nan_step * BATCH] = float("nan")
+    return x, y
+
+
+def make_optimizer(params, lr_raise=False):
+    """SGD, and a per-step schedule that raises the LR after LR_RAISE_AFTER steps (or a constant one)."""
+    opt = torch.optim.SGD(params, lr=LR)
+    factor = (lambda k: LR_FACTOR if k >= LR_RAISE_AFTER else 1.0) if lr_raise else (lambda k: 1.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def alert_keys(monitor):
+    return [(a.step, a.metric, a.kind) for a in monitor.alerts]
+
+
+def decorator_run(lr_raise=False, nan_step=None, steps=STEPS):
+    """The reference: the same training in a hand-written loop under @watch_training."""
+    model = make_mlp()
+    opt, sched = make_optimizer(model.parameters(), lr_raise)
+    x, y = make_data(nan_step)
+
+    @watch_training(**OPTIONS)
+    def train_step(model, xb, yb):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(xb), yb)
+        loss.backward()
+        opt.step()
+        sched.step()
+        return loss.detach()
+
+    for i in range(steps):
+        train_step(model, x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH])
+    return train_step.monitor
