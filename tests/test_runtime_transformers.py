@@ -1,0 +1,109 @@
+"""WatchTrainingCallback in a real Hugging Face Trainer (transformers + accelerate, CPU, a tiny
+MLP) with planted faults (tests/planted_faults.py): the same alert steps as the decorator and
+the Lightning callback, the gradients read before the Trainer clips them, statistics in
+state.log_history, the monitor's state in the checkpoint, the opt-in actions."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+transformers = pytest.importorskip("transformers")
+
+from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, decorator_run,  # noqa: E402
+                            make_data, make_mlp, make_optimizer)
+
+from training_profiler.runtime import TrainingAlertError  # noqa: E402
+from training_profiler.runtime.transformers import STATE_FILE, WatchTrainingCallback  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
+
+
+class Regression(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = make_mlp()
+
+    def forward(self, x, labels):
+        out = self.net(x)
+        return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
+
+
+class Rows(torch.utils.data.Dataset):
+    def __init__(self, nan_step=None):
+        self.x, self.y = make_data(nan_step)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "labels": self.y[i]}
+
+
+def _trainer(callback, tmp_path, steps=STEPS, lr_raise=False, nan_step=None, **args):
+    model = Regression()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=BATCH, use_cpu=True,
+        train_sampling_strategy="sequential", report_to="none", logging_steps=10, disable_tqdm=True,
+        dataloader_num_workers=0, **{"max_grad_norm": 0.0, "save_strategy": "no", **args})
+    return transformers.Trainer(model=model, args=args, train_dataset=Rows(nan_step), callbacks=[callback],
+                                optimizers=make_optimizer(model.parameters(), lr_raise))
+
+
+def test_a_learning_rate_raise_alerts_at_the_same_step_as_through_the_decorator(tmp_path):
+    callback = WatchTrainingCallback(**OPTIONS)
+    _trainer(callback, tmp_path, lr_raise=True).train()
+    assert alert_keys(callback.monitor) == alert_keys(decorator_run(lr_raise=True))
+    assert alert_keys(callback.monitor)[0] == (63, "grad_norm", "spike")
+    assert callback.monitor.step_count == STEPS
+    assert callback.monitor.history[9]["grad_norm"] == pytest.approx(decorator_run(steps=10).history[9]["grad_norm"])
+
+
+def test_a_nan_batch_alerts_at_its_step_and_the_statistics_reach_the_log_history(tmp_path):
+    callback = WatchTrainingCallback(**OPTIONS)
+    trainer = _trainer(callback, tmp_path, nan_step=NAN_STEP)
+    trainer.train()
+    assert alert_keys(callback.monitor)[:2] == [(NAN_STEP, "loss", "nonfinite"), (NAN_STEP, "grad_norm", "nonfinite")]
+    assert alert_keys(callback.monitor)[:2] == alert_keys(decorator_run(nan_step=NAN_STEP))[:2]
+    logged = [row for row in trainer.state.log_history if "monitor/step" in row]
+    assert [row["step"] for row in logged] == list(range(10, STEPS + 1, 10))
+    history = {r["step"]: r for r in callback.monitor.history}
+    row20 = next(row for row in logged if row["step"] == 20)
+    assert row20["monitor/step"] == 20.0 and row20["monitor/grad_norm"] == pytest.approx(history[20]["grad_norm"])
+    assert row20["monitor/loss"] == pytest.approx(history[20]["loss"]) and row20["monitor/alerts"] == 0.0
+    last = logged[-1]
+    assert last["monitor/alerts"] == 2.0 and last["monitor/spike_score"] == pytest.approx(1000 / STEPS)
+
+
+def test_the_gradients_are_read_before_the_trainer_clips_them(tmp_path):
+    # max_grad_norm=0.1 clips every step; the Trainer logs the norm before clipping: so must the monitor
+    callback = WatchTrainingCallback(**OPTIONS)
+    trainer = _trainer(callback, tmp_path, steps=20, max_grad_norm=0.1)
+    trainer.train()
+    history = {r["step"]: r for r in callback.monitor.history}
+    logged = {row["step"]: row["grad_norm"] for row in trainer.state.log_history if "grad_norm" in row}
+    assert sorted(logged) == [10, 20]
+    for step, norm in logged.items():
+        assert norm > 0.5 and history[step]["grad_norm"] == pytest.approx(norm, rel=1e-5)
+
+
+def test_a_run_resumed_from_a_trainer_checkpoint_keeps_its_baseline(tmp_path):
+    first = WatchTrainingCallback(**OPTIONS)
+    _trainer(first, tmp_path, steps=50, lr_raise=True, save_strategy="steps", save_steps=50).train()
+    saved = json.loads((tmp_path / "checkpoint-50" / STATE_FILE).read_text())
+    assert saved["monitor"]["step_count"] == 50 and len(saved["monitor"]["history"]) == 50
+
+    resumed = WatchTrainingCallback(**OPTIONS)
+    _trainer(resumed, tmp_path, lr_raise=True).train(resume_from_checkpoint=str(tmp_path / "checkpoint-50"))
+    assert resumed.monitor.step_count == STEPS and resumed.monitor.history[0]["step"] == 1
+    assert alert_keys(resumed.monitor) == alert_keys(decorator_run(lr_raise=True))  # step 63: no second warm-up
+
+
+def test_on_alert_raise_stops_the_trainer_and_skip_list_names_the_nan_step(tmp_path):
+    skip = tmp_path / "skip_batches.json"
+    callback = WatchTrainingCallback(**OPTIONS, on_alert="raise", skip_list=skip)
+    with pytest.raises(TrainingAlertError, match=f"Step {NAN_STEP} \\| loss: nan"):
+        _trainer(callback, tmp_path, nan_step=NAN_STEP).train()
+    assert callback.monitor.step_count == NAN_STEP
+    assert skip.read_text() == f"[{NAN_STEP}]\n"
