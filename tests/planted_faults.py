@@ -17,6 +17,7 @@ LR = 0.01
 LR_RAISE_AFTER = 60  # the update of step 61 onwards uses LR x LR_FACTOR: the gradients explode at step 62
 LR_FACTOR = 100.0
 NAN_STEP = 30  # the batch of this step is NaN
+OVERFLOW_STEPS = (41, 42, 43)  # these batches are x1000: fp16 overflows in the backward, the GradScaler skips
 OPTIONS = {"warmup_steps": 20, "alert_window": 10}
 
 
@@ -25,13 +26,16 @@ def make_mlp():
     return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
 
 
-def make_data(nan_step=None):
-    """(x, y) for STEPS steps of BATCH rows; the rows of ``nan_step``'s batch are NaN."""
+def make_data(nan_step=None, overflow=False):
+    """(x, y) for STEPS steps of BATCH rows; the rows of ``nan_step``'s batch are NaN, those of
+    the OVERFLOW_STEPS x1000 when ``overflow``."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(STEPS * BATCH, 8, generator=g)
     y = x @ torch.randn(8, 1, generator=g) + 0.1 * torch.randn(STEPS * BATCH, 1, generator=g)
     if nan_step is not None:
         x[(nan_step - 1) * BATCH : nan_step * BATCH] = float("nan")
+    for step in OVERFLOW_STEPS if overflow else ():
+        x[(step - 1) * BATCH : step * BATCH] *= 1000.0
     return x, y
 
 
@@ -46,18 +50,31 @@ def alert_keys(monitor):
     return [(a.step, a.metric, a.kind) for a in monitor.alerts]
 
 
-def decorator_run(lr_raise=False, nan_step=None, steps=STEPS):
-    """The reference: the same training in a hand-written loop under @watch_training."""
+def cpu_fp16_scaler():
+    """A GradScaler for CPU autocast fp16 (the frameworks create none on CPU)."""
+    return torch.amp.GradScaler("cpu", init_scale=1024.0)  # no backoff before the planted overflow
+
+
+def decorator_run(lr_raise=False, nan_step=None, steps=STEPS, fp16=False):
+    """The reference: the same training in a hand-written loop under @watch_training
+    (``fp16``: CPU autocast fp16 with a GradScaler, the overflow batches planted)."""
     model = make_mlp()
     opt, sched = make_optimizer(model.parameters(), lr_raise)
-    x, y = make_data(nan_step)
+    x, y = make_data(nan_step, overflow=fp16)
+    scaler = cpu_fp16_scaler() if fp16 else None
 
-    @watch_training(**OPTIONS)
+    @watch_training(**OPTIONS, scaler=scaler)
     def train_step(model, xb, yb):
         opt.zero_grad()
-        loss = nn.functional.mse_loss(model(xb), yb)
-        loss.backward()
-        opt.step()
+        with torch.autocast("cpu", dtype=torch.float16, enabled=fp16):
+            loss = nn.functional.mse_loss(model(xb).float(), yb)
+        if scaler is None:
+            loss.backward()
+            opt.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
         sched.step()
         return loss.detach()
 

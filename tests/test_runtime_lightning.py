@@ -11,8 +11,8 @@ from torch import nn
 
 pl = pytest.importorskip("pytorch_lightning")
 
-from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, decorator_run,  # noqa: E402
-                            make_data, make_mlp, make_optimizer)
+from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, cpu_fp16_scaler,  # noqa: E402
+                            decorator_run, make_data, make_mlp, make_optimizer)
 
 from training_profiler.runtime import TrainingAlertError  # noqa: E402
 from training_profiler.runtime.lightning import WatchTrainingCallback  # noqa: E402
@@ -28,23 +28,24 @@ class Regression(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        return nn.functional.mse_loss(self.net(x), y)
+        return nn.functional.mse_loss(self.net(x).float(), y)
 
     def configure_optimizers(self):
         opt, sched = make_optimizer(self.parameters(), self.lr_raise)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _loader(nan_step=None):
-    x, y = make_data(nan_step)
+def _loader(nan_step=None, overflow=False):
+    x, y = make_data(nan_step, overflow)
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
 
 
-def _fit(callback, tmp_path, module=None, steps=STEPS, nan_step=None, ckpt_path=None, **trainer_args):
+def _fit(callback, tmp_path, module=None, steps=STEPS, nan_step=None, ckpt_path=None, overflow=False,
+         **trainer_args):
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, default_root_dir=tmp_path,
                          logger=pl.loggers.CSVLogger(tmp_path), log_every_n_steps=10, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[callback], **trainer_args)
-    trainer.fit(module or Regression(), _loader(nan_step), ckpt_path=ckpt_path)
+    trainer.fit(module or Regression(), _loader(nan_step, overflow), ckpt_path=ckpt_path)
     return trainer
 
 
@@ -113,3 +114,18 @@ def test_on_alert_raise_stops_the_lightning_run_and_skip_list_names_the_nan_step
         _fit(callback, tmp_path, nan_step=NAN_STEP, enable_checkpointing=False)
     assert callback.monitor.step_count == NAN_STEP  # a NaN is handed out at once: training stops at its step
     assert skip.read_text() == f"[{NAN_STEP}]\n"
+
+
+def test_fp16_overflow_under_cpu_autocast_with_a_grad_scaler_gives_the_decorators_alerts(tmp_path):
+    # Lightning makes no GradScaler on CPU: the precision plugin gets one, and the callback finds it there
+    plugin = pl.plugins.precision.MixedPrecision("16-mixed", "cpu", scaler=cpu_fp16_scaler())
+    callback = WatchTrainingCallback(**OPTIONS)
+    trainer = _fit(callback, tmp_path, overflow=True, plugins=[plugin], enable_checkpointing=False)
+    assert callback.monitor.scaler is plugin.scaler
+    # the three x1000 batches overflow in the fp16 backward: a loss spike, then three skipped steps
+    assert alert_keys(callback.monitor) == alert_keys(decorator_run(fp16=True)) == [
+        (41, "loss", "spike"), (43, "loss_scale", "skipped_steps")]
+    assert [r.get("loss_scale") for r in callback.monitor.history[39:44]] == [1024.0, 512.0, 256.0, 128.0, 128.0]
+    with open(f"{trainer.logger.log_dir}/metrics.csv") as f:
+        skipped = [float(r["monitor/skipped_steps"]) for r in csv.DictReader(f) if r.get("monitor/step")]
+    assert skipped[-1] == 3.0

@@ -11,8 +11,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, decorator_run,  # noqa: E402
-                            make_data, make_mlp, make_optimizer)
+from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, cpu_fp16_scaler,  # noqa: E402
+                            decorator_run, make_data, make_mlp, make_optimizer)
 
 from training_profiler.runtime import TrainingAlertError  # noqa: E402
 from training_profiler.runtime.transformers import STATE_FILE, WatchTrainingCallback  # noqa: E402
@@ -26,13 +26,13 @@ class Regression(nn.Module):
         self.net = make_mlp()
 
     def forward(self, x, labels):
-        out = self.net(x)
+        out = self.net(x).float()
         return {"loss": nn.functional.mse_loss(out, labels), "logits": out}
 
 
 class Rows(torch.utils.data.Dataset):
-    def __init__(self, nan_step=None):
-        self.x, self.y = make_data(nan_step)
+    def __init__(self, nan_step=None, overflow=False):
+        self.x, self.y = make_data(nan_step, overflow)
 
     def __len__(self):
         return len(self.x)
@@ -41,13 +41,13 @@ class Rows(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
-def _trainer(callback, tmp_path, steps=STEPS, lr_raise=False, nan_step=None, **args):
+def _trainer(callback, tmp_path, steps=STEPS, lr_raise=False, nan_step=None, overflow=False, **args):
     model = Regression()
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=BATCH, use_cpu=True,
         train_sampling_strategy="sequential", report_to="none", logging_steps=10, disable_tqdm=True,
         dataloader_num_workers=0, **{"max_grad_norm": 0.0, "save_strategy": "no", **args})
-    return transformers.Trainer(model=model, args=args, train_dataset=Rows(nan_step), callbacks=[callback],
+    return transformers.Trainer(model=model, args=args, train_dataset=Rows(nan_step, overflow), callbacks=[callback],
                                 optimizers=make_optimizer(model.parameters(), lr_raise))
 
 
@@ -107,3 +107,21 @@ def test_on_alert_raise_stops_the_trainer_and_skip_list_names_the_nan_step(tmp_p
         _trainer(callback, tmp_path, nan_step=NAN_STEP).train()
     assert callback.monitor.step_count == NAN_STEP
     assert skip.read_text() == f"[{NAN_STEP}]\n"
+
+
+@pytest.mark.parametrize("max_grad_norm", [0.0, 1e6])  # without clipping the callback unscales, with it the Trainer
+def test_fp16_overflow_under_cpu_autocast_with_a_grad_scaler_gives_the_decorators_alerts(tmp_path, max_grad_norm):
+    # on CPU accelerate makes neither the fp16 autocast nor the GradScaler that fp16=True makes on a
+    # GPU: the test switches both on (before train() prepares the model and optimizer); the callback
+    # finds the scaler on the accelerate-wrapped optimizer
+    callback = WatchTrainingCallback(**OPTIONS)
+    trainer = _trainer(callback, tmp_path, overflow=True, fp16=True, max_grad_norm=max_grad_norm)
+    trainer.accelerator.scaler, trainer.accelerator.native_amp = cpu_fp16_scaler(), True
+    trainer.train()
+    assert callback.monitor.scaler is trainer.accelerator.scaler
+    assert alert_keys(callback.monitor) == alert_keys(decorator_run(fp16=True)) == [
+        (41, "loss", "spike"), (43, "loss_scale", "skipped_steps")]
+    assert [r.get("loss_scale") for r in callback.monitor.history[39:44]] == [1024.0, 512.0, 256.0, 128.0, 128.0]
+    reference = decorator_run(fp16=True, steps=10).history[9]["grad_norm"]  # unscaled, as in the decorator
+    assert callback.monitor.history[9]["grad_norm"] == pytest.approx(reference, rel=1e-5)
+    assert [row["monitor/skipped_steps"] for row in trainer.state.log_history if "monitor/step" in row][-1] == 3.0
