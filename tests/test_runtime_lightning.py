@@ -129,3 +129,23 @@ def test_fp16_overflow_under_cpu_autocast_with_a_grad_scaler_gives_the_decorator
     with open(f"{trainer.logger.log_dir}/metrics.csv") as f:
         skipped = [float(r["monitor/skipped_steps"]) for r in csv.DictReader(f) if r.get("monitor/step")]
     assert skipped[-1] == 3.0
+
+
+def test_a_corrupt_monitor_state_or_a_failing_logger_never_stops_the_run(tmp_path, caplog):
+    callback = WatchTrainingCallback(**OPTIONS)
+    callback.load_state_dict({"monitor": {"version": 1}, "reporter": {}})  # not a monitor state: logged, fresh start
+
+    class BrokenLogging(Regression):
+        def log_dict(self, *args, **kwargs):
+            raise RuntimeError("logger down")
+
+    with caplog.at_level(logging.WARNING, logger="training_profiler"):
+        _fit(callback, tmp_path, BrokenLogging(), steps=30, nan_step=25, enable_checkpointing=False)
+    assert callback.monitor.step_count == 30
+    assert alert_keys(callback.monitor)[:1] == [(25, "loss", "nonfinite")]
+    failures = [r.getMessage() for r in caplog.records if "training continues (reported once)" in r.getMessage()]
+    assert failures == [
+        "[Monitor] WatchTrainingCallback.load_state_dict raised ValueError: load_state_dict: not a monitor state: "
+        "pass what TrainingMonitor.state_dict() returned; training continues (reported once)",
+        "[Monitor] WatchTrainingCallback.on_train_batch_end raised RuntimeError: logger down; training continues "
+        "(reported once)"]

@@ -4,6 +4,7 @@ the Lightning callback, the gradients read before the Trainer clips them, statis
 state.log_history, the monitor's state in the checkpoint, the opt-in actions."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -125,3 +126,18 @@ def test_fp16_overflow_under_cpu_autocast_with_a_grad_scaler_gives_the_decorator
     reference = decorator_run(fp16=True, steps=10).history[9]["grad_norm"]  # unscaled, as in the decorator
     assert callback.monitor.history[9]["grad_norm"] == pytest.approx(reference, rel=1e-5)
     assert [row["monitor/skipped_steps"] for row in trainer.state.log_history if "monitor/step" in row][-1] == 3.0
+
+
+def test_a_corrupt_monitor_state_in_the_checkpoint_never_stops_the_resumed_run(tmp_path, caplog):
+    first = WatchTrainingCallback(**OPTIONS)
+    _trainer(first, tmp_path, steps=20, save_strategy="steps", save_steps=20).train()
+    (tmp_path / "checkpoint-20" / STATE_FILE).write_text("{not json")
+    resumed = WatchTrainingCallback(**OPTIONS)
+    with caplog.at_level(logging.WARNING, logger="training_profiler"):
+        _trainer(resumed, tmp_path, steps=30, nan_step=25).train(resume_from_checkpoint=str(tmp_path / "checkpoint-20"))
+    assert resumed.monitor.step_count == 10  # a fresh monitor: steps 21-30 are its steps 1-10
+    assert alert_keys(resumed.monitor) == [(5, "loss", "nonfinite"), (5, "grad_norm", "nonfinite")]
+    path = tmp_path / "checkpoint-20" / STATE_FILE
+    assert [r.getMessage() for r in caplog.records if "[Monitor]" in r.getMessage()] == [
+        f"[Monitor] {path} was not restored (JSONDecodeError: Expecting property name enclosed in double quotes: "
+        "line 1 column 2 (char 1)); the monitor learns its baseline afresh"]

@@ -1,5 +1,5 @@
 """What the framework callbacks (:mod:`.lightning`, :mod:`.transformers`) have in common: the
-statistics they hand to the framework's loggers.
+statistics they hand to the framework's loggers, and hooks that never raise into training.
 
 Only steps the monitor has already judged are reported: their values reached the host with the
 periodic transfer, so reporting them costs no host sync (a step's values are logged up to
@@ -8,15 +8,42 @@ periodic transfer, so reporting them costs no host sync (a step's values are log
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
+
+from .alerts import TrainingAlertError
 
 if TYPE_CHECKING:
     from .monitor import TrainingMonitor
 
-__all__ = ["PREFIX", "StatsReporter"]
+__all__ = ["PREFIX", "StatsReporter", "never_raises"]
+
+logger = logging.getLogger("training_profiler")
 
 PREFIX = "monitor/"  # every logged key starts with it
+
+
+def never_raises(hook: Callable) -> Callable:
+    """A callback hook whose errors are logged (once per hook) instead of reaching the
+    framework; only the opt-in ``on_alert="raise"`` stops training."""
+
+    @functools.wraps(hook)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return hook(self, *args, **kwargs)
+        except TrainingAlertError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the monitor must never break training
+            failed = self.__dict__.setdefault("_failed_hooks", set())
+            if hook.__name__ not in failed:
+                failed.add(hook.__name__)
+                logger.warning("[Monitor] %s.%s raised %s: %s; training continues (reported once)",
+                               type(self).__name__, hook.__name__, type(exc).__name__, exc)
+            return None
+
+    return wrapper
 
 
 class StatsReporter:

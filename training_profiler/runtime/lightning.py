@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .integration import StatsReporter
+from .integration import StatsReporter, never_raises
 from .monitor import TrainingMonitor
 
 __all__ = ["WatchTrainingCallback"]
@@ -50,20 +50,24 @@ class WatchTrainingCallback(*_callback_bases()):  # type: ignore[misc]
         self._stepped = False  # the optimizer stepped in this batch (not an accumulation batch)
 
     # -- the step cycle ----------------------------------------------------------------------------
+    @never_raises
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         optimizers = list(getattr(trainer, "optimizers", None) or [])
         scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
         self.monitor.attach(pl_module, optimizers[0] if len(optimizers) == 1 else None, scaler)
 
+    @never_raises
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if not self._in_step:
             self._in_step = True
             self.monitor.begin_step()
 
+    @never_raises
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
         self.monitor.observe_gradients()
         self._stepped = True
 
+    @never_raises
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if not self._stepped:
             return
@@ -73,17 +77,21 @@ class WatchTrainingCallback(*_callback_bases()):  # type: ignore[misc]
         if stats:
             pl_module.log_dict(stats, on_step=True, on_epoch=False)
 
+    @never_raises
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self.monitor.flush()
 
+    @never_raises
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             self.monitor.close()
 
     # -- checkpoints -------------------------------------------------------------------------------
+    @never_raises
     def state_dict(self) -> dict[str, Any]:
         return {"monitor": self.monitor.state_dict(), "reporter": self._reporter.state_dict()}
 
+    @never_raises
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state_dict["monitor"])
         self._reporter.load_state_dict(state_dict["reporter"])

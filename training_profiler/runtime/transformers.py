@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .integration import StatsReporter
+from .integration import StatsReporter, never_raises
 from .monitor import TrainingMonitor
 
 try:
@@ -65,32 +65,39 @@ class WatchTrainingCallback(TrainerCallback):
         self._hook = None
 
     # -- setup ---------------------------------------------------------------------------------
+    @never_raises
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
         scaler = getattr(optimizer, "scaler", None)
-        if state.global_step > 0:  # resumed: continue with the monitor of the checkpoint
-            self._load(os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE))
         if model is not None and self.monitor.model is None:
             self.monitor.attach(model, inner if isinstance(inner, torch.optim.Optimizer) else None, scaler)
             self._hook = model.register_forward_hook(self._forward_hook)
+        if state.global_step > 0:  # resumed: continue with the monitor of the checkpoint
+            self._load(os.path.join(args.output_dir, f"checkpoint-{state.global_step}", STATE_FILE))
 
     def _load(self, path: str) -> None:
         if not os.path.isfile(path):
             logger.warning("[Monitor] resumed at a checkpoint without %s: the monitor learns its baseline afresh",
                            path)
             return
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        self.monitor.load_state_dict(saved["monitor"])
-        self._reporter.load_state_dict(saved["reporter"])
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+            self.monitor.load_state_dict(saved["monitor"])
+            self._reporter.load_state_dict(saved["reporter"])
+        except Exception as exc:  # noqa: BLE001 - a damaged file must not stop the resumed run
+            logger.warning("[Monitor] %s was not restored (%s: %s); the monitor learns its baseline afresh",
+                           path, type(exc).__name__, exc)
 
     # -- the step cycle --------------------------------------------------------------------------
+    @never_raises
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._in_step, self._observed = True, False
         self._loss_sum, self._micro_batches = None, 0
         self.monitor.begin_step()
 
+    @never_raises
     def _forward_hook(self, module: Any, inputs: Any, output: Any) -> None:
         if not self._in_step or not torch.is_grad_enabled():
             return  # an evaluation inside training
@@ -104,14 +111,17 @@ class WatchTrainingCallback(TrainerCallback):
         if loss.requires_grad and not (scaler is not None and scaler.is_enabled()):
             loss.register_hook(self._on_backward)
 
+    @never_raises
     def _on_backward(self, grad: torch.Tensor) -> None:
         # called as the backward reaches the loss: read the gradients once the whole pass is done
         torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
 
+    @never_raises
     def _after_backward(self) -> None:
         self._observed = True
         self.monitor.observe_gradients()
 
+    @never_raises
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                               **kwargs: Any) -> None:
         if self._observed:
@@ -130,6 +140,7 @@ class WatchTrainingCallback(TrainerCallback):
         if scaler._per_optimizer_states[id(optimizer)]["stage"] is OptState.READY:
             scaler.unscale_(optimizer)
 
+    @never_raises
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if not self._in_step:
             return
@@ -137,6 +148,7 @@ class WatchTrainingCallback(TrainerCallback):
         loss = None if self._loss_sum is None else self._loss_sum / self._micro_batches
         self.monitor.observe_step(loss)  # on_alert="raise": raises here, out of trainer.train()
 
+    @never_raises
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:
         stats = self._reporter.new_statistics()
@@ -146,6 +158,7 @@ class WatchTrainingCallback(TrainerCallback):
         if state.log_history and state.log_history[-1].get("step") == state.global_step:
             state.log_history[-1].update(stats)  # the Trainer appended its copy of ``logs`` before on_log
 
+    @never_raises
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         saved = {"monitor": self.monitor.state_dict(), "reporter": self._reporter.state_dict()}
         if state.is_world_process_zero:
@@ -154,6 +167,7 @@ class WatchTrainingCallback(TrainerCallback):
             with open(os.path.join(folder, STATE_FILE), "w", encoding="utf-8") as f:
                 json.dump(saved, f)
 
+    @never_raises
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._hook is not None:
             self._hook.remove()
