@@ -627,14 +627,14 @@ class TrainingMonitor:
                 fast.wait(row)
             self._pending_fast.popleft()
             values = fast.view[row] if fast.cuda else self._stats.transfer.view[row, :2]
-            if has_loss:
-                self._guarded("detectors", self._detectors.check_finite, step, "loss", float(values[0]), self.scaler)
-            if has_grad:
-                self._guarded("detectors", self._detectors.check_finite, step, "grad_norm", float(values[1]),
-                              self.scaler)
-        if any(a.step > self._judged for a in self._detectors.pending):
-            self._catch_up = True
-        self._emit()
+            loss, norm = float(values[0]), float(values[1])
+            if has_loss and not math.isfinite(loss):  # the common case stays two float checks
+                self._guarded("detectors", self._detectors.check_finite, step, "loss", loss, self.scaler)
+            if has_grad and not math.isfinite(norm):
+                self._guarded("detectors", self._detectors.check_finite, step, "grad_norm", norm, self.scaler)
+        if self._detectors.pending:
+            self._catch_up = any(a.step > self._judged for a in self._detectors.pending)
+            self._emit()
 
     def _process_batch(self) -> None:
         meta, self._batch = self._batch or [], None
@@ -676,8 +676,11 @@ class TrainingMonitor:
     # -- alerts --------------------------------------------------------------------------------
     def _emit(self) -> None:
         """Log and hand out, in step order, the alerts of every step judged so far."""
-        self._queue += self._detectors.pending
-        self._detectors.pending.clear()
+        if self._detectors.pending:
+            self._queue += self._detectors.pending
+            self._detectors.pending.clear()
+        elif not self._queue:  # the common case: nothing to say
+            return
         if self._emitting or not any(a.step <= self._judged for a in self._queue):
             return
         ready = sorted((a for a in self._queue if a.step <= self._judged), key=lambda a: a.step)
