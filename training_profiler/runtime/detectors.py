@@ -24,6 +24,8 @@ __all__ = ["HostDetectors"]
 
 logger = logging.getLogger("training_profiler")
 
+_VANISHING_SHARE = 1e-3  # a layer is negligible next to the others below this fraction of the global norm
+
 
 class HostDetectors:
     """Every detector of one monitored run. ``layers`` / ``act_layers``: the names that the
@@ -95,7 +97,7 @@ class HostDetectors:
         if "layer_grad_norms" in rec:
             norms = np.asarray(rec["layer_grad_norms"])
             if not np.isinf(norms).any() and math.isfinite(rec["grad_norm"]):
-                self._check_vanishing(step, norms)
+                self._check_vanishing(step, norms, rec["grad_norm"])
                 self._layer_hist.append(norms)
         if "loss_scale" in rec:
             self._check_scaler(step, rec["loss_scale"])
@@ -145,12 +147,18 @@ class HostDetectors:
         first = int(np.lexsort((-ratio, -streak))[0])  # longest streak, then the largest ratio
         return self.layers[first], float(ratio[first])
 
-    def _check_vanishing(self, step: int, norms: np.ndarray) -> None:
+    def _check_vanishing(self, step: int, norms: np.ndarray, global_norm: float) -> None:
+        """A layer vanishes when its gradient is negligible next to the others' (< 1e-3 of the global
+        norm) and, besides, tiny (below ``vanishing_floor``) or fallen 1000x further than the global
+        norm since its baseline. A run that converges shrinks every gradient together: no alert."""
         if step - self._last_grad_alert < self.alert_window:
             return  # saturated layers during an explosion are a symptom, not a second problem
-        vanishing = norms < self.vanishing_floor  # NaN (layer without gradients) compares False
+        small = norms < _VANISHING_SHARE * global_norm  # NaN (layer without gradients) compares False
+        vanishing = small & (norms < self.vanishing_floor)
         if len(self._layer_hist) >= self.warmup_steps:
-            vanishing |= norms < 1e-3 * self._layer_baseline(step)
+            base = self._layer_baseline(step)
+            global_decay = global_norm / max(float(np.sqrt(np.nansum(base * base))), 1e-30)
+            vanishing |= small & (norms < _VANISHING_SHARE * global_decay * base)
         bad = np.nonzero(vanishing)[0]
         if len(bad) == 0:
             self._episode_quiet("vanishing", step)
