@@ -5,7 +5,6 @@ step. A corrupt batch on rank 1 alerts on rank 0."""
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -14,9 +13,16 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from test_runtime_monitor_ddp import _free_port  # noqa: E402
+
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 
 STEPS, SPIKE_STEP = 50, 40
+
+
+def _full_norm(layer):
+    """A layer's gradient norm from the gathered (unsharded) gradients."""
+    return torch.linalg.vector_norm(torch.cat([p.grad.full_tensor().reshape(-1) for p in layer.parameters()])).item()
 
 
 def _worker(rank, world, port, out_dir):
@@ -42,9 +48,7 @@ def _worker(rank, world, port, out_dir):
             loss.backward()
             total = nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e9)  # measures, clips nothing
             totals.append(total.full_tensor().item())
-            per_layer.append([torch.linalg.vector_norm(torch.cat([p.grad.full_tensor().reshape(-1)
-                                                                   for p in layer.parameters()])).item()
-                              for layer in (model[0], model[2], model[3])])
+            per_layer.append([_full_norm(layer) for layer in (model[0], model[2], model[3])])
             opt.step()
             return loss
 
@@ -64,12 +68,6 @@ def _worker(rank, world, port, out_dir):
             json.dump(result, f)
     finally:
         dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_fsdp2_norms_are_global_and_equal_clip_grad_norm(tmp_path):
