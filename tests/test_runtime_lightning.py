@@ -35,9 +35,9 @@ class Regression(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def _loader(nan_step=None, overflow=False):
+def _loader(nan_step=None, overflow=False, batch_size=BATCH):
     x, y = make_data(nan_step, overflow)
-    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=BATCH, shuffle=False)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
 def _fit(callback, tmp_path, module=None, steps=STEPS, nan_step=None, ckpt_path=None, overflow=False,
@@ -151,3 +151,16 @@ def test_a_corrupt_monitor_state_or_a_failing_logger_never_stops_the_run(tmp_pat
         "pass what TrainingMonitor.state_dict() returned; training continues (reported once)",
         "[Monitor] WatchTrainingCallback.on_train_batch_end raised RuntimeError: logger down; training continues "
         "(reported once)"]
+
+
+def test_with_gradient_accumulation_a_step_is_an_optimizer_step(tmp_path):
+    # 4 batches of 8 rows per optimizer step: the gradients of the reference's 32-row batch
+    callback = WatchTrainingCallback(**OPTIONS)
+    trainer = pl.Trainer(max_steps=12, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                         accumulate_grad_batches=4)
+    trainer.fit(Regression(), _loader(batch_size=BATCH // 4))  # Lightning divides each loss by 4 for the backward
+    assert callback.monitor.step_count == 12
+    reference = decorator_run(steps=12).history
+    for got, want in zip(callback.monitor.history, reference):
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)

@@ -45,9 +45,9 @@ class Rows(torch.utils.data.Dataset):
 def _trainer(callback, tmp_path, steps=STEPS, lr_raise=False, nan_step=None, overflow=False, **args):
     model = Regression()
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=BATCH, use_cpu=True,
-        train_sampling_strategy="sequential", report_to="none", logging_steps=10, disable_tqdm=True,
-        dataloader_num_workers=0, **{"max_grad_norm": 0.0, "save_strategy": "no", **args})
+        output_dir=str(tmp_path), max_steps=steps, use_cpu=True, train_sampling_strategy="sequential",
+        report_to="none", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0,
+        **{"max_grad_norm": 0.0, "save_strategy": "no", "per_device_train_batch_size": BATCH, **args})
     return transformers.Trainer(model=model, args=args, train_dataset=Rows(nan_step, overflow), callbacks=[callback],
                                 optimizers=make_optimizer(model.parameters(), lr_raise))
 
@@ -142,3 +142,18 @@ def test_a_corrupt_monitor_state_in_the_checkpoint_never_stops_the_resumed_run(t
     assert [r.getMessage() for r in caplog.records if "[Monitor]" in r.getMessage()] == [
         f"[Monitor] {path} was not restored (JSONDecodeError: Expecting property name enclosed in double quotes: "
         "line 1 column 2 (char 1)); the monitor learns its baseline afresh"]
+
+
+def test_with_gradient_accumulation_a_step_is_an_optimizer_step_read_once_after_its_last_micro_batch(tmp_path):
+    # 4 micro-batches of 8 rows = the 32-row batch of the reference: the same gradients, summed
+    callback = WatchTrainingCallback(**OPTIONS)
+    reads = []
+    observe = callback.monitor.observe_gradients
+    callback.monitor.observe_gradients = lambda: (reads.append(callback.monitor.step_count + 1), observe())[1]
+    _trainer(callback, tmp_path, steps=12, per_device_train_batch_size=BATCH // 4,
+             gradient_accumulation_steps=4).train()
+    assert callback.monitor.step_count == 12 and reads == list(range(1, 13))
+    reference = decorator_run(steps=12).history
+    for got, want in zip(callback.monitor.history, reference):
+        assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)

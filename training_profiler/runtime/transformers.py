@@ -63,6 +63,7 @@ class WatchTrainingCallback(TrainerCallback):
         self._micro_batches = 0
         self._observed = False  # the gradients of this step were read at the end of a backward
         self._hook = None
+        self._gradient_state = None  # accelerate's: says which micro-batch completes the step
 
     # -- setup ---------------------------------------------------------------------------------
     @never_raises
@@ -70,6 +71,7 @@ class WatchTrainingCallback(TrainerCallback):
                        **kwargs: Any) -> None:
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
         scaler = getattr(optimizer, "scaler", None)
+        self._gradient_state = getattr(optimizer, "gradient_state", None)
         if model is not None and self.monitor.model is None:
             self.monitor.attach(model, inner if isinstance(inner, torch.optim.Optimizer) else None, scaler)
             self._hook = model.register_forward_hook(self._forward_hook)
@@ -108,13 +110,16 @@ class WatchTrainingCallback(TrainerCallback):
         self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
         self._micro_batches += 1
         scaler = self.monitor.scaler
-        if loss.requires_grad and not (scaler is not None and scaler.is_enabled()):
+        last_micro_batch = self._gradient_state is None or self._gradient_state.sync_gradients
+        if loss.requires_grad and last_micro_batch and not (scaler is not None and scaler.is_enabled()):
             loss.register_hook(self._on_backward)
 
     @never_raises
     def _on_backward(self, grad: torch.Tensor) -> None:
-        # called as the backward reaches the loss: read the gradients once the whole pass is done
-        torch.autograd.Variable._execution_engine.queue_callback(self._after_backward)
+        # called as the backward reaches the loss: read the gradients once the whole pass is done,
+        # after the callbacks queued during it (DDP's gradient all-reduce): queued from a callback
+        engine = torch.autograd.Variable._execution_engine
+        engine.queue_callback(lambda: engine.queue_callback(self._after_backward))
 
     @never_raises
     def _after_backward(self) -> None:
