@@ -81,3 +81,28 @@ def decorator_run(lr_raise=False, nan_step=None, steps=STEPS, fp16=False):
     for i in range(steps):
         train_step(model, x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH])
     return train_step.monitor
+
+
+def count_host_syncs(obj, names):
+    """Wrap ``obj``'s methods ``names`` so that every scalar read of a tensor inside them (a host
+    sync on a GPU: ``.item()``, ``bool()``, ``float()``...) is counted; returns the counter."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counter = {"syncs": 0, "calls": 0}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._local_scalar_dense.default:
+                counter["syncs"] += 1
+            return func(*args, **(kwargs or {}))
+
+    for name in names:
+        original = getattr(obj, name)
+
+        def counted(*args, _original=original, **kwargs):
+            counter["calls"] += 1
+            with Count():
+                return _original(*args, **kwargs)
+
+        setattr(obj, name, counted)
+    return counter

@@ -11,8 +11,8 @@ from torch import nn
 
 pl = pytest.importorskip("pytorch_lightning")
 
-from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, cpu_fp16_scaler,  # noqa: E402
-                            decorator_run, make_data, make_mlp, make_optimizer)
+from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, count_host_syncs,  # noqa: E402
+                            cpu_fp16_scaler, decorator_run, make_data, make_mlp, make_optimizer)
 
 from training_profiler.runtime import TrainingAlertError  # noqa: E402
 from training_profiler.runtime.lightning import WatchTrainingCallback  # noqa: E402
@@ -164,3 +164,11 @@ def test_with_gradient_accumulation_a_step_is_an_optimizer_step(tmp_path):
     reference = decorator_run(steps=12).history
     for got, want in zip(callback.monitor.history, reference):
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
+
+
+def test_the_callback_reads_no_tensor_value_on_the_host_in_any_step(tmp_path):
+    callback = WatchTrainingCallback(**OPTIONS)
+    counter = count_host_syncs(callback, ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"))
+    _fit(callback, tmp_path, steps=30, enable_checkpointing=False)
+    assert counter == {"syncs": 0, "calls": 90}  # three hooks x 30 steps, with three periodic reads and log_dicts
+    assert len(callback.monitor.history) == 30

@@ -12,8 +12,8 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, cpu_fp16_scaler,  # noqa: E402
-                            decorator_run, make_data, make_mlp, make_optimizer)
+from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, count_host_syncs,  # noqa: E402
+                            cpu_fp16_scaler, decorator_run, make_data, make_mlp, make_optimizer)
 
 from training_profiler.runtime import TrainingAlertError  # noqa: E402
 from training_profiler.runtime.transformers import STATE_FILE, WatchTrainingCallback  # noqa: E402
@@ -157,3 +157,13 @@ def test_with_gradient_accumulation_a_step_is_an_optimizer_step_read_once_after_
     for got, want in zip(callback.monitor.history, reference):
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-4)
+
+
+def test_the_callback_reads_no_tensor_value_on_the_host_in_any_step(tmp_path):
+    callback = WatchTrainingCallback(**OPTIONS)
+    counter = count_host_syncs(callback, ("on_step_begin", "_forward_hook", "_on_backward", "_after_backward",
+                                          "on_pre_optimizer_step", "on_step_end", "on_log"))
+    _trainer(callback, tmp_path, steps=30).train()
+    # six hooks per step x 30 steps, on_log at steps 10, 20, 30 and the final summary; three periodic reads
+    assert counter == {"syncs": 0, "calls": 6 * 30 + 4}
+    assert len(callback.monitor.history) == 30
