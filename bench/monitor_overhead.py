@@ -282,6 +282,20 @@ def _transformers_fit(watch: bool, steps: int) -> _Clock:
     return clock
 
 
+def _floor_ms(reps: int = 200) -> float:
+    """The floor of any gradient monitor: one ``_foreach_norm`` over the transformer's gradients."""
+    model, loss_fn = _transformer_case()
+    loss_fn(model).backward()
+    grads = [p.grad for p in model.parameters()]
+    times = []
+    for _ in range(7):
+        t = time.process_time()
+        for _ in range(reps):
+            torch._foreach_norm(grads)
+        times.append((time.process_time() - t) / reps * 1e3)
+    return statistics.median(times)
+
+
 def framework_rows(steps: int, rounds: int) -> None:
     """Print, per framework, the step time without and with WatchTrainingCallback (median over rounds)."""
     import importlib.util
@@ -293,6 +307,7 @@ def framework_rows(steps: int, rounds: int) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     print(f"\nframework callbacks, transformer, {rounds} rounds x {steps} steps (first 20 of each fit untimed)")
     print(f"{'framework':14}{'variant':16}{'ms/step':>9}{'added ms':>10}{'added %':>9}")
+    print(f"{'(any)':14}{'floor':16}{'':9}{_floor_ms():10.3f}{'':9}   one _foreach_norm over the gradients")
     for name, module, fit in (("Lightning", "pytorch_lightning", _lightning_fit),
                               ("HF Trainer", "transformers", _transformers_fit)):
         if importlib.util.find_spec(module) is None:

@@ -7,7 +7,8 @@ The model is the LightningModule, the optimizer the Trainer's (when it has one) 
 the precision plugin's (``precision="16-mixed"``). The gradients are read in
 ``on_before_optimizer_step``, after the precision plugin unscaled them; with gradient accumulation
 one monitor step is one optimizer step. Statistics go to the Trainer's loggers via
-``LightningModule.log_dict`` (``monitor/grad_norm``, ``monitor/spike_score``, ...), alerts to the
+``LightningModule.log_dict`` on the Trainer's logging steps (``log_every_n_steps``; the latest
+judged step's ``monitor/grad_norm``, ``monitor/spike_score``, ...), alerts to the
 ``training_profiler`` logger as with the decorator, and the monitor's state into the checkpoint,
 so a run resumed with ``fit(ckpt_path=...)`` keeps its learned baseline.
 """
@@ -73,6 +74,9 @@ class WatchTrainingCallback(*_callback_bases()):  # type: ignore[misc]
             return
         self._stepped = self._in_step = False
         self.monitor.observe_step(outputs)  # on_alert="raise": raises here, and Lightning stops
+        connector = getattr(trainer, "_logger_connector", None)
+        if connector is not None and not connector.should_update_logs:
+            return  # Lightning writes its loggers every log_every_n_steps; log_dict costs ms: call it only then
         stats = self._reporter.new_statistics()
         if stats:
             pl_module.log_dict(stats, on_step=True, on_epoch=False)
