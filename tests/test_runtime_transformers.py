@@ -42,14 +42,20 @@ class Rows(torch.utils.data.Dataset):
         return {"x": self.x[i], "labels": self.y[i]}
 
 
+class InOrder(transformers.Trainer):
+    """The batches in dataset order, as in the reference loop (the Trainer shuffles by default)."""
+
+    def _get_train_sampler(self, *args, **kwargs):
+        return torch.utils.data.SequentialSampler(self.train_dataset)
+
+
 def _trainer(callback, tmp_path, steps=STEPS, lr_raise=False, nan_step=None, overflow=False, **args):
     model = Regression()
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=steps, use_cpu=True, train_sampling_strategy="sequential",
-        report_to="none", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path), max_steps=steps, use_cpu=True, report_to="none", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0,
         **{"max_grad_norm": 0.0, "save_strategy": "no", "per_device_train_batch_size": BATCH, **args})
-    return transformers.Trainer(model=model, args=args, train_dataset=Rows(nan_step, overflow), callbacks=[callback],
-                                optimizers=make_optimizer(model.parameters(), lr_raise))
+    return InOrder(model=model, args=args, train_dataset=Rows(nan_step, overflow), callbacks=[callback],
+                   optimizers=make_optimizer(model.parameters(), lr_raise))
 
 
 def test_a_learning_rate_raise_alerts_at_the_same_step_as_through_the_decorator(tmp_path):
