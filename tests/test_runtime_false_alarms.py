@@ -54,13 +54,22 @@ def test_wobble_far_below_the_early_scale_is_not_an_anomaly_but_a_return_to_it_i
     assert _alerts(values, scale_floor=0.0) == [(s, "spike") for s in range(392, 900, 97)]
 
 
-def test_the_floor_is_fixed_from_where_the_run_started_and_baselines_stay_in_natural_units():
-    # a warm-up that falls fast: median 1, upper decile 10 (the start); c = 0.01 x 10
-    det = AdaptiveDetector(warmup_steps=10, alert_window=5, scale_floor=0.01)
-    for i, v in enumerate([10.0, 5.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]):
-        det.update(i, v)
-    assert math.exp(det.baseline()[0]) == pytest.approx(1.1)  # judged as log(value + 0.1)
-    assert det.baseline_natural()[0] == pytest.approx(1.0)
+def test_the_floor_comes_from_where_the_run_started_and_only_discounts_a_rise():
+    # warm-up: one start value 10, then 1s; the upper decile is the start: c = 0.01 x 10 = 0.1
+    def detector(scale_floor=0.01):
+        det = AdaptiveDetector(warmup_steps=10, alert_window=5, scale_floor=scale_floor)
+        for i, v in enumerate([10.0] + [1.0] * 9):
+            det.update(i, v)
+        return det
+
+    det = detector()
+    assert det.baseline_natural()[0] == pytest.approx(1.0)  # the baseline stays in natural units
+    spike = det.update(10, 2.15)  # rise log(2.25 / 1.1) over the floor, spread 0.02 (sigma floor)
+    assert (spike.kind, spike.value) == ("spike", 2.15)
+    assert spike.deviation == pytest.approx(math.log(2.25 / 1.1) / 0.02)
+    # 2.05x is a spike without the floor (>= 2x), but (2.05 + 0.1) / 1.1 < 2 with it
+    assert detector().update(10, 2.05) is None
+    assert detector(0.0).update(10, 2.05).kind == "spike"
 
 
 def test_bad_scale_floor_is_a_clear_error():

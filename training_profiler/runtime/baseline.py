@@ -23,12 +23,13 @@ steps at a flat level the baseline moves there and a ``shift`` info verdict is r
 Scale-aware floor: a run that converges (loss 13 -> 1e-10) ends in relative wobbles (1e-10 ->
 1e-6) that are huge in log space and meaningless at the run's own scale. At the end of warm-up
 the detector fixes an offset ``c = scale_floor x`` the run's early scale (the upper decile of the
-warm-up values: where the run started, not where a fast warm-up already got to) and judges
-``log(value + c)`` from then on: values well above ``c`` are judged exactly as before, changes far
-below it vanish, and a value must climb to about ``c`` before it can count as a rise. The default 0.1 is the
-smallest that keeps real converging runs under 0.5 false alarms per 10k steps while every planted
-fault is still caught within 25 steps (``bench/fit_monitor_floor.py``, on recorded runs; the
-held-out runs are in ``bench/monitor_detection.py``).
+warm-up values: where the run started, not where a fast warm-up already got to) and measures a
+rise (spike, rising run, divergence) as ``log(value + c) - log(baseline + c)`` against the series'
+own spread: rises well above ``c`` count as before, changes far below it vanish, and a value must
+climb to about ``c`` before it can count as a rise. The floor only ever discounts a rise.
+The default 0.01 is the smallest that keeps real converging runs under 0.5 false alarms per 10k
+steps while every planted fault is still caught within 25 steps (``bench/fit_monitor_floor.py``,
+on recorded runs; the held-out runs are in ``bench/monitor_detection.py``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ class AdaptiveDetector:
         divergence_span: int = 500,
         low_ratio: float | None = None,
         sigma_floor: float = 0.02,
-        scale_floor: float = 0.1,
+        scale_floor: float = 0.01,
     ) -> None:
         if warmup_steps < 10:
             raise ValueError(f"warmup_steps={warmup_steps} is too short to learn a baseline: use at least 10")
@@ -148,20 +149,16 @@ class AdaptiveDetector:
         if math.isnan(med):
             return math.nan, math.nan
         center = math.exp(med)
-        return max(center - self._offset, 0.0), center * (math.exp(sig) - 1.0)
+        return center, center * (math.exp(sig) - 1.0)
 
     def _floored(self, y: float) -> float:
         """log(value + c) of a log value: the scale-aware floor (identity before it is fixed)."""
         return y if self._offset == 0.0 else math.log(math.exp(y) + self._offset)
 
     def _fix_floor(self) -> None:
-        """End of warm-up: fix c from the early scale and move the history onto log(value + c)."""
+        """End of warm-up: fix c from the early scale; the divergence levels move onto log(value + c)."""
         early = self._sorted[(9 * len(self._sorted)) // 10]  # upper decile of the warm-up (log)
         self._offset = self.scale_floor * math.exp(early)
-        if self._offset == 0.0:
-            return
-        self._rebaseline([self._floored(y) for y in self._fifo])
-        self._recent = deque((self._floored(y) for y in self._recent), maxlen=self._recent.maxlen)
         self._block = [self._floored(y) for y in self._block]
         self._blocks = deque((self._floored(y) for y in self._blocks), maxlen=self._blocks.maxlen)
 
@@ -209,21 +206,22 @@ class AdaptiveDetector:
             self._nan_episode = True
             return Verdict("nonfinite", step, value, med, spread, math.inf)
         self._nan_episode = False
-        raw = math.log(max(value, _TINY))
+        y = math.log(max(value, _TINY))
         self._seen += 1
         if self._seen <= self.warmup_steps:
-            self._accept(raw)
-            self._recent.append(raw)
-            self._divergence(raw)
+            self._accept(y)
+            self._recent.append(y)
+            self._divergence(y)
             if self._seen == self.warmup_steps:
                 self._armed = True
                 self._fix_floor()
             return None
 
-        y = self._floored(raw)
         med, sig = self.baseline()
-        z = (y - med) / sig
-        rise = y - med
+        # the rise is measured above the floor, the spread is the series' own: the floor can only
+        # discount a rise (never make noise near it look larger)
+        rise = self._floored(y) - self._floored(med)
+        z = rise / sig
         high = z >= self.z_accept
         self._run = self._run + 1 if z >= self.z_run else 0
         self._recent.append(y)
@@ -235,15 +233,13 @@ class AdaptiveDetector:
         elif (
             self._run >= self.run_len
             and rise >= self.log_min_ratio
-            and y > self._recent[-self.run_len] + sig
+            and self._floored(y) > self._floored(self._recent[-self.run_len]) + sig
         ):
             kind = "rising"
-        if self._divergence(y) and kind is None:
+        if self._divergence(self._floored(y)) and kind is None:
             kind = "divergence"
-        if kind is None and self.log_low_ratio is not None:
-            center = self.baseline_natural()[0]  # vanishing is judged on the raw value: the floor would hide it
-            if center > 0 and raw - math.log(center) <= self.log_low_ratio:
-                kind = "vanishing"
+        if kind is None and self.log_low_ratio is not None and y - med <= self.log_low_ratio:
+            kind = "vanishing"
 
         verdict = None
         if kind is not None:
