@@ -33,6 +33,8 @@ from torch import nn
 from .alerts import Alert, TrainingAlertError
 from .detectors import HostDetectors
 from .device_stats import FIXED, LOW_PRECISION, StatsBuffer, low_precision_fractions
+from .state import apply_pending_state, load_monitor_state, monitor_state, record_skip
+from .state import spike_score as _spike_score
 
 __all__ = ["Alert", "TrainingAlertError", "TrainingMonitor", "watch_training"]
 
@@ -246,22 +248,16 @@ class TrainingMonitor:
     def spike_score(self) -> float:
         """Anomalies per 1,000 steps over the last 1,000 judged steps (OLMo's spike score): the
         steps with an alert, scaled to 1,000 steps; 0.0 before the first step."""
-        from .state import spike_score
-
-        return spike_score(self)
+        return _spike_score(self)
 
     def state_dict(self) -> dict[str, Any]:
         """What the monitor has learned (baselines, the history tail, the step count, the alerts)
         as plain JSON data, for a checkpoint; judges the pending steps first (one sync)."""
-        from .state import monitor_state
-
         return monitor_state(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`: the run continues at its step count with its learned
         baselines, without a second warm-up. Before the model is attached, the state waits for it."""
-        from .state import load_monitor_state
-
         load_monitor_state(self, state)
 
     def step(self, loss: Any = None) -> None:
@@ -393,8 +389,6 @@ class TrainingMonitor:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self._rank, self._world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         if self._restore is not None:  # load_state_dict() came first (a framework restores before the first step)
-            from .state import apply_pending_state
-
             apply_pending_state(self)
 
     # -- never break training ------------------------------------------------------------------
@@ -704,8 +698,6 @@ class TrainingMonitor:
         if self.raise_on_alert and self._alert_error is None:  # every rank: all of them stop
             self._alert_error = TrainingAlertError(alert)
         if self.skip_list is not None and self._rank == 0:
-            from .state import record_skip
-
             self._guarded("skip_list", record_skip, self, alert)
         if self._rank != 0 and not self.all_ranks:
             return

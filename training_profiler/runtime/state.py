@@ -6,6 +6,7 @@ step count and the alerts so far. It fits a Lightning checkpoint loaded with ``w
 a JSON file next to a Hugging Face checkpoint, or ``torch.save``. A run resumed from it continues
 at its step count and judges the next step against the baseline it had learned: no second warm-up.
 
+The functions here take the ``TrainingMonitor`` (typed ``Any``: the monitor imports this module).
 The detectors are saved attribute by attribute (:func:`_encode`), so a detector that gains an
 attribute needs no change here; an attribute the saved state lacks keeps its fresh value.
 """
@@ -16,14 +17,11 @@ import copy
 import json
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .alerts import Alert
-
-if TYPE_CHECKING:
-    from .monitor import TrainingMonitor
 
 __all__ = ["HISTORY_TAIL", "STATE_VERSION", "load_monitor_state", "monitor_state", "spike_score"]
 
@@ -36,7 +34,7 @@ _BATCH_ANOMALIES = ("spike", "nonfinite")  # alert kinds that point at one step'
 
 
 # -- state_dict / load_state_dict ------------------------------------------------------------------
-def monitor_state(monitor: TrainingMonitor) -> dict[str, Any]:
+def monitor_state(monitor: Any) -> dict[str, Any]:
     """``monitor.state_dict()``: judges every pending step first, so the state is complete."""
     monitor.flush()
     detectors = monitor._detectors
@@ -50,7 +48,7 @@ def monitor_state(monitor: TrainingMonitor) -> dict[str, Any]:
     }
 
 
-def load_monitor_state(monitor: TrainingMonitor, state: dict[str, Any]) -> None:
+def load_monitor_state(monitor: Any, state: dict[str, Any]) -> None:
     """``monitor.load_state_dict(state)``: a bad state is a ValueError; before the model is
     attached the state waits in ``monitor._restore`` and is applied on attach."""
     if not isinstance(state, dict) or not {"version", "step_count", "layers", "detectors"} <= set(state):
@@ -74,7 +72,7 @@ def load_monitor_state(monitor: TrainingMonitor, state: dict[str, Any]) -> None:
     monitor._alerts = [Alert(**alert) for alert in state["alerts"]]
 
 
-def apply_pending_state(monitor: TrainingMonitor) -> None:
+def apply_pending_state(monitor: Any) -> None:
     """On attach: apply a state loaded before the model was known. A state that does not fit
     this model is logged and dropped (the monitor then warms up afresh); it never raises."""
     state, monitor._restore = monitor._restore, None
@@ -141,7 +139,7 @@ def _decode(data: Any, current: Any = None) -> Any:
 
 
 # -- spike score and skip list -------------------------------------------------------------------
-def spike_score(monitor: TrainingMonitor) -> float:
+def spike_score(monitor: Any) -> float:
     """Steps with an alert per 1,000 steps, over the last :data:`SPIKE_WINDOW` judged steps."""
     judged = monitor._judged
     if judged <= 0:
@@ -151,7 +149,7 @@ def spike_score(monitor: TrainingMonitor) -> float:
     return 1000.0 * len(steps) / window
 
 
-def record_skip(monitor: TrainingMonitor, alert: Alert) -> None:
+def record_skip(monitor: Any, alert: Alert) -> None:
     """skip_list: add the step of an alert that points at its batch and rewrite the JSON list
     (a list of step numbers, as in the alerts; steps already in the file are kept)."""
     if alert.kind not in _BATCH_ANOMALIES or alert.metric not in ("loss", "grad_norm"):
