@@ -52,7 +52,8 @@ class InOrder(transformers.Trainer):
 def _trainer(callback, tmp_path, steps=STEPS, lr_raise=False, nan_step=None, overflow=False, **args):
     model = Regression()
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), max_steps=steps, use_cpu=True, report_to="none", logging_steps=10, disable_tqdm=True, dataloader_num_workers=0,
+        output_dir=str(tmp_path), max_steps=steps, use_cpu=True, report_to="none", logging_steps=10,
+        disable_tqdm=True, dataloader_num_workers=0,
         **{"max_grad_norm": 0.0, "save_strategy": "no", "per_device_train_batch_size": BATCH, **args})
     return InOrder(model=model, args=args, train_dataset=Rows(nan_step, overflow), callbacks=[callback],
                    optimizers=make_optimizer(model.parameters(), lr_raise))

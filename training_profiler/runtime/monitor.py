@@ -712,7 +712,6 @@ class TrainingMonitor:
                 logger.warning("[Monitor] on_alert raised %s: %s; the alert is logged and in monitor.alerts, "
                                "monitoring goes on (reported once)", type(exc).__name__, exc, exc_info=True)
 
-
     def _raise_alert(self) -> None:
         """on_alert="raise": stop training, outside every guard, once an alert was handed out."""
         if self._alert_error is not None:
