@@ -15,6 +15,7 @@ transformers = pytest.importorskip("transformers")
 from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, count_host_syncs,  # noqa: E402
                             cpu_fp16_scaler, decorator_run, make_data, make_mlp, make_optimizer)
 
+from training_profiler import watch_training  # noqa: E402
 from training_profiler.runtime import TrainingAlertError  # noqa: E402
 from training_profiler.runtime.transformers import STATE_FILE, WatchTrainingCallback  # noqa: E402
 
@@ -174,3 +175,29 @@ def test_the_callback_reads_no_tensor_value_on_the_host_in_any_step(tmp_path):
     # six hooks per step x 30 steps, on_log at steps 10, 20, 30 and the final summary; three periodic reads
     assert counter == {"syncs": 0, "calls": 6 * 30 + 4}
     assert len(callback.monitor.history) == 30
+
+
+def test_the_decorator_in_a_plain_accelerate_loop_finds_the_scaler_on_the_wrapped_optimizer():
+    accelerate = pytest.importorskip("accelerate")
+    # on CPU accelerate makes neither the fp16 autocast nor the GradScaler: switched on as on a GPU
+    accelerator = accelerate.Accelerator(mixed_precision="fp16", cpu=True)
+    accelerator.scaler, accelerator.native_amp = cpu_fp16_scaler(), True
+    model = make_mlp()
+    model, opt = accelerator.prepare(model, make_optimizer(model.parameters())[0])
+    x, y = make_data(overflow=True)
+
+    @watch_training(**OPTIONS)
+    def train_step(model, opt, xb, yb):
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(xb).float(), yb)
+        accelerator.backward(loss)
+        opt.step()
+        return loss.detach()
+
+    for i in range(STEPS):
+        train_step(model, opt, x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH])
+    monitor = train_step.monitor
+    assert monitor.scaler is accelerator.scaler and monitor.optimizer is opt.optimizer
+    assert alert_keys(monitor) == alert_keys(decorator_run(fp16=True))  # a loss spike, three skipped steps
+    reference = decorator_run(fp16=True, steps=10).history[9]["grad_norm"]  # unscaled
+    assert monitor.history[9]["grad_norm"] == pytest.approx(reference, rel=1e-5)

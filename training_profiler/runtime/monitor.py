@@ -366,13 +366,22 @@ class TrainingMonitor:
         if not modules:
             raise ValueError("watch_training: no torch.nn.Module among the train step's arguments: pass it "
                              "explicitly, e.g. @watch_training(model=model)")
-        self._attach(max(modules, key=lambda m: sum(p.numel() for p in m.parameters())))
         if self.optimizer is None:
             self.optimizer = next((v for v in values if isinstance(v, torch.optim.Optimizer)), None)
         if self.scaler is None:
             self.scaler = next((v for v in values if isinstance(v, torch.amp.GradScaler)), None)
+        self._attach(max(modules, key=lambda m: sum(p.numel() for p in m.parameters())))
+
+    def _unwrap_accelerate(self) -> None:
+        """accelerate's AcceleratedOptimizer wraps the optimizer and carries the GradScaler: watch
+        the inner optimizer, whose step runs after the scaler unscaled the gradients."""
+        inner = getattr(self.optimizer, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer) and hasattr(self.optimizer, "gradient_state"):
+            self.scaler = getattr(self.optimizer, "scaler", None) if self.scaler is None else self.scaler
+            self.optimizer = inner
 
     def _attach(self, model: nn.Module) -> None:
+        self._unwrap_accelerate()
         self._stats = StatsBuffer(model, self.transfer_every, flags=_AGREED)
         self.model = model
         self._detectors = HostDetectors(self._stats.layers, self._stats.act_layers, warmup_steps=self.warmup_steps,
