@@ -179,6 +179,9 @@ def test_the_callback_reads_no_tensor_value_on_the_host_in_any_step(tmp_path):
 
 def test_the_decorator_in_a_plain_accelerate_loop_finds_the_scaler_on_the_wrapped_optimizer():
     accelerate = pytest.importorskip("accelerate")
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # a process-wide singleton: the Trainers above set it
     # on CPU accelerate makes neither the fp16 autocast nor the GradScaler: switched on as on a GPU
     accelerator = accelerate.Accelerator(mixed_precision="fp16", cpu=True)
     accelerator.scaler, accelerator.native_amp = cpu_fp16_scaler(), True
@@ -196,6 +199,7 @@ def test_the_decorator_in_a_plain_accelerate_loop_finds_the_scaler_on_the_wrappe
 
     for i in range(STEPS):
         train_step(model, opt, x[i * BATCH : (i + 1) * BATCH], y[i * BATCH : (i + 1) * BATCH])
+    AcceleratorState._reset_state(reset_partial_state=True)
     monitor = train_step.monitor
     assert monitor.scaler is accelerator.scaler and monitor.optimizer is opt.optimizer
     assert alert_keys(monitor) == alert_keys(decorator_run(fp16=True))  # a loss spike, three skipped steps
