@@ -8,7 +8,14 @@ variant is the median over rounds of the mean CPU time per step (process time, s
 the machine counts less). "monitor self" is the CPU time spent inside the monitor's own code
 (its step entry/exit and optimizer hooks), timed directly: the least noisy figure. Host syncs per
 step are counted with a dispatch mode (scalar reads; on a GPU each one stalls the pipeline).
-Targets: <= 1% of the transformer step and <= 0.3 ms/step added.
+Targets: <= 1% of the transformer step and <= 0.3 ms/step added. "floor" is the plain step plus one
+``torch._foreach_norm`` over the gradients, inside the step (cold in cache, as the monitor reads them).
+
+Framework rows (``--framework-steps 0`` skips them): the same transformer in a Lightning Trainer
+and a Hugging Face Trainer, with and without ``WatchTrainingCallback``, fits alternated over the
+rounds; a clock callback times the steps after the first 20 of each fit (CPU time; the first
+log_dict call sets up Lightning's metric collection), and the
+callback's own CPU time (its hooks and the monitor's optimizer hooks) is timed directly.
 """
 
 from __future__ import annotations
@@ -65,6 +72,14 @@ def _step_fn(variant, model, loss_fn):
 
     if variant == "none":
         return plain
+    if variant == "floor":  # the least any gradient monitor does: read every gradient once
+
+        def floor(model):
+            loss = plain(model)
+            torch._foreach_norm([p.grad for p in model.parameters() if p.grad is not None])
+            return loss
+
+        return floor
     if variant == "watch_training":
         return watch_training(plain, warmup_steps=100, alert_window=50)
     stats = {}
@@ -122,7 +137,7 @@ class _SelfTime:
 
 
 def measure(case, steps: int, rounds: int) -> dict[str, dict[str, float]]:
-    variants = ("none", "watch_training", "naive .item()")
+    variants = ("none", "floor", "watch_training", "naive .item()")
     fns = {}
     for v in variants:
         model, loss_fn = case()
@@ -155,14 +170,186 @@ def measure(case, steps: int, rounds: int) -> dict[str, dict[str, float]]:
     return out
 
 
+class _Clock:
+    """CPU time from the start of step ``skip`` + 1 to the end of the last step, and the CPU time
+    spent inside the given methods of given objects (they do not nest)."""
+
+    def __init__(self, skip: int = 20):
+        self.skip, self.steps, self.start, self.end, self.own = skip, 0, None, None, 0.0
+
+    def step_begin(self):
+        if self.steps == self.skip:
+            self.start = time.process_time()
+
+    def step_end(self):
+        self.steps += 1
+        self.end = time.process_time()
+
+    def per_step_ms(self) -> float:
+        return (self.end - self.start) / (self.steps - self.skip) * 1e3
+
+    def time_methods(self, obj, names):
+        for name in names:
+            original = getattr(obj, name)
+
+            def timed(*args, _original=original, **kwargs):
+                t = time.thread_time()
+                try:
+                    return _original(*args, **kwargs)
+                finally:
+                    if self.steps >= self.skip:
+                        self.own += time.thread_time() - t
+
+            setattr(obj, name, timed)
+
+
+_MONITOR_HOOKS = ("_optimizer_pre_hook", "_optimizer_post_hook")  # registered on attach: patch the instance first
+
+
+def _lightning_fit(watch: bool, steps: int) -> _Clock:
+    import pytorch_lightning as pl
+
+    from training_profiler.runtime.lightning import WatchTrainingCallback
+
+    clock = _Clock()
+
+    class Clock(pl.Callback):
+        def on_train_batch_start(self, *args):
+            clock.step_begin()
+
+        def on_train_batch_end(self, *args):
+            clock.step_end()
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = _Transformer()
+
+        def training_step(self, tokens, batch_idx):
+            return F.cross_entropy(self.net(tokens).flatten(0, 1), tokens.flatten())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-4)
+
+    callbacks = [Clock()]
+    if watch:
+        callback = WatchTrainingCallback(warmup_steps=100)
+        clock.time_methods(callback, ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"))
+        clock.time_methods(callback.monitor, _MONITOR_HOOKS)
+        callbacks.append(callback)
+    tokens = torch.randint(0, 1000, (16 * steps, 64), generator=torch.Generator().manual_seed(0))
+    trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks)
+    trainer.fit(Module(), torch.utils.data.DataLoader(tokens, batch_size=16))
+    return clock
+
+
+def _transformers_fit(watch: bool, steps: int) -> _Clock:
+    import tempfile
+
+    import transformers
+
+    from training_profiler.runtime.transformers import WatchTrainingCallback
+
+    clock = _Clock()
+
+    class Clock(transformers.TrainerCallback):
+        def on_step_begin(self, *args, **kwargs):
+            clock.step_begin()
+
+        def on_step_end(self, *args, **kwargs):
+            clock.step_end()
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = _Transformer()
+
+        def forward(self, input_ids):
+            return {"loss": F.cross_entropy(self.net(input_ids).flatten(0, 1), input_ids.flatten())}
+
+    callbacks = [Clock()]
+    if watch:
+        callback = WatchTrainingCallback(warmup_steps=100)
+        clock.time_methods(callback, ("on_step_begin", "on_pre_optimizer_step", "on_step_end", "on_log",
+                                      "_forward_hook", "_on_backward", "_after_backward"))
+        clock.time_methods(callback.monitor, _MONITOR_HOOKS)
+        callbacks.append(callback)
+    tokens = torch.randint(0, 1000, (16 * steps, 64), generator=torch.Generator().manual_seed(0))
+    data = [{"input_ids": t} for t in tokens]
+    model = Model()
+    with tempfile.TemporaryDirectory() as out:
+        args = transformers.TrainingArguments(output_dir=out, max_steps=steps, per_device_train_batch_size=16,
+                                              use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True,
+                                              logging_steps=10**6, dataloader_num_workers=0)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+        trainer = transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=callbacks,
+                                       optimizers=(opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 1.0)))
+        trainer.train()
+    return clock
+
+
+def _floor_ms(reps: int = 200) -> float:
+    """The floor of any gradient monitor: one ``_foreach_norm`` over the transformer's gradients."""
+    model, loss_fn = _transformer_case()
+    loss_fn(model).backward()
+    grads = [p.grad for p in model.parameters()]
+    times = []
+    for _ in range(7):
+        t = time.process_time()
+        for _ in range(reps):
+            torch._foreach_norm(grads)
+        times.append((time.process_time() - t) / reps * 1e3)
+    return statistics.median(times)
+
+
+def framework_rows(steps: int, rounds: int) -> None:
+    """Print, per framework, the step time without and with WatchTrainingCallback (median over rounds)."""
+    import importlib.util
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning_fabric", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    print(f"\nframework callbacks, transformer, {rounds} rounds x {steps} steps (first 20 of each fit untimed)")
+    print(f"{'framework':14}{'variant':16}{'ms/step':>9}{'added ms':>10}{'added %':>9}")
+    print(f"{'(any)':14}{'floor':16}{'':9}{_floor_ms():10.3f}{'':9}   one _foreach_norm over the gradients")
+    for name, module, fit in (("Lightning", "pytorch_lightning", _lightning_fit),
+                              ("HF Trainer", "transformers", _transformers_fit)):
+        if importlib.util.find_spec(module) is None:
+            print(f"{name:14}(not installed)")
+            continue
+        times = {False: [], True: []}
+        own = []
+        for _ in range(rounds):
+            for watch in (False, True):
+                clock = fit(watch, steps)
+                times[watch].append(clock.per_step_ms())
+                if watch:
+                    own.append(clock.own / (clock.steps - clock.skip) * 1e3)
+        base, watched = statistics.median(times[False]), statistics.median(times[True])
+        print(f"{name:14}{'plain Trainer':16}{base:9.3f}")
+        print(f"{name:14}{'+ callback':16}{watched:9.3f}{watched - base:10.3f}{(watched - base) / base:9.2%}")
+        callback_own = statistics.median(own)
+        print(f"{name:14}{'callback self':16}{'':9}{callback_own:10.3f}{callback_own / base:9.2%}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--framework-steps", type=int, default=60, help="steps per framework fit (0: skip them)")
+    parser.add_argument("--only-frameworks", action="store_true", help="only the framework rows")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.only_frameworks:
+        framework_rows(args.framework_steps, args.rounds)
+        return 0
     print(f"monitor overhead on CPU ({args.threads} thread(s), {args.rounds} rounds x {args.steps} steps, "
           f"median of round means)")
     print(f"{'model':14}{'variant':16}{'ms/step':>9}{'added ms':>10}{'added %':>9}{'syncs/step':>12}")
@@ -174,6 +361,8 @@ def main(argv=None) -> int:
             print(f"{name:14}{v:16}{m['ms']:9.3f}{added:10.3f}{added / base:9.2%}{m['syncs']:12.2f}")
         own = r["watch_training"]["self_ms"]
         print(f"{name:14}{'monitor self':16}{'':9}{own:10.3f}{own / base:9.2%}")
+    if args.framework_steps:
+        framework_rows(args.framework_steps, args.rounds)
     return 0
 
 

@@ -12,6 +12,7 @@ _LAZY = {
     "watch_training": "training_profiler.runtime.monitor",
     "TrainingMonitor": "training_profiler.runtime.monitor",
     "Alert": "training_profiler.runtime.alerts",
+    "TrainingAlertError": "training_profiler.runtime.alerts",
     "analyze_tensor": "training_profiler.runtime.precision",
     "compare_precision": "training_profiler.runtime.precision",
 }

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ADVICE", "Alert", "baseline_text", "fmt", "make_alert"]
+__all__ = ["ADVICE", "Alert", "TrainingAlertError", "baseline_text", "fmt", "make_alert"]
 
 ADVICE = {
     "grad_norm": "lower the learning rate, add warm-up or clip gradients (clip_grad_norm_)",
@@ -45,6 +45,15 @@ class Alert:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+class TrainingAlertError(RuntimeError):
+    """Raised into training by a monitor created with ``on_alert="raise"``; ``.alert`` is the
+    :class:`Alert` that stopped it."""
+
+    def __init__(self, alert: Alert) -> None:
+        super().__init__(f"training stopped by on_alert='raise': {alert.message}")
+        self.alert = alert
 
 
 def fmt(x: float) -> str:

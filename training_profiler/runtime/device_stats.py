@@ -6,6 +6,12 @@ gradient norm and the update-to-weight ratio, per leaf module the fp16/bf16 over
 underflow fractions of its output, and the same two fractions over fp16/bf16 gradients. A value
 that was not measured in a step stays NaN. :meth:`StatsBuffer.record` turns a row that has
 reached the host into the plain dict of ``TrainingMonitor.history``.
+
+Sharded gradients (FSDP2's DTensor shards): a rank sees only its shard, so the row holds each
+layer's local sum of squares, weighted so that the mean over ranks of the periodic all-reduce is
+the global sum of squares (as ``clip_grad_norm_`` reduces DTensor norms over the mesh, without a
+collective of its own); :meth:`StatsBuffer.record` takes the square roots on the host. NaN/Inf on
+any rank's shard makes the global value NaN/Inf.
 """
 
 from __future__ import annotations
@@ -36,6 +42,29 @@ def low_precision_fractions(t: torch.Tensor) -> torch.Tensor:
     nonzero = a > 0
     subnormal = nonzero & (a < _SMALLEST_NORMAL[t.dtype])
     return torch.stack([near_max.float().mean(), subnormal.float().sum() / nonzero.sum().clamp_(min=1).float()])
+
+
+def _dtensor_type() -> type | None:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a build without torch.distributed
+        return None
+    return DTensor
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a DTensor, the tensor itself otherwise."""
+    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
+
+
+def _shard_weight(p: torch.Tensor, world: int) -> float:
+    """The weight of a parameter's local sum of squares such that the mean over the ``world`` ranks
+    is its global sum of squares: ``world`` for a shard, ``world / copies`` for a replicated tensor."""
+    placements = getattr(p, "placements", None)
+    if placements is None:
+        return 1.0  # a plain tensor: the same on every rank
+    copies = math.prod(p.device_mesh.size(i) for i, pl in enumerate(placements) if pl.is_replicate())
+    return world / copies
 
 
 def _layer_name(param_name: str) -> str:
@@ -122,6 +151,11 @@ class StatsBuffer:
         self.buf = torch.full((rows + 1, width), math.nan, dtype=torch.float32, device=device)
         self.control = rows
         self.flags = list(flags)
+        dtensor = _dtensor_type()
+        self.sharded = dtensor is not None and any(isinstance(p, dtensor) for p in self.params)
+        if self.sharded:  # FSDP2: rows hold weighted local sums of squares (see the module docstring)
+            world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+            self._weights = torch.tensor([_shard_weight(p, world) for p in self.params], device=device)
         self.buf[self.control].zero_()
         self.transfer = HostMirror(self.buf)
         self.fast = HostMirror(torch.empty((rows, 2), device=device))
@@ -171,6 +205,8 @@ class StatsBuffer:
         if not params:
             return False
         grads = [p.grad for p in params]
+        if self.sharded:
+            grads = [_local(g) for g in grads]
         if all(g.dtype == torch.float32 for g in grads):
             norms = torch._foreach_norm(grads)
         else:  # fp16 norms overflow at 65504: accumulate in fp32
@@ -178,9 +214,14 @@ class StatsBuffer:
         sq = torch.stack(norms).square_()
         layers = row[self._c_layer : self._c_update]
         idx, missing = self._layer_index(params)
+        if self.sharded:
+            sq.mul_(self._weights if len(params) == len(self.params) else self._weights[self._positions(params)])
         layers.zero_().index_add_(0, idx, sq)
-        row[1].copy_(layers.sum().sqrt_())
-        layers.sqrt_()
+        if self.sharded:  # sums of squares: the square roots are taken after the all-reduce
+            row[1].copy_(layers.sum())
+        else:
+            row[1].copy_(layers.sum().sqrt_())
+            layers.sqrt_()
         if precision:
             low = [g for g in grads if g.dtype in LOW_PRECISION]
             if low:  # pure fp16/bf16 training: the mean fractions over the gradient tensors
@@ -189,6 +230,11 @@ class StatsBuffer:
         if missing is not None:  # a layer without gradients is "not measured", not "vanished"
             layers.masked_fill_(missing, math.nan)
         return True
+
+    def _positions(self, params: list[torch.Tensor]) -> torch.Tensor:
+        """Indices into ``self.params`` of a subset of them (a step where some have no gradient)."""
+        position = {id(p): i for i, p in enumerate(self.params)}
+        return torch.tensor([position[id(p)] for p in params], device=self.device)
 
     def write_act_stats(self, row: torch.Tensor, act_stats: dict[int, torch.Tensor]) -> None:
         """Per leaf module [overflow, underflow] of its fp16/bf16 output (``act_stats``: module index -> pair)."""
@@ -202,11 +248,11 @@ class StatsBuffer:
 
     def snapshot(self) -> list[torch.Tensor]:
         """The parameters before the optimizer step (for the update ratio)."""
-        return [p.detach().clone() for p in self.params]
+        return [_local(p.detach()).clone() for p in self.params]
 
     def write_update_ratio(self, row: torch.Tensor, before: list[torch.Tensor]) -> None:
         """Per layer |w_after - w_before| / |w_after|."""
-        params = [p.detach() for p in self.params]
+        params = [_local(p.detach()) for p in self.params]  # sharded: per shard, averaged over ranks
         delta = torch._foreach_norm(torch._foreach_sub(params, before), 2, dtype=torch.float32)
         weight = torch._foreach_norm(params, 2, dtype=torch.float32)
         idx = self._param_layer
@@ -233,8 +279,10 @@ class StatsBuffer:
         if has_loss:
             rec["loss"] = loss
         if has_grad:
-            rec["grad_norm"] = gnorm
             layer_norms = values[self._c_layer : self._c_layer + nl]
+            if self.sharded:  # global sums of squares after the all-reduce
+                gnorm, layer_norms = math.sqrt(gnorm) if gnorm >= 0 else math.nan, np.sqrt(layer_norms)
+            rec["grad_norm"] = gnorm
             rec["layer_grad_norms"] = layer_norms.tolist()
         if not math.isnan(scale):
             rec["loss_scale"] = scale

@@ -30,11 +30,13 @@ import torch
 import torch.optim.optimizer as _optim_hooks
 from torch import nn
 
-from .alerts import Alert
+from .alerts import Alert, TrainingAlertError
 from .detectors import HostDetectors
 from .device_stats import FIXED, LOW_PRECISION, StatsBuffer, low_precision_fractions
+from .state import apply_pending_state, load_monitor_state, monitor_state, record_skip
+from .state import spike_score as _spike_score
 
-__all__ = ["Alert", "TrainingMonitor", "watch_training"]
+__all__ = ["Alert", "TrainingAlertError", "TrainingMonitor", "watch_training"]
 
 logger = logging.getLogger("training_profiler")
 
@@ -68,6 +70,13 @@ class TrainingMonitor:
     (logger ``training_profiler``) and switches that statistic off; any other internal error
     stops the monitor. Under ``torch.distributed`` every rank switches off what any rank
     switched off, agreed in the periodic all-reduce, so the collectives stay in step.
+
+    Opt-in actions (the default never changes training): ``on_alert="raise"`` stops training
+    with a :class:`TrainingAlertError` at the step the first alert is handed out (on every
+    rank); ``skip_list="skip_batches.json"`` keeps a JSON list of the steps whose batch looked
+    anomalous (a loss or gradient-norm spike, a NaN/Inf), as Lightning Fabric's
+    ``SpikeDetection`` does. :meth:`state_dict` / :meth:`load_state_dict` carry what the
+    monitor learned across a restart (:mod:`.state`).
     """
 
     def __init__(
@@ -82,9 +91,10 @@ class TrainingMonitor:
         transfer_every: int = 10,
         precision_every: int = 50,
         vanishing_floor: float = 1e-7,
-        on_alert: Callable[[Alert], Any] | None = None,
+        on_alert: Callable[[Alert], Any] | str | None = None,
         history_size: int = 10_000,
         all_ranks: bool = False,
+        skip_list: str | Path | None = None,
     ) -> None:
         for name, value in (("warmup_steps", warmup_steps), ("alert_window", alert_window),
                             ("log_every", log_every), ("transfer_every", transfer_every),
@@ -99,12 +109,18 @@ class TrainingMonitor:
         if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"watch_training: optimizer must be a torch.optim.Optimizer, got "
                             f"{type(optimizer).__name__}")
-        if on_alert is not None and not callable(on_alert):
-            raise TypeError(f"watch_training: on_alert must be callable, got {type(on_alert).__name__}")
+        if isinstance(on_alert, str) and on_alert != "raise":
+            raise ValueError(f"watch_training: on_alert={on_alert!r}: use on_alert='raise' or a callable")
+        if on_alert is not None and not callable(on_alert) and on_alert != "raise":
+            raise TypeError(f"watch_training: on_alert must be callable or 'raise', got {type(on_alert).__name__}")
+        if skip_list is not None and not isinstance(skip_list, (str, Path)):
+            raise TypeError(f"watch_training: skip_list must be a file path, got {type(skip_list).__name__}")
         self.warmup_steps, self.alert_window, self.log_every = warmup_steps, alert_window, log_every
         self.transfer_every, self.precision_every = transfer_every, precision_every
         self.vanishing_floor = vanishing_floor
-        self.on_alert = on_alert
+        self.raise_on_alert = on_alert == "raise"
+        self.on_alert = None if self.raise_on_alert else on_alert
+        self.skip_list = None if skip_list is None else Path(skip_list)
         self.all_ranks = all_ranks
         self.optimizer, self.scaler = optimizer, scaler
         self.model: nn.Module | None = None
@@ -126,6 +142,10 @@ class TrainingMonitor:
         self._emitting = False
         self._on_alert_failed = False
         self._rank, self._world = 0, 1
+        self._alert_error: TrainingAlertError | None = None  # on_alert="raise": raised by the next entry point
+        self._skip_steps: list[int] | None = None  # skip_list: the steps written so far
+        self._grads_by_caller = False  # a framework hook calls observe_gradients(): the optimizer hook leaves them
+        self._restore: dict[str, Any] | None = None  # a state loaded before the model was attached
         if model is not None:
             self._attach(model)
 
@@ -164,6 +184,7 @@ class TrainingMonitor:
                 self._abandon_step()  # the user's error propagates; the monitor stays consistent
                 raise
             self._end_step(out)
+            self._raise_alert()
             return out
 
         wrapper.monitor = self  # type: ignore[attr-defined]
@@ -194,12 +215,50 @@ class TrainingMonitor:
         if self.model is None and not self._closed:
             if model is None:
                 raise ValueError("observe_step: the monitor has no model yet: pass observe_step(loss, model=model)")
-            self.optimizer = self.optimizer if optimizer is None else optimizer
-            self.scaler = self.scaler if scaler is None else scaler
-            self._attach(model)
+            self.attach(model, optimizer, scaler)
         if not self._in_step:
             self._begin_step()
         self._end_step(loss)
+        self._raise_alert()
+
+    def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, scaler: Any = None) -> None:
+        """Start watching ``model`` (a framework callback, before the first step); the optimizer
+        and scaler given here replace none set before. Does nothing once a model is attached."""
+        if self.model is not None or self._closed:
+            return
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"watch_training: model must be a torch.nn.Module, got {type(model).__name__}")
+        self.optimizer = self.optimizer if optimizer is None else optimizer
+        self.scaler = self.scaler if scaler is None else scaler
+        self._attach(model)
+
+    def observe_gradients(self) -> None:
+        """Record this step's gradients now: a framework's pre-optimizer-step hook, after the
+        GradScaler unscaled them. From the first call on, the optimizer's own step hook leaves the
+        gradients alone (a framework may call ``optimizer.step(closure)`` before the backward)."""
+        self._grads_by_caller = True
+        if self.model is None or self._closed or not self._in_step or self._draining or self._stopped:
+            return
+        try:
+            self._write_grads(self._stats.buf[self._row], self.step_count + 1)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc)
+
+    @property
+    def spike_score(self) -> float:
+        """Anomalies per 1,000 steps over the last 1,000 judged steps (OLMo's spike score): the
+        steps with an alert, scaled to 1,000 steps; 0.0 before the first step."""
+        return _spike_score(self)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the monitor has learned (baselines, the history tail, the step count, the alerts)
+        as plain JSON data, for a checkpoint; judges the pending steps first (one sync)."""
+        return monitor_state(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: the run continues at its step count with its learned
+        baselines, without a second warm-up. Before the model is attached, the state waits for it."""
+        load_monitor_state(self, state)
 
     def step(self, loss: Any = None) -> None:
         """Context-manager mode: mark the end of one training step (pass its loss)."""
@@ -307,13 +366,22 @@ class TrainingMonitor:
         if not modules:
             raise ValueError("watch_training: no torch.nn.Module among the train step's arguments: pass it "
                              "explicitly, e.g. @watch_training(model=model)")
-        self._attach(max(modules, key=lambda m: sum(p.numel() for p in m.parameters())))
         if self.optimizer is None:
             self.optimizer = next((v for v in values if isinstance(v, torch.optim.Optimizer)), None)
         if self.scaler is None:
             self.scaler = next((v for v in values if isinstance(v, torch.amp.GradScaler)), None)
+        self._attach(max(modules, key=lambda m: sum(p.numel() for p in m.parameters())))
+
+    def _unwrap_accelerate(self) -> None:
+        """accelerate's AcceleratedOptimizer wraps the optimizer and carries the GradScaler: watch
+        the inner optimizer, whose step runs after the scaler unscaled the gradients."""
+        inner = getattr(self.optimizer, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer) and hasattr(self.optimizer, "gradient_state"):
+            self.scaler = getattr(self.optimizer, "scaler", None) if self.scaler is None else self.scaler
+            self.optimizer = inner
 
     def _attach(self, model: nn.Module) -> None:
+        self._unwrap_accelerate()
         self._stats = StatsBuffer(model, self.transfer_every, flags=_AGREED)
         self.model = model
         self._detectors = HostDetectors(self._stats.layers, self._stats.act_layers, warmup_steps=self.warmup_steps,
@@ -329,6 +397,8 @@ class TrainingMonitor:
         self._hooks.append(_optim_hooks.register_optimizer_step_post_hook(self._optimizer_post_hook))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self._rank, self._world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if self._restore is not None:  # load_state_dict() came first (a framework restores before the first step)
+            apply_pending_state(self)
 
     # -- never break training ------------------------------------------------------------------
     def _guarded(self, metric: str, fn: Callable, *args: Any) -> Any:
@@ -471,7 +541,8 @@ class TrainingMonitor:
         try:
             if not self._is_ours(optimizer):
                 return
-            self._write_grads(self._stats.buf[self._row], self.step_count + 1)
+            if not self._grads_by_caller:
+                self._write_grads(self._stats.buf[self._row], self.step_count + 1)
             if self._precision_step(self.step_count + 1):
                 self._snapshot = self._guarded("update_ratio", self._stats.snapshot)
         except Exception as exc:  # noqa: BLE001
@@ -633,6 +704,10 @@ class TrainingMonitor:
 
     def _deliver(self, alert: Alert) -> None:
         self._alerts.append(alert)
+        if self.raise_on_alert and self._alert_error is None:  # every rank: all of them stop
+            self._alert_error = TrainingAlertError(alert)
+        if self.skip_list is not None and self._rank == 0:
+            self._guarded("skip_list", record_skip, self, alert)
         if self._rank != 0 and not self.all_ranks:
             return
         logger.warning(alert.message)
@@ -645,6 +720,12 @@ class TrainingMonitor:
                 self._on_alert_failed = True
                 logger.warning("[Monitor] on_alert raised %s: %s; the alert is logged and in monitor.alerts, "
                                "monitoring goes on (reported once)", type(exc).__name__, exc, exc_info=True)
+
+    def _raise_alert(self) -> None:
+        """on_alert="raise": stop training, outside every guard, once an alert was handed out."""
+        if self._alert_error is not None:
+            error, self._alert_error = self._alert_error, None
+            raise error
 
 
 def watch_training(fn: Callable | None = None, /, *, model: nn.Module | None = None,
