@@ -15,20 +15,25 @@ and the reported peak is that of the last step (``steps >= 2``, so optimizer sta
 own allocation/free events (``torch.profiler`` with ``profile_memory=True``): the reference of
 the accuracy benchmark. Torch is imported inside the functions (the CLI imports this module
 without torch).
+
+The simulation is device-neutral: the storage tracker is ``memory_tracker``, and what a device
+adds on top of the tensors (CPU: oneDNN workspaces, per instruction set) is its table of rules in
+``targets``. The batch-size solver is ``batch_solver``.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
-import weakref
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..inputs import spec_to_tensor as _spec_to_tensor
 from ..inputs import split_inputs as _split_inputs
 from ..units import parse_bytes
-from .records import MemoryReport, TensorInfo
+from .batch_solver import max_batch_size
+from .memory_tracker import Trace, build_report, innermost_module, label_state, tracker_mode
+from .records import MemoryReport
+from .targets import workspace_rules
 
 __all__ = [
     "AMP_MODES",
@@ -42,7 +47,6 @@ __all__ = [
 
 AMP_MODES = (None, "bf16", "fp16", "pure-bf16", "pure-fp16")
 OPTIMIZERS = ("adam", "adamw", "sgd", "sgd-momentum")
-CATEGORIES = ("params", "grads", "optimizer_state", "activations", "temporaries")
 
 # --------------------------------------------------------------------------------------------
 # the training step shared by the simulation and the real measurement
@@ -167,209 +171,6 @@ def _simulation_device(model) -> str:
     return "cpu"
 
 
-# --------------------------------------------------------------------------------------------
-# the storage tracker
-
-
-@dataclass
-class _Storage:
-    """One storage: allocated by an aten op during the simulation, or alive before it (params, inputs)."""
-
-    nbytes: int
-    phase: str
-    module: str | None
-    op: str
-    shape: list[int]
-    dtype: str
-    step: int
-    alloc_event: int
-    free_event: int | None = None
-    category: str | None = None  # set for params/grads/optimizer state once known
-    description: str | None = None
-    extra_bytes: int = 0  # workspace correction
-
-
-# Fake kernels give the right output shapes but not the CPU backends' hidden allocations: oneDNN
-# reorders convolution operands into blocked layouts and packs bf16 GEMM operands, the RNN kernels
-# keep a workspace that the fake kernel reports as empty, and low-precision full reductions go
-# through an fp32 copy. Each entry: aten op name -> function(args, outputs) returning
-# ({output index: real bytes of that output}, transient bytes alive only during the op). The
-# formulas were fitted to torch.profiler measurements of the real CPU kernels (torch 2.13, fp32
-# unless stated); they apply only when the simulated device is the CPU.
-_LOW_CONFIDENCE_OPS = {"mkldnn_rnn_layer", "mkldnn_rnn_layer_backward"}
-
-
-def _nbytes(t) -> int:
-    return t.numel() * t.element_size() if t is not None and hasattr(t, "numel") else 0
-
-
-def _conv_forward(args, outputs):
-    # oneDNN computes into a blocked-layout buffer and reorders the weight: output + weight extra
-    return {}, _nbytes(outputs[0]) + _nbytes(args[1])
-
-
-def _conv_backward(args, outputs):
-    # grad_output and input are reordered to blocked layouts during the backward kernel
-    return {}, _nbytes(args[0]) + _nbytes(args[1]) + _nbytes(args[2])
-
-
-def _rnn_sizes(x, hidden_size: int) -> tuple[int, int]:
-    """(time steps x batch x hidden, bytes per workspace element) of an mkldnn_rnn_layer input
-    (T, B, I). The workspace is costed as fp32 for bf16 too: the safe side (bf16 LSTMs then
-    over-predict by ~15%, where halving it under-predicted by ~13%)."""
-    steps_times_batch = x.shape[0] * x.shape[1] if x.dim() == 3 else x.shape[0]
-    return steps_times_batch * hidden_size, 4
-
-
-def _rnn_layer_forward(args, outputs):
-    # mkldnn_rnn_layer(input, w_ih, w_hh, b_ih, b_hh, hx, cx, reverse, batch_sizes, mode, hidden_size, ...)
-    tbh, size = _rnn_sizes(args[0], args[10])
-    batch_hidden = tbh // max(1, args[0].shape[0])
-    workspace = int(15.5 * tbh * size + 12 * batch_hidden * size + 16384)  # saved for backward
-    workspace = -(-workspace // 4096) * 4096  # oneDNN allocates whole pages
-    weights = _nbytes(args[1]) + _nbytes(args[2])
-    return {3: workspace}, int(4.0 * tbh * size + 1.0625 * weights) + 22528
-
-
-def _rnn_layer_backward(args, outputs):
-    # mkldnn_rnn_layer_backward(input, w1, w2, w3, w4, hx, cx, output, hy, cy, grad_output, ..., hidden_size=args[15])
-    tbh, size = _rnn_sizes(args[0], args[15])
-    weights = _nbytes(args[1]) + _nbytes(args[2])
-    # the backward scratch follows no single linear formula across shapes: this is the linear
-    # envelope (fitted by LP over 8 measured shapes) that is never under by more than 1% and at
-    # most 46% over; the transient is a fraction of the step's peak
-    return {}, int(3.75 * tbh * size + 2.03 * weights) + 40960
-
-
-def _low_precision(t) -> bool:
-    import torch
-
-    return t.dtype in (torch.bfloat16, torch.float16)
-
-
-def _bf16_gemm_scratch(a) -> int:
-    """oneDNN's bf16 GEMM packs its operands into scratch buffers (fp16 GEMMs on CPU do not); a
-    transposed left operand is first made contiguous."""
-    import torch
-
-    if a.dtype != torch.bfloat16:
-        return 0
-    return 132736 + 256 * min(a.shape[-1], 512) + (0 if a.is_contiguous() else _nbytes(a))
-
-
-def _mm(args, outputs):  # mm(a, b), bmm(a, b)
-    return {}, _bf16_gemm_scratch(args[0])
-
-
-def _addmm(args, outputs):  # addmm(bias, a, b)
-    return {}, _bf16_gemm_scratch(args[1])
-
-
-def _low_precision_reduction(args, outputs):
-    # a full CPU sum/mean of bf16/fp16 (the default loss) accumulates over an fp32 copy of the input
-    full = len(args) == 1 or not args[1] or not isinstance(args[1], (list, tuple))
-    return {}, args[0].numel() * 4 if full and _low_precision(args[0]) else 0
-
-
-_CPU_CORRECTIONS: dict[str, Callable] = {
-    "mm": _mm,
-    "bmm": _mm,
-    "addmm": _addmm,
-    "mean": _low_precision_reduction,
-    "sum": _low_precision_reduction,
-    "convolution": _conv_forward,
-    "convolution_backward": _conv_backward,
-    "mkldnn_rnn_layer": _rnn_layer_forward,
-    "mkldnn_rnn_layer_backward": _rnn_layer_backward,
-}
-
-
-@dataclass
-class _Trace:
-    storages: list[_Storage] = field(default_factory=list)
-    live: dict[int, _Storage] = field(default_factory=dict)  # id(untyped storage) -> record
-    live_bytes: int = 0
-    events: int = 0
-    peak_bytes: int = 0
-    peak_event: int = 0
-    peak_phase: str = "setup"
-    peak_module: str | None = None
-    peak_step: int = -1
-    transient_at_peak: int = 0  # corrected kernel workspace at the peak (not in any tensor)
-    timeline: list[dict[str, Any]] = field(default_factory=list)
-    corrected_ops: set = field(default_factory=set)
-    corrections: dict = field(default_factory=dict)  # op -> correction function, per device
-
-
-def _module_name(tracker, root_name: str) -> str | None:
-    """Innermost module in ModuleTracker's parents, as a qualified path ('' prefix stripped)."""
-    names = [n for n in tracker.parents if n != "Global"]
-    if not names:
-        return None
-    inner = max(names, key=lambda n: n.count("."))
-    if inner == root_name:
-        return root_name
-    return inner.split(".", 1)[1] if "." in inner else inner
-
-
-def _make_tracker_mode(trace: _Trace, phase: _Phase, tracker, root_name: str):
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_leaves
-
-    def on_free(key: int, record: _Storage) -> None:
-        if trace.live.get(key) is record:
-            del trace.live[key]
-            trace.live_bytes -= record.nbytes + record.extra_bytes
-            trace.events += 1
-            record.free_event = trace.events
-
-    def track(tensor, op: str, module: str | None) -> _Storage | None:
-        storage = tensor.untyped_storage()
-        key = id(storage)
-        if key in trace.live:
-            return None
-        trace.events += 1
-        record = _Storage(
-            nbytes=storage.nbytes(), phase=phase.name, module=module, op=op, shape=list(tensor.shape),
-            dtype=str(tensor.dtype).replace("torch.", ""), step=phase.step, alloc_event=trace.events,
-        )
-        trace.storages.append(record)
-        trace.live[key] = record
-        trace.live_bytes += record.nbytes
-        weakref.finalize(storage, on_free, key, record)
-        return record
-
-    class _TrackStorages(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            module = _module_name(tracker, root_name) if tracker is not None else None
-            op = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
-            outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
-            records = [track(t, op, module) for t in outputs]
-            transient = 0
-            correction = trace.corrections.get(op)
-            if correction is not None:
-                real_outputs, transient = correction(args, outputs)
-                for index, real_bytes in real_outputs.items():
-                    record = records[index] if index < len(records) else None
-                    if record is not None and real_bytes > record.nbytes:
-                        record.extra_bytes = real_bytes - record.nbytes
-                        trace.live_bytes += record.extra_bytes
-                if transient or real_outputs:
-                    trace.corrected_ops.add(op)
-            if phase.step > trace.peak_step:  # the peak reported is that of the last step
-                trace.peak_bytes, trace.peak_step = 0, phase.step
-            if trace.live_bytes + transient > trace.peak_bytes:
-                trace.peak_bytes, trace.peak_event = trace.live_bytes + transient, trace.events
-                trace.peak_phase, trace.peak_module, trace.transient_at_peak = phase.name, module, transient
-            trace.timeline.append(
-                {"step": phase.step, "phase": phase.name, "module": module, "live_bytes": trace.live_bytes}
-            )
-            return out
-
-    return _TrackStorages(), track
-
 
 # --------------------------------------------------------------------------------------------
 # public API
@@ -476,6 +277,11 @@ def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int
     large.peak_bytes += extra * (large.peak_bytes - small.peak_bytes)
     large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
     prefix = f"{path}.2"
+    # parameters without a gradient in the last kept block are so in every block after it
+    large.params_without_grad += tuple(
+        f"{path}.{block}{name[len(prefix):]}"
+        for block in range(3, count) for name in large.params_without_grad if name.startswith(prefix + ".")
+    )
     if large.peak_module and (large.peak_module == prefix or large.peak_module.startswith(prefix + ".")):
         large.peak_module = f"{path}.{count - 1}" + large.peak_module[len(prefix):]
     large.notes.append(
@@ -496,7 +302,7 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
     device = _simulation_device(model)
     pure_dtype = {"pure-bf16": torch.bfloat16, "pure-fp16": torch.float16}.get(amp)
     autocast_amp = amp if amp in ("bf16", "fp16") else None
-    trace = _Trace(corrections=_CPU_CORRECTIONS if device == "cpu" else {})
+    trace = Trace(rules=workspace_rules(device))
     phase = _Phase()
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
@@ -516,7 +322,7 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
             )
         opt = _make_optimizer(optimizer, params, lr, device)
         tracker = ModuleTracker()
-        mode, track = _make_tracker_mode(trace, phase, tracker, type(model).__name__)
+        mode, track = tracker_mode(trace, phase, tracker, type(model).__name__)
         names = {}
         for name, p in fake_model.named_parameters():
             names.setdefault(id(p), name)
@@ -528,24 +334,41 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
             if record is not None:
                 record.category = "params" if id(t) in names else "inputs"
                 record.description = names.get(id(t), "example input")
+
+        def current_layer() -> str | None:
+            return innermost_module(tracker, type(model).__name__)
+
+        last_step = steps - 1
         with tracker, mode:
             _prime_optimizer(params, opt, phase)
             _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1,
-                       current_layer=lambda: _module_name(tracker, type(model).__name__))
-        _label_state(trace, fake_model, opt, names)
-        report = _build_report(trace, steps - 1)
+                       current_layer=current_layer)
+            without_grad = [p for p in params if p.grad is None]
+            if without_grad:
+                # torch.optim skips parameters whose .grad is None, so they never get state; the
+                # priming step gave them some: drop it and report one more step, as torch runs it
+                for p in without_grad:
+                    opt.state.pop(p, None)
+                last_step = steps
+                _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, 1, phase, first=steps,
+                           current_layer=current_layer)
+        label_state(trace, fake_model, opt, names)
+        report = build_report(trace, last_step)
+        report.params_without_grad = tuple(names[id(p)] for p in params if p.grad is None)
     report.optimizer = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
     report.amp = amp
     if trace.corrected_ops:
+        sources = sorted({trace.rules[op].source for op in trace.corrected_ops})
         report.notes.append(
-            "CPU kernel workspaces that fake tensors do not show were added from a measured per-op table: "
-            + ", ".join(sorted(trace.corrected_ops))
+            f"{device.upper()} kernel workspaces that fake tensors do not show were added from a measured per-op "
+            f"table: {', '.join(sorted(trace.corrected_ops))} ({'; '.join(sources)})"
         )
-    approximate = sorted(trace.corrected_ops & _LOW_CONFIDENCE_OPS)
+    approximate = sorted(op for op in trace.corrected_ops if not trace.rules[op].exact)
     if approximate:
         report.confidence = "low"
         report.notes.append(
-            f"{', '.join(approximate)}: oneDNN workspace sizes are fitted, not exact; treat the peak as an estimate"
+            f"{', '.join(approximate)}: workspace sizes are fitted envelopes or measured tables, not exact; "
+            "treat the peak as an estimate"
         )
     return report
 
@@ -563,61 +386,7 @@ def _prime_optimizer(params: list, opt, phase: _Phase) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def _label_state(trace: _Trace, model, opt, names: dict[int, str]) -> None:
-    """Categories known only at the end: which storages became .grad and optimizer state."""
-    import torch
 
-    by_storage = trace.live
-    for p in model.parameters():
-        if p.grad is not None:
-            record = by_storage.get(id(p.grad.untyped_storage()))
-            if record is not None:
-                record.category, record.description = "grads", f"grad of {names.get(id(p), '?')}"
-    for p, state in opt.state.items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                record = by_storage.get(id(value.untyped_storage()))
-                if record is not None and record.category is None:
-                    record.category, record.description = "optimizer_state", f"{key} of {names.get(id(p), '?')}"
-
-
-def _category(record: _Storage) -> str:
-    if record.category in ("params", "grads", "optimizer_state"):
-        return record.category
-    if record.category == "inputs":
-        return "activations"
-    if record.phase in ("forward", "loss"):
-        return "activations"
-    return "temporaries"
-
-
-def _build_report(trace: _Trace, last_step: int) -> MemoryReport:
-    alive = [
-        r for r in trace.storages
-        if r.alloc_event <= trace.peak_event and (r.free_event is None or r.free_event > trace.peak_event)
-    ]
-    breakdown = dict.fromkeys(CATEGORIES, 0)
-    breakdown["temporaries"] += trace.transient_at_peak
-    for r in alive:
-        breakdown[_category(r)] += r.nbytes + r.extra_bytes
-    top = sorted(alive, key=lambda r: r.nbytes + r.extra_bytes, reverse=True)[:10]
-    top_tensors = [
-        TensorInfo(
-            description=r.description or f"{r.op} output ({r.phase}{' at ' + r.module if r.module else ''})",
-            shape=r.shape, dtype=r.dtype, bytes=r.nbytes + r.extra_bytes, category=_category(r),
-            module=r.module,
-        )
-        for r in top
-    ]
-    last = [t for t in trace.timeline if t["step"] == last_step]
-    stride = max(1, len(last) // 200)
-    timeline = [
-        {"phase": t["phase"], "module": t["module"], "live_bytes": t["live_bytes"]} for t in last[::stride]
-    ]
-    return MemoryReport(
-        peak_bytes=trace.peak_bytes, peak_phase=trace.peak_phase, peak_module=trace.peak_module,
-        breakdown=breakdown, top_tensors=top_tensors, timeline=timeline,
-    )
 
 
 def measure_training_step(
@@ -691,78 +460,3 @@ def measure_training_step(
         live += nbytes
         peak = max(peak, live)
     return baseline + peak
-
-
-def max_batch_size(
-    model,
-    make_inputs: Callable[[int], Any],
-    budget_bytes: int | str,
-    *,
-    optimizer: Any = "adam",
-    amp: str | None = None,
-    limit: int = 1 << 20,
-) -> int:
-    """The largest batch size whose simulated training-step peak fits in ``budget_bytes``
-    (0 if not even batch 1 fits). ``make_inputs(batch_size)`` returns example inputs as accepted
-    by ``simulate_training_step``. Peak memory grows about linearly with the batch size: secant
-    steps from batches 1 and 2 find the crossing (a few fake runs), then a bracket and bisection
-    settle it exactly."""
-    budget = parse_bytes(budget_bytes)
-    if not callable(make_inputs):
-        raise TypeError(
-            f"make_inputs must be a callable batch_size -> example inputs, got {type(make_inputs).__name__}"
-        )
-    peaks: dict[int, int] = {}
-
-    def peak(batch: int) -> int:
-        if batch not in peaks:
-            peaks[batch] = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp).peak_bytes
-        return peaks[batch]
-
-    start = 1
-    try:
-        first = peak(1)
-    except ValueError as exc:
-        if "more than 1 value per channel" not in str(exc):
-            raise
-        start = 2  # training-mode BatchNorm on a 1x1 map needs two samples: batch 1 cannot train at all
-        first = peak(2)
-    if first > budget:
-        return 0
-    # secant steps on the (nearly linear) peak(batch) curve, starting from the two smallest batches
-    low, high = start, start + 1
-    guess = start
-    for _ in range(6):
-        slope = max((peak(high) - peak(low)) / (high - low), 1e-9)
-        guess = int(min(limit, max(start, low + (budget - peak(low)) // slope)))
-        if guess in (low, high):
-            break
-        low, high = (high, guess) if abs(guess - high) < abs(guess - low) else (low, guess)
-        low, high = min(low, high), max(low, high)
-    # bracket the answer around the guess with steps 1, 2, 4, ... (the fit is usually exact, so this
-    # costs one or two runs), then bisect: batch `fits` fits, batch `too_big` does not
-    if peak(guess) <= budget:
-        fits, too_big, step = guess, None, 1
-        while too_big is None:
-            probe = min(limit, fits + step)
-            if probe == fits:
-                return limit
-            if peak(probe) > budget:
-                too_big = probe
-            else:
-                fits, step = probe, step * 2
-    else:
-        fits, too_big, step = start, guess, 1
-        while too_big - step > start:
-            probe = too_big - step
-            if peak(probe) <= budget:
-                fits = probe
-                break
-            too_big, step = probe, step * 2
-    while too_big - fits > 1:
-        middle = (fits + too_big) // 2
-        if peak(middle) <= budget:
-            fits = middle
-        else:
-            too_big = middle
-    return fits

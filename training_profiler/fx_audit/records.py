@@ -90,6 +90,7 @@ class MemoryReport:
     confidence: str = "high"  # "low" where fake kernels under-report workspaces (corrected)
     notes: list[str] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)  # [{phase, module, live_bytes}], subsampled
+    params_without_grad: tuple[str, ...] = ()  # trainable params that got no .grad: no optimizer state either
 
 
 @dataclass(eq=False)

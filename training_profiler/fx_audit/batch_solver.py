@@ -1,0 +1,86 @@
+"""The batch-size solver: the largest batch whose simulated training-step peak fits a budget."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..units import parse_bytes
+
+__all__ = ["max_batch_size"]
+
+
+def max_batch_size(
+    model,
+    make_inputs: Callable[[int], Any],
+    budget_bytes: int | str,
+    *,
+    optimizer: Any = "adam",
+    amp: str | None = None,
+    limit: int = 1 << 20,
+) -> int:
+    """The largest batch size whose simulated training-step peak fits in ``budget_bytes``
+    (0 if not even batch 1 fits). ``make_inputs(batch_size)`` returns example inputs as accepted
+    by ``simulate_training_step``. Peak memory grows about linearly with the batch size: secant
+    steps from batches 1 and 2 find the crossing (a few fake runs), then a bracket and bisection
+    settle it exactly."""
+    from .memory import simulate_training_step
+
+    budget = parse_bytes(budget_bytes)
+    if not callable(make_inputs):
+        raise TypeError(
+            f"make_inputs must be a callable batch_size -> example inputs, got {type(make_inputs).__name__}"
+        )
+    peaks: dict[int, int] = {}
+
+    def peak(batch: int) -> int:
+        if batch not in peaks:
+            peaks[batch] = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp).peak_bytes
+        return peaks[batch]
+
+    start = 1
+    try:
+        first = peak(1)
+    except ValueError as exc:
+        if "more than 1 value per channel" not in str(exc):
+            raise
+        start = 2  # training-mode BatchNorm on a 1x1 map needs two samples: batch 1 cannot train at all
+        first = peak(2)
+    if first > budget:
+        return 0
+    # secant steps on the (nearly linear) peak(batch) curve, starting from the two smallest batches
+    low, high = start, start + 1
+    guess = start
+    for _ in range(6):
+        slope = max((peak(high) - peak(low)) / (high - low), 1e-9)
+        guess = int(min(limit, max(start, low + (budget - peak(low)) // slope)))
+        if guess in (low, high):
+            break
+        low, high = (high, guess) if abs(guess - high) < abs(guess - low) else (low, guess)
+        low, high = min(low, high), max(low, high)
+    # bracket the answer around the guess with steps 1, 2, 4, ... (the fit is usually exact, so this
+    # costs one or two runs), then bisect: batch `fits` fits, batch `too_big` does not
+    if peak(guess) <= budget:
+        fits, too_big, step = guess, None, 1
+        while too_big is None:
+            probe = min(limit, fits + step)
+            if probe == fits:
+                return limit
+            if peak(probe) > budget:
+                too_big = probe
+            else:
+                fits, step = probe, step * 2
+    else:
+        fits, too_big, step = start, guess, 1
+        while too_big - step > start:
+            probe = too_big - step
+            if peak(probe) <= budget:
+                fits = probe
+                break
+            too_big, step = probe, step * 2
+    while too_big - fits > 1:
+        middle = (fits + too_big) // 2
+        if peak(middle) <= budget:
+            fits = middle
+        else:
+            too_big = middle
+    return fits
