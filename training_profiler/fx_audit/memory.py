@@ -24,6 +24,7 @@ adds on top of the tensors (CPU: oneDNN workspaces, per instruction set) is its 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 from typing import Any, Callable
 
@@ -186,6 +187,7 @@ def simulate_training_step(
     loss_fn: Callable | None = None,
     lr: float = 1e-3,
     repeated_blocks: bool = True,
+    engine: Any = None,
 ) -> MemoryReport:
     """Predict the peak memory of one steady-state training step without allocating it.
 
@@ -220,13 +222,16 @@ def simulate_training_step(
     transformer's memory grows by the same bytes per block). The report says so in ``notes``;
     its timeline and top tensors are those of the 3-block run. If the two runs disagree on the
     phase of the peak, or the truncated model does not run, the full model is simulated.
+
+    ``engine``: a distributed engine of ``fx_audit.parallel`` (``wrap(fake_model)`` wraps the fake
+    copy as the engine would, ``running(mode, phase)`` is entered around the steps); see ``audit(parallel=...)``.
     """
     import torch
 
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_options(optimizer, amp, steps)
-    options = dict(optimizer=optimizer, amp=amp, steps=steps, loss_fn=loss_fn, lr=lr)
+    options = dict(optimizer=optimizer, amp=amp, steps=steps, loss_fn=loss_fn, lr=lr, engine=engine)
     blocks = _repeated_blocks(model) if repeated_blocks else None
     if blocks is not None:
         path, count = blocks
@@ -276,6 +281,7 @@ def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int
     extra = count - 3
     large.peak_bytes += extra * (large.peak_bytes - small.peak_bytes)
     large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
+    large.comm_bytes = {k: v + extra * (v - small.comm_bytes.get(k, 0)) for k, v in large.comm_bytes.items()}
     prefix = f"{path}.2"
     # parameters without a gradient in the last kept block are so in every block after it
     large.params_without_grad += tuple(
@@ -291,7 +297,8 @@ def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int
     return large
 
 
-def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep: tuple[str, int] | None = None):
+def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep: tuple[str, int] | None = None,
+              engine: Any = None):
     """One simulation; ``keep=(path, k)`` keeps only the first k blocks of that container."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -312,6 +319,8 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
         if keep is not None:
             container = fake_model.get_submodule(keep[0])
             container._modules = collections.OrderedDict(list(container._modules.items())[: keep[1]])
+        if engine is not None:
+            engine.wrap(fake_model)
         args, kwargs = _split_inputs(example_inputs)
         args = tuple(_spec_to_tensor(a, device, pure_dtype) for a in args)
         kwargs = {k: _spec_to_tensor(v, device, pure_dtype) for k, v in kwargs.items()}
@@ -339,7 +348,8 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, keep
             return innermost_module(tracker, type(model).__name__)
 
         last_step = steps - 1
-        with tracker, mode:
+        running = engine.running(mode, phase) if engine is not None else contextlib.nullcontext()
+        with tracker, mode, running:
             _prime_optimizer(params, opt, phase)
             _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1,
                        current_layer=current_layer)

@@ -91,6 +91,19 @@ class MemoryReport:
     notes: list[str] = field(default_factory=list)
     timeline: list[dict[str, Any]] = field(default_factory=list)  # [{phase, module, live_bytes}], subsampled
     params_without_grad: tuple[str, ...] = ()  # trainable params that got no .grad: no optimizer state either
+    # distributed plans (fx_audit.parallel); defaults describe a single process
+    parallel: str | None = None  # None | "ddp" | "zero1" | "fsdp" | "zero2" | "zero3"
+    world_size: int = 1
+    ranks: list[int] = field(default_factory=list)  # the ranks this record describes (per-rank records)
+    comm_bytes: dict[str, int] = field(default_factory=dict)  # per step and rank: all_reduce, all_gather, ...
+    per_rank: list["MemoryReport"] = field(default_factory=list)  # one per distinct rank; peak = the largest
+
+
+def _memory_from_dict(data: dict[str, Any]) -> MemoryReport:
+    data = dict(data)
+    data["top_tensors"] = [TensorInfo(**t) for t in data.get("top_tensors", [])]
+    data["per_rank"] = [_memory_from_dict(r) for r in data.get("per_rank", [])]
+    return MemoryReport(**data)
 
 
 @dataclass(eq=False)
@@ -213,9 +226,7 @@ class AuditReport:
             )
         memory = data.get("memory")
         if memory is not None:
-            memory = dict(memory)
-            memory["top_tensors"] = [TensorInfo(**t) for t in memory.get("top_tensors", [])]
-            memory = MemoryReport(**memory)
+            memory = _memory_from_dict(memory)
         findings = []
         for f in data.get("findings", []):
             loc = Location(**{k: f.get(k) for k in ("path", "line", "col", "module", "node")})
