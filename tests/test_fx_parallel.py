@@ -139,3 +139,69 @@ def test_scalar_parameter_cannot_be_sharded():
     model.scale = nn.Parameter(torch.tensor(1.0))
     with pytest.raises(ValueError, match="parameter 'scale' is a scalar and cannot be sharded along dim 0"):
         audit(model, INPUTS, parallel="fsdp", world_size=2)
+
+
+def test_plan_table_recommends_the_fitting_strategy_with_least_communication():
+    from training_profiler.fx_audit.parallel import plan_strategies, render_plan
+
+    model = Tiny()
+    ddp = simulate_parallel_step(model, INPUTS, optimizer="adamw", parallel="ddp", world_size=2).peak_bytes
+    fsdp = simulate_parallel_step(model, INPUTS, optimizer="adamw", parallel="fsdp", world_size=2).peak_bytes
+    assert fsdp < ddp
+    plan = plan_strategies(model, INPUTS, world_size=2, budget=fsdp, optimizer="adamw", checkpointing=False,
+                           solve_batch=False)
+    rows = {r.strategy: r for r in plan.rows}
+    assert list(rows) == ["ddp", "zero1", "fsdp-zero2", "fsdp-zero3", "fsdp-zero3+offload"]
+    assert rows["ddp"].peak_bytes == ddp and rows["ddp"].fits is False
+    assert rows["fsdp-zero3"].peak_bytes == fsdp and rows["fsdp-zero3"].fits is True
+    # fsdp-zero2 gathers once (2448 B), reduce-scatters once (2448 B): less than ZeRO-3's second gather
+    assert rows["fsdp-zero2"].comm_bytes == {"all_gather": 2448, "reduce_scatter": 2448}
+    fitting = [r for r in plan.rows if r.fits]
+    assert plan.recommendation == min(fitting, key=lambda r: (r.comm_total, r.peak_bytes)).strategy
+    text = render_plan(plan)
+    assert f"recommendation: {plan.recommendation}" in text
+    assert render_plan(plan, "markdown").count("\n| ") == 6  # header + 5 strategies
+
+
+def test_checkpointing_advisor_picks_the_fewest_blocks():
+    from training_profiler.fx_audit.parallel import advise_checkpointing
+
+    # each block saves two 64x64 activations that checkpointing drops (its 64x16 input stays saved)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 16)) for _ in range(4)])
+    inputs = (torch.empty(64, 16),)
+    none = simulate_parallel_step(model, inputs, optimizer="sgd").peak_bytes
+    every = simulate_parallel_step(model, inputs, optimizer="sgd", checkpoint="blocks").peak_bytes
+    assert every < none
+    budget = (none + every) // 2
+    advice = advise_checkpointing(model, inputs, budget, optimizer="sgd")
+    assert advice["peak_bytes"] <= budget < advice["peak_without"] == none and advice["of"] == 4
+    assert advice["blocks"] == [f"{i}" for i in range(advice["count"])]
+    assert 0 < advice["count"] < 4
+    # one more forward of each checkpointed block, 64 rows through 16->64 and 64->16 Linears
+    assert advice["recompute_flops"] == advice["count"] * 2 * (2 * 64 * 16 * 64)
+    assert advise_checkpointing(model, inputs, none, optimizer="sgd")["count"] == 0
+
+
+def test_plan_cli_json(capsys):
+    import json
+
+    from training_profiler.cli import main
+
+    code = main(["plan", "training_profiler.fx_audit.zoo:mlp", "--input", "8,784", "--gpus", "2",
+                 "--gpu-memory", "40MiB", "--format", "json"])
+    plan = json.loads(capsys.readouterr().out)
+    rows = {r["strategy"]: r for r in plan["rows"]}
+    assert code == 0 and plan["world_size"] == 2 and plan["budget"] == 40 * 2**20
+    assert rows["ddp"]["fits"] is False and rows["ddp"]["max_micro_batch"] == 0
+    # the MLP has 784*1024+1024 + 2*(1024*1024+1024) + 1024*10+10 = 2,913,290 fp32 parameters: DDP
+    # all-reduces each gradient byte once per step
+    assert rows["ddp"]["comm_bytes"] == {"all_reduce": 2_913_290 * 4}
+    assert plan["recommendation"] == min((r for r in plan["rows"] if r["fits"]),
+                                         key=lambda r: (r["comm_total"], r["peak_bytes"]))["strategy"]
+
+
+def test_plan_cli_rejects_zero_gpus(capsys):
+    from training_profiler.cli import main
+
+    assert main(["plan", "training_profiler.fx_audit.zoo:mlp", "--input", "8,784", "--gpus", "0"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--gpus 0 must be at least 1")

@@ -30,14 +30,14 @@ def default_units(model: Any) -> list[str]:
 
     best, best_params = [], 0
     for path, container in model.named_modules():
-        if not path or not isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
+        if not isinstance(container, (torch.nn.ModuleList, torch.nn.Sequential)):
             continue
         children = list(container.named_children())
         if len(children) < 2 or len({type(m) for _, m in children}) != 1:
             continue
         params = sum(p.numel() for p in container.parameters())
         if params > best_params:
-            best, best_params = [f"{path}.{name}" for name, _ in children], params
+            best, best_params = [f"{path}.{name}" if path else name for name, _ in children], params
     return best
 
 
