@@ -129,21 +129,26 @@ def tracker_mode(trace: Trace, phase, tracker, root_name: str):
                 [nbytes], "uint8").category = category
 
     class _TrackStorages(TorchDispatchMode):
+        collective_scratch: frozenset = frozenset()  # collective kinds whose backend allocates their size
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             module = innermost_module(tracker, root_name) if tracker is not None else None
             op = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
             outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
             kind = _COLLECTIVES.get(op)
+            scratch = 0
             if kind is not None:
                 if phase.step > trace.comm_step:  # count the last step only
                     trace.comm_bytes, trace.comm_step = {}, phase.step
                 # gathered output, scattered input, reduced/broadcast tensor: the full-size side
                 counted = args[1] if kind == "reduce_scatter" else args[0]
-                trace.comm_bytes[kind] = trace.comm_bytes.get(kind, 0) + sum(
-                    t.nbytes for t in tree_leaves(counted) if isinstance(t, torch.Tensor))
+                nbytes = sum(t.nbytes for t in tree_leaves(counted) if isinstance(t, torch.Tensor))
+                trace.comm_bytes[kind] = trace.comm_bytes.get(kind, 0) + nbytes
+                if kind in self.collective_scratch:  # the backend copies through a full-size buffer
+                    scratch = nbytes
             records = [track(t, op, module) for t in outputs]
-            transient = 0
+            transient = scratch
             rule = trace.rules.get(op)
             if rule is not None:
                 real_outputs, transient = rule.estimate(args, outputs)

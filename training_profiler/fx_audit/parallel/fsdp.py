@@ -125,6 +125,9 @@ class FSDPEngine:
                 mode.relabel(grad, "unsharded_grads")
             return in_comm(reduce)(fsdp_params, unsharded_grads, *args, **kwargs)
 
+        # gloo (CPU) runs all_gather_into_tensor and reduce_scatter_tensor through a temporary of the
+        # full-size side, freed when the collective ends (measured: bench/distributed_memory.py)
+        mode.collective_scratch = frozenset({"all_gather", "reduce_scatter"})
         torch.UntypedStorage.resize_ = tracked_resize
         group.foreach_all_gather, group.foreach_reduce = in_comm(gather), reduce_labelled
         try:
