@@ -108,16 +108,33 @@ def _rank(rank: int, world_size: int, model_name: str, strategy: str, port: int,
                 loss.backward()
                 del loss
                 opt.step()
-    peak, drift = _last_step_peak(prof)
+    reachable = None
+    if STRATEGIES[strategy]["parallel"] == "fsdp":  # DDP's buckets live in C++: no Python reference
+        reachable = _reachable_pointers(model, opt, inputs)
+    peak, drift = _last_step_peak(prof, reachable)
     with open(os.path.join(out_dir, f"rank{rank}"), "w") as fh:
         fh.write(f"{peak} {drift}")
     dist.destroy_process_group()
 
 
-def _last_step_peak(prof) -> tuple[int, int]:
+def _reachable_pointers(model, opt, inputs) -> set[int]:
+    """Data pointers of every tensor the run still holds: parameters (local shards), gradients,
+    optimizer state, inputs."""
+    tensors = [*inputs, *model.buffers()]
+    for p in model.parameters():
+        tensors += [p, p.grad] if p.grad is not None else [p]
+    for state in getattr(opt, "optim", opt).state.values():
+        tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+    return {getattr(t, "_local_tensor", t).untyped_storage().data_ptr() for t in tensors}
+
+
+def _last_step_peak(prof, reachable: set[int] | None = None) -> tuple[int, int]:
     """(peak live bytes during the last step, live bytes at its end minus at the previous step's
     end). Allocator events carry addresses: an address allocated again without a free in between
-    was freed on a thread the profiler does not watch, so that free is applied at the reuse."""
+    was freed on a thread the profiler does not watch, so that free is applied at the reuse. With
+    ``reachable`` (the pointers the run still holds), an allocation of the run never freed and not
+    held was freed unseen as well: its free is applied at the next allocator event (the calling
+    thread waits for each collective, so that is when its buffers went)."""
     from torch._C._profiler import _EventType
 
     allocations, windows = [], {}
@@ -131,9 +148,12 @@ def _last_step_peak(prof) -> tuple[int, int]:
             windows[event.name] = (event.start_time_ns, event.end_time_ns)
     start, end = windows[f"bench_step_{STEPS - 1}"]
     previous_end = windows[f"bench_step_{STEPS - 2}"][1]
+    allocations.sort()
+    if reachable is not None:
+        allocations = _apply_unseen_frees(allocations, reachable)
     live: dict[int, int] = {}
     total = peak = at_previous_end = at_end = 0
-    for t, ptr, nbytes in sorted(allocations):
+    for t, ptr, nbytes in allocations:
         if t > end:
             break
         total -= live.pop(ptr, 0)  # a free we saw, or one we missed before this reuse
@@ -146,6 +166,30 @@ def _last_step_peak(prof) -> tuple[int, int]:
             peak = max(peak, total)
         at_end = total
     return peak, at_end - at_previous_end
+
+
+def _apply_unseen_frees(allocations: list, reachable: set[int]) -> list:
+    """Add the frees the profiler missed right after the allocator event that follows each such
+    allocation: one allocated again without a free in between, or never freed and not held."""
+    open_alloc: dict[int, int] = {}  # ptr -> index of its allocation not yet freed
+    extra = []
+
+    def missed(i: int, ptr: int) -> None:
+        if i + 1 < len(allocations):
+            extra.append((allocations[i + 1][0], ptr, -allocations[i][2]))
+
+    for i, (_, ptr, nbytes) in enumerate(allocations):
+        if nbytes > 0:
+            if ptr in open_alloc:
+                missed(open_alloc[ptr], ptr)
+            open_alloc[ptr] = i
+        else:
+            open_alloc.pop(ptr, None)
+    for ptr, i in open_alloc.items():
+        if ptr not in reachable:
+            missed(i, ptr)
+    # at equal times, frees first: the buffer was gone before the next allocation
+    return sorted(allocations + extra, key=lambda a: (a[0], a[2] > 0))
 
 
 def _free_port() -> int:

@@ -236,12 +236,15 @@ def simulate_training_step(
     if blocks is not None:
         path, count = blocks
         try:
-            small = _simulate(model, example_inputs, keep=(path, 2), **options)
-            large = _simulate(model, example_inputs, keep=(path, 3), **options)
+            # engines with state carried across blocks (FSDP's pending reduce-scatter) need more
+            # blocks before each one adds the same bytes
+            kept = getattr(engine, "blocks_before_steady", 2)
+            small = _simulate(model, example_inputs, keep=(path, kept), **options)
+            large = _simulate(model, example_inputs, keep=(path, kept + 1), **options)
         except ValueError:
             small = large = None  # e.g. the forward indexes blocks by a fixed count: simulate in full
         if small is not None and small.peak_phase == large.peak_phase:
-            return _extrapolate(small, large, path, count)
+            return _extrapolate(small, large, path, count, kept + 1)
     return _simulate(model, example_inputs, **options)
 
 
@@ -276,23 +279,23 @@ def _repeated_blocks(model) -> tuple[str, int] | None:
     return best
 
 
-def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int) -> MemoryReport:
-    """The 3-block report with peak and breakdown grown linearly to ``count`` blocks."""
-    extra = count - 3
+def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int, kept: int = 3) -> MemoryReport:
+    """The ``kept``-block report with peak and breakdown grown linearly to ``count`` blocks."""
+    extra = count - kept
     large.peak_bytes += extra * (large.peak_bytes - small.peak_bytes)
     large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
     large.comm_bytes = {k: v + extra * (v - small.comm_bytes.get(k, 0)) for k, v in large.comm_bytes.items()}
-    prefix = f"{path}.2"
+    prefix = f"{path}.{kept - 1}"
     # parameters without a gradient in the last kept block are so in every block after it
     large.params_without_grad += tuple(
         f"{path}.{block}{name[len(prefix):]}"
-        for block in range(3, count) for name in large.params_without_grad if name.startswith(prefix + ".")
+        for block in range(kept, count) for name in large.params_without_grad if name.startswith(prefix + ".")
     )
     if large.peak_module and (large.peak_module == prefix or large.peak_module.startswith(prefix + ".")):
         large.peak_module = f"{path}.{count - 1}" + large.peak_module[len(prefix):]
     large.notes.append(
-        f"{count} identical blocks in '{path}': simulated with 2 and 3 of them and extrapolated linearly "
-        "(timeline and top tensors are those of the 3-block run)"
+        f"{count} identical blocks in '{path}': simulated with {kept - 1} and {kept} of them and extrapolated "
+        f"linearly (timeline and top tensors are those of the {kept}-block run)"
     )
     return large
 

@@ -69,6 +69,9 @@ def apply_checkpointing(model: Any, paths: list[str] | None) -> None:
 
 class FSDPEngine:
     name = "fsdp"
+    # the backward of block k still holds block k+1's reduce-scatter buffer: from 3 blocks on,
+    # each block adds the same bytes (the repeated-block extrapolation starts there)
+    blocks_before_steady = 3
 
     def __init__(self, world_size: int, rank: int, units: list[str], reshard_after_forward: bool = True,
                  mixed_precision: str | None = None, checkpoint: list[str] | None = None) -> None:
@@ -138,7 +141,8 @@ class FSDPEngine:
             # lazy init may re-pad a shard into a new storage during the first forward (fake
             # tensors have no data pointers to compare): the sharded parameters are what they hold
             for param in self.model.parameters():
-                mode.relabel(param.to_local(), "params")
+                if hasattr(param, "to_local"):  # not when a step failed with parameters gathered
+                    mode.relabel(param.to_local(), "params")
 
     def comm_bytes(self) -> dict[str, int]:
         return {}
