@@ -205,3 +205,22 @@ def test_plan_cli_rejects_zero_gpus(capsys):
 
     assert main(["plan", "training_profiler.fx_audit.zoo:mlp", "--input", "8,784", "--gpus", "0"]) == 2
     assert capsys.readouterr().err.strip().endswith("--gpus 0 must be at least 1")
+
+
+def test_budget_config_names_parallel_and_world_size(tmp_path, monkeypatch, capsys):
+    from training_profiler.fx_audit.config import load_config
+    from training_profiler.fx_audit.review import run_config
+
+    (tmp_path / "tiny.py").write_text(
+        "import torch.nn as nn\n"
+        "def make():\n"
+        "    return nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))\n")
+    (tmp_path / "pyproject.toml").write_text(
+        "[tool.training-profiler.audit.models.tiny]\n"
+        'factory = "tiny:make"\ninputs = ["4,16"]\noptimizer = "adamw"\n'
+        'parallel = "ddp"\nworld-size = 2\nmax-peak-memory = "1KiB"\n')
+    monkeypatch.chdir(tmp_path)
+    _, (spec,) = load_config(tmp_path / "pyproject.toml")
+    assert (spec.parallel, spec.world_size) == ("ddp", 2)
+    assert run_config(tmp_path / "pyproject.toml") == 1  # a DDP rank needs far more than 1 KiB
+    assert "max-peak-memory" in capsys.readouterr().out

@@ -13,6 +13,8 @@ Configuration (``pyproject.toml``)::
     optimizer = "adamw"                        # adam | adamw | sgd | sgd-momentum
     amp = "bf16"                               # bf16 | fp16 | pure-bf16 | pure-fp16 (optional)
     real-weights = false                       # build on CPU with real weights (enables FXA105)
+    parallel = "fsdp"                          # a per-rank plan: ddp | zero1 | fsdp | zero2 | zero3 (optional);
+    world-size = 8                             # the inputs are then one rank's micro-batch
     max-params = 12_000_000                    # budgets, all optional
     max-peak-memory = "8GiB"
     max-flops = 2e10                           # forward + backward FLOPs of one training step
@@ -53,6 +55,8 @@ class ModelSpec:
     amp: str | None = None
     real_weights: bool = False
     budget: Budget = field(default_factory=Budget)
+    parallel: str | None = None  # distributed plan: the budget applies to the largest rank's peak
+    world_size: int = 1
 
 
 def _input(value: Any, dtype: str, where: str) -> InputSpec:
@@ -66,7 +70,7 @@ def _input(value: Any, dtype: str, where: str) -> InputSpec:
 
 
 _SPEC_KEYS = {"factory", "inputs", "dtype", "optimizer", "amp", "real-weights", "max-params", "max-peak-memory",
-              "max-flops", "fail-on"}
+              "max-flops", "fail-on", "parallel", "world-size"}
 
 
 def _model_spec(name: str, table: dict[str, Any]) -> ModelSpec:
@@ -93,7 +97,8 @@ def _model_spec(name: str, table: dict[str, Any]) -> ModelSpec:
     return ModelSpec(name=name, factory=str(table["factory"]),
                      inputs=tuple(_input(i, dtype, f"models.{name}.inputs") for i in inputs),
                      optimizer=str(table.get("optimizer", "adam")), amp=table.get("amp"),
-                     real_weights=bool(table.get("real-weights", False)), budget=budget)
+                     real_weights=bool(table.get("real-weights", False)), budget=budget,
+                     parallel=table.get("parallel"), world_size=table.get("world-size", 1))
 
 
 def load_config(path: str | os.PathLike) -> tuple[AuditConfig, list[ModelSpec]]:
