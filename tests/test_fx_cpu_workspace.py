@@ -152,3 +152,17 @@ def test_pure_bf16_prediction_follows_the_isa(flags, monkeypatch, one_thread, ca
     scratch = cpu.gemm_scratch(kernel, "bfloat16", "at_b", 1, 512, 64, 256)
     assert report.peak_bytes - no_scratch.peak_bytes == (scratch - 512 * 2 if scratch else 0)
     assert report.confidence == ("high" if kernel is None else "low")
+
+
+@pytest.mark.parametrize("amp", ["pure-bf16", "pure-fp16"])
+def test_unknown_isa_takes_the_largest_scratch_of_the_isas_measured(flags, monkeypatch, one_thread, amp):
+    flags(_SPR_FLAGS)
+    peaks = {}
+    for cap in ("AVX2", "AVX512_CORE", "AVX512_CORE_BF16", "AVX10_1_512", "AVX10_1_512_AMX"):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        peaks[cap] = simulate_training_step(_mlp(), (64, 256), optimizer="sgd", amp=amp).peak_bytes
+    flags(None)  # no /proc/cpuinfo
+    unknown = simulate_training_step(_mlp(), (64, 256), optimizer="sgd", amp=amp)
+    assert unknown.peak_bytes == max(peaks.values())
+    assert unknown.confidence == "low"
+    assert any("oneDNN ISA unknown" in note for note in unknown.notes)
