@@ -224,3 +224,14 @@ def test_budget_config_names_parallel_and_world_size(tmp_path, monkeypatch, caps
     assert (spec.parallel, spec.world_size) == ("ddp", 2)
     assert run_config(tmp_path / "pyproject.toml") == 1  # a DDP rank needs far more than 1 KiB
     assert "max-peak-memory" in capsys.readouterr().out
+
+
+def test_plan_cli_html(tmp_path):
+    from training_profiler.cli import main
+
+    out = tmp_path / "plan.html"
+    assert main(["plan", "training_profiler.fx_audit.zoo:mlp", "--input", "8,784", "--gpus", "2",
+                 "--format", "html", "-o", str(out)]) == 0
+    page = out.read_text()
+    for strategy in ("ddp", "zero1", "fsdp-zero2", "fsdp-zero3", "fsdp-zero3+offload"):
+        assert f">{strategy}<" in page
