@@ -123,6 +123,9 @@ def simulate_parallel_step(model: Any, example_inputs: Any, *, optimizer: str = 
     check_parallel_options(model, parallel=parallel, world_size=world_size,
                            reshard_after_forward=reshard_after_forward, fsdp_units=fsdp_units,
                            checkpoint=checkpoint, mixed_precision=mixed_precision, offload=offload)
+    if parallel in ("zero1", "zero2", "zero3") and optimizer not in ("adam", "adamw", "sgd", "sgd-momentum"):
+        raise ValueError(f"parallel={parallel!r} partitions a named optimizer: use optimizer= adam, adamw, sgd or "
+                         f"sgd-momentum, not {optimizer!r}")
     if parallel in ("zero2", "zero3"):
         return _deepspeed(model, example_inputs, optimizer, amp, parallel, world_size, checkpoint, offload, loss_fn)
     units = _units(model, fsdp_units) if parallel == "fsdp" else []
@@ -200,8 +203,6 @@ def _deepspeed(model, example_inputs, optimizer, amp, parallel, world_size, chec
     from ..memory import simulate_training_step
     from .zero import deepspeed_estimator_bytes, deepspeed_model_states, largest_layer_params
 
-    if isinstance(optimizer, str) is False:
-        raise TypeError(f"parallel={parallel!r} plans a named optimizer (adam, adamw, sgd, sgd-momentum)")
     low = "pure-fp16" if amp in ("fp16", "pure-fp16") else "pure-bf16"
     stage = int(parallel[-1])
     ckpt = _checkpoint_paths(model, checkpoint, [])
