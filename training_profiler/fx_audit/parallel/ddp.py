@@ -62,5 +62,6 @@ class DDPEngine:
         phase.category = None
         yield
 
-    def comm_bytes(self) -> dict[str, int]:
-        return {"all_reduce": sum(b.nbytes for b in self._buckets)}
+    def comm_bytes(self, model) -> dict[str, int]:
+        """Per step: every bucket of the whole model (the simulation may have run fewer blocks)."""
+        return {"all_reduce": sum(n * dtype.itemsize for n, dtype in bucket_sizes(list(model.parameters())))}

@@ -153,7 +153,7 @@ def simulate_parallel_step(model: Any, example_inputs: Any, *, optimizer: str = 
             report = simulate_training_step(model, example_inputs, optimizer=opt, amp=amp, loss_fn=loss_fn,
                                             engine=engine)
         report.optimizer = optimizer
-        report.comm_bytes.update(engine.comm_bytes() if engine is not None else {})
+        report.comm_bytes.update(engine.comm_bytes(model) if engine is not None else {})
         if offload == "params":
             _offload_to_host(report)
         report.parallel, report.world_size, report.ranks = parallel, world_size, ranks
@@ -181,7 +181,7 @@ class _CheckpointOnly:
     def running(self, mode, phase):
         return contextlib.nullcontext()
 
-    def comm_bytes(self) -> dict[str, int]:
+    def comm_bytes(self, model) -> dict[str, int]:
         return {}
 
 
