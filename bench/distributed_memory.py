@@ -218,8 +218,7 @@ def predict(model_name: str, strategy: str, world_size: int) -> list[int]:
     for record in report.per_rank:
         for rank in record.ranks:
             by_rank[rank] = record.peak_bytes
-    # zero1 simulates its first and last partitions; ranks in between are bounded by rank 0's
-    return [by_rank.get(r, report.peak_bytes) for r in range(world_size)]
+    return [by_rank[r] for r in range(world_size)]
 
 
 def main() -> None:

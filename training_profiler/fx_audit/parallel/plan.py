@@ -108,6 +108,22 @@ def _fsdp_rank_groups(model: Any, world_size: int) -> list[list[int]]:
     return list(groups.values())
 
 
+def _zero1_rank_groups(model: Any, world_size: int) -> list[list[int]]:
+    """Ranks whose ZeroRedundancyOptimizer partitions hold the same parameter sizes. The partition
+    repeats ZeRO's own rule (``_partition_parameters``): largest parameter first, each to the rank
+    with the fewest elements so far (the first such rank); the simulation then runs ZeRO itself."""
+    sizes = [0] * world_size
+    held: list[list[int]] = [[] for _ in range(world_size)]
+    for numel in sorted((p.numel() for p in model.parameters() if p.requires_grad), reverse=True):
+        rank = sizes.index(min(sizes))
+        held[rank].append(numel)
+        sizes[rank] += numel
+    groups: dict[tuple, list[int]] = {}
+    for rank in range(world_size):
+        groups.setdefault(tuple(held[rank]), []).append(rank)
+    return list(groups.values())
+
+
 def simulate_parallel_step(model: Any, example_inputs: Any, *, optimizer: str = "adam", amp: str | None = None,
                            parallel: str | None = None, world_size: int = 1, reshard_after_forward: bool = True,
                            fsdp_units: Any = None, checkpoint: Any = None, mixed_precision: str | None = None,
@@ -135,7 +151,7 @@ def simulate_parallel_step(model: Any, example_inputs: Any, *, optimizer: str = 
     elif parallel == "fsdp":
         groups = _fsdp_rank_groups(model, world_size)
     elif parallel == "zero1":
-        groups = [[0], [world_size - 1]] if world_size > 1 else [[0]]  # the largest and the last partition
+        groups = _zero1_rank_groups(model, world_size)
     else:
         groups = [list(range(world_size))]
 
