@@ -157,7 +157,9 @@ def test_plan_table_recommends_the_fitting_strategy_with_least_communication():
     # fsdp-zero2 gathers once (2448 B), reduce-scatters once (2448 B): less than ZeRO-3's second gather
     assert rows["fsdp-zero2"].comm_bytes == {"all_gather": 2448, "reduce_scatter": 2448}
     fitting = [r for r in plan.rows if r.fits]
-    assert plan.recommendation == min(fitting, key=lambda r: (r.comm_total, r.peak_bytes)).strategy
+    assert plan.recommendation == min(
+        fitting, key=lambda r: (r.comm_total, "offload" in r.strategy, r.peak_bytes)).strategy
+    assert plan.recommendation != "fsdp-zero3+offload"  # same communication as fsdp-zero3, which fits
     text = render_plan(plan)
     assert f"recommendation: {plan.recommendation}" in text
     assert render_plan(plan, "markdown").count("\n| ") == 6  # header + 5 strategies
@@ -197,7 +199,8 @@ def test_plan_cli_json(capsys):
     # all-reduces each gradient byte once per step
     assert rows["ddp"]["comm_bytes"] == {"all_reduce": 2_913_290 * 4}
     assert plan["recommendation"] == min((r for r in plan["rows"] if r["fits"]),
-                                         key=lambda r: (r["comm_total"], r["peak_bytes"]))["strategy"]
+                                         key=lambda r: (r["comm_total"], "offload" in r["strategy"],
+                                                        r["peak_bytes"]))["strategy"]
 
 
 def test_plan_cli_rejects_zero_gpus(capsys):

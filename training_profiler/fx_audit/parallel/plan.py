@@ -311,7 +311,7 @@ def plan_strategies(model: Any, example_inputs: tuple, *, world_size: int, budge
     micro-batch), the largest micro-batch that fits ``budget`` and the communication per step.
     With ``amp`` bf16/fp16, FSDP rows use ``mixed_precision`` (FSDP's param dtype) instead of
     autocast. The recommendation is the strategy that fits with the least communication (then
-    without checkpointing, then the smallest peak)."""
+    without offload, then without checkpointing, then the smallest peak)."""
     from ..batch_solver import max_batch_size
     from .fsdp import default_units
 
@@ -347,7 +347,8 @@ def plan_strategies(model: Any, example_inputs: tuple, *, world_size: int, budge
         plan.rows.append(row)
     fitting = [r for r in plan.rows if r.fits is not False]
     if fitting:
-        best = min(fitting, key=lambda r: (r.comm_total, "ckpt" in r.strategy, r.peak_bytes))
+        # equal communication: no host offload (PCIe traffic), then no recompute, then the smaller peak
+        best = min(fitting, key=lambda r: (r.comm_total, "offload" in r.strategy, "ckpt" in r.strategy, r.peak_bytes))
         plan.recommendation = best.strategy
     return plan
 
