@@ -2,6 +2,8 @@
 
     python bench/audit_speed.py            # LLaMA-7B FLOPs only, then the zoo (FLOPs only)
     python bench/audit_speed.py --memory   # also the training-step memory simulation (Adam)
+    python bench/audit_speed.py --plan     # distributed plans: LLaMA-7B FSDP at 8 ranks, the full
+                                           # `plan` table of LLaMA-70B at 64 ranks
 
 Each model is audited in a fresh subprocess so that peak RSS (``ru_maxrss``) belongs to it alone.
 Prints a table; not a timed test.
@@ -40,12 +42,61 @@ print(json.dumps({
 """
 
 
+PLAN_CHILD = r"""
+import json, resource, sys, time
+t0 = time.perf_counter()
+import torch
+from training_profiler.fx_audit import build_model
+from training_profiler.fx_audit.parallel import plan_strategies, simulate_parallel_step
+from training_profiler.fx_audit.zoo import Llama, llama_7b_like
+which = sys.argv[1]
+if which == "llama_7b":
+    model = build_model(llama_7b_like)  # max_seq 2048
+    seq = 2048
+else:  # LLaMA-2-70B: 80 layers, d=8192, 64 query heads sharing 8 key/value heads
+    model = build_model(lambda: Llama(vocab_size=32000, dim=8192, depth=80, heads=64, kv_heads=8, hidden=28672,
+                                      max_seq=4096))
+    seq = 4096
+inputs = (torch.zeros(1, seq, dtype=torch.int64, device="meta"),)
+t_build = time.perf_counter()
+if which == "llama_7b":
+    report = simulate_parallel_step(model, inputs, optimizer="adamw", amp="bf16", parallel="fsdp", world_size=8)
+    out = {"peak": report.peak_bytes, "rows": 1}
+else:
+    plan = plan_strategies(model, inputs, world_size=64, budget=80 * 2**30, optimizer="adamw", amp="bf16")
+    out = {"peak": min(r.peak_bytes for r in plan.rows), "rows": len(plan.rows), "recommendation": plan.recommendation}
+out.update(build_s=t_build - t0, plan_s=time.perf_counter() - t_build,
+           rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(json.dumps(out))
+"""
+
+
+def plan_speed(which: list[str]) -> None:
+    """Targets: LLaMA-7B FSDP at 8 ranks <= 10 s; LLaMA-70B plan table at 64 ranks <= 60 s, <= 2 GB RSS."""
+    print(f"{'plan':<32} {'rows':>4} {'plan s':>8} {'peak RSS':>10} {'smallest peak/rank':>19}")
+    for name, title in (("llama_7b", "LLaMA-7B fsdp, 8 ranks, 1x2048"), ("llama_70b", "LLaMA-70B table, 64 ranks, 1x4096")):
+        if name not in which:
+            continue
+        done = subprocess.run([sys.executable, "-c", PLAN_CHILD, name], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{title:<32} failed: {done.stderr.strip().splitlines()[-1]}")
+            continue
+        r = json.loads(done.stdout.strip().splitlines()[-1])
+        print(f"{title:<32} {r['rows']:>4} {r['plan_s']:>8.1f} {r['rss_mib']:>6.0f} MiB {r['peak'] / 2**30:>15.2f} GiB"
+              + (f"  recommendation: {r['recommendation']}" if r.get("recommendation") else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--memory", action="store_true", help="include the training-step memory simulation")
     parser.add_argument("--models", default="llama_7b,resnet18,resnet50,vgg16,mobilenet_v3,vit_b16,gpt2_small,"
                                             "bert_base,llama,mlp,lstm")
+    parser.add_argument("--plan", action="store_true", help="time distributed plans instead (LLaMA-7B, LLaMA-70B)")
+    parser.add_argument("--plan-models", default="llama_7b,llama_70b", help="which plans to time with --plan")
     args = parser.parse_args()
+    if args.plan:
+        plan_speed(args.plan_models.split(","))
+        return
     print(f"{'model':<13} {'params':>15} {'fwd+bwd FLOPs':>16} {'nodes':>6} {'build s':>8} {'audit s':>8} "
           f"{'total s':>8} {'peak RSS':>10} {'train peak':>11}")
     for name in args.models.split(","):

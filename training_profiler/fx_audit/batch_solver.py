@@ -18,13 +18,16 @@ def max_batch_size(
     amp: str | None = None,
     limit: int = 1 << 20,
     target: str | None = None,
+    peak_of: Callable[[Any], int] | None = None,
 ) -> int:
     """The largest batch size whose simulated training-step peak fits in ``budget_bytes``
     (0 if not even batch 1 fits). ``make_inputs(batch_size)`` returns example inputs as accepted
     by ``simulate_training_step``. Peak memory grows about linearly with the batch size: secant
     steps from batches 1 and 2 find the crossing (a few fake runs), then a bracket and bisection
     settle it exactly. On the CUDA target the budget is compared with the predicted reserved
-    bytes (``max_memory_reserved``: an OOM happens when a new segment does not fit)."""
+    bytes (``max_memory_reserved``: an OOM happens when a new segment does not fit).
+    ``peak_of(inputs)`` replaces the single-process simulation (distributed plans pass their
+    per-rank peak)."""
     from .memory import simulate_training_step
 
     budget = parse_bytes(budget_bytes)
@@ -36,8 +39,11 @@ def max_batch_size(
 
     def peak(batch: int) -> int:
         if batch not in peaks:
-            report = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp, target=target)
-            peaks[batch] = report.reserved_bytes if report.reserved_bytes is not None else report.peak_bytes
+            if peak_of is not None:
+                peaks[batch] = peak_of(make_inputs(batch))
+            else:
+                report = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp, target=target)
+                peaks[batch] = report.reserved_bytes if report.reserved_bytes is not None else report.peak_bytes
         return peaks[batch]
 
     start = 1

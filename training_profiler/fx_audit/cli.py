@@ -15,7 +15,7 @@ from ..findings import SEVERITY_NAMES, Severity
 from ..inputs import DTYPES, UsageError, load_factory, load_input, parse_input_spec, require_torch
 from ..units import parse_bytes
 
-__all__ = ["register", "run_audit", "run_compare", "run_diff"]
+__all__ = ["register", "run_audit", "run_compare", "run_diff", "run_plan"]
 
 _INPUT_HELP = ("one positional input (repeat for several): SHAPE such as 8,3,224,224 (float32), SHAPE:DTYPE such "
                "as 8,1024:int64, SHAPE:intN such as 8,1024:int1000 (token ids in [0, N)), or a .pt file")
@@ -26,6 +26,7 @@ _TARGET_HELP = ("device the memory simulation predicts (default: cuda for models
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    _register_plan(sub)
     audit = sub.add_parser(
         "audit", help="per-layer params, FLOPs, shapes and training-step memory of a model, without allocating it",
         description="Build the model on the meta device (no memory), capture its graph, count params and "
@@ -76,6 +77,61 @@ def register(sub: argparse._SubParsersAction) -> None:
     compare.add_argument("--format", choices=("text", "markdown", "html"), default="text")
     compare.add_argument("-o", "--output", default=None, metavar="FILE", help="write the report to FILE (default: stdout)")
     compare.set_defaults(run=run_compare)
+
+
+def _register_plan(sub: argparse._SubParsersAction) -> None:
+    plan = sub.add_parser(
+        "plan", help="per-rank memory of DDP, ZeRO-1 and FSDP on N GPUs, the largest micro-batch, the strategy that fits",
+        description="Simulate one training step per distributed strategy on a fake process group (no GPU, no "
+                    "memory): per-rank peak at the given micro-batch, the largest micro-batch that fits, "
+                    "communication per step, and a recommendation.")
+    plan.add_argument("model", metavar="MODULE:FACTORY", help="model factory, e.g. mypkg.models:llama")
+    plan.add_argument("--input", action="append", default=[], metavar="SPEC", help=_INPUT_HELP + " (one rank's micro-batch)")
+    plan.add_argument("--gpus", type=int, required=True, metavar="N", help="number of ranks (world size)")
+    plan.add_argument("--gpu-memory", default=None, metavar="BYTES", help="memory per GPU, e.g. 80GiB")
+    plan.add_argument("--optimizer", default="adamw", choices=("adam", "adamw", "sgd", "sgd-momentum"))
+    plan.add_argument("--amp", default=None, choices=_AMP, help="autocast precision; FSDP rows use it as param dtype")
+    plan.add_argument("--target", default=None, choices=_TARGETS, help=_TARGET_HELP)
+    plan.add_argument("--no-checkpointing", action="store_true", help="skip the activation-checkpointing rows")
+    plan.add_argument("--format", choices=("table", "json", "markdown", "html"), default="table")
+    plan.add_argument("-o", "--output", default=None, metavar="FILE", help="write the plan to FILE (default: stdout)")
+    plan.set_defaults(run=run_plan, dtype=[])
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    require_torch("plan")
+    from .capture import build_model
+    from .parallel import advise_checkpointing, plan_strategies, render_plan
+
+    if args.gpus < 1:
+        raise UsageError(f"--gpus {args.gpus} must be at least 1")
+    budget = _usage(lambda: parse_bytes(args.gpu_memory)) if args.gpu_memory is not None else None
+    factory = load_factory(args.model)
+    inputs = _example_inputs(args, factory)
+    model = _usage(lambda: build_model(factory))
+    plan = _usage(lambda: plan_strategies(model, inputs, world_size=args.gpus, budget=budget, optimizer=args.optimizer,
+                                          amp=args.amp, checkpointing=not args.no_checkpointing,
+                                          target=args.target))
+    plan.model = args.model
+    if budget is not None and plan.recommendation is None and args.gpus > 1:
+        plan.checkpoint_advice = _usage(lambda: advise_checkpointing(
+            model, inputs, budget, optimizer=args.optimizer, amp=args.amp, parallel="fsdp", world_size=args.gpus,
+            target=args.target))
+    elif budget is not None and plan.recommendation is not None and "ckpt" in plan.recommendation:
+        best = next(r for r in plan.rows if r.strategy == plan.recommendation)
+        options = {k: v for k, v in best.options.items() if k != "checkpoint"}
+        plan.checkpoint_advice = _usage(lambda: advise_checkpointing(
+            model, inputs, budget, optimizer=args.optimizer, amp=None if options.get("mixed_precision") else args.amp,
+            world_size=args.gpus, target=args.target, **options))
+    if args.format == "html":
+        from ..formats.html import plan_to_html
+
+        strategies = {r.strategy: [rank["breakdown"] for rank in r.per_rank] for r in plan.rows}
+        _emit(args, plan_to_html(f"plan: {args.model} on {args.gpus} ranks", strategies, budget,
+                                 {r.strategy: r.max_micro_batch for r in plan.rows}))
+    else:
+        _emit(args, render_plan(plan, args.format))
+    return 0 if budget is None or plan.recommendation is not None else 1
 
 
 def _usage(call: Callable[[], Any]) -> Any:

@@ -14,6 +14,8 @@ Configuration (``pyproject.toml``)::
     amp = "bf16"                               # bf16 | fp16 | pure-bf16 | pure-fp16 (optional)
     target = "cuda"                            # cpu | cuda: device of the memory prediction (optional)
     real-weights = false                       # build on CPU with real weights (enables FXA105)
+    parallel = "fsdp"                          # a per-rank plan: ddp | zero1 | fsdp | zero2 | zero3 (optional);
+    world-size = 8                             # the inputs are then one rank's micro-batch
     max-params = 12_000_000                    # budgets, all optional
     max-peak-memory = "8GiB"
     max-flops = 2e10                           # forward + backward FLOPs of one training step
@@ -55,6 +57,8 @@ class ModelSpec:
     target: str | None = None
     real_weights: bool = False
     budget: Budget = field(default_factory=Budget)
+    parallel: str | None = None  # distributed plan: the budget applies to the largest rank's peak
+    world_size: int = 1
 
 
 def _input(value: Any, dtype: str, where: str) -> InputSpec:
@@ -68,7 +72,7 @@ def _input(value: Any, dtype: str, where: str) -> InputSpec:
 
 
 _SPEC_KEYS = {"factory", "inputs", "dtype", "optimizer", "amp", "target", "real-weights", "max-params", "max-peak-memory",
-              "max-flops", "fail-on"}
+              "max-flops", "fail-on", "parallel", "world-size"}
 
 
 def _model_spec(name: str, table: dict[str, Any]) -> ModelSpec:
@@ -98,7 +102,8 @@ def _model_spec(name: str, table: dict[str, Any]) -> ModelSpec:
     return ModelSpec(name=name, factory=str(table["factory"]),
                      inputs=tuple(_input(i, dtype, f"models.{name}.inputs") for i in inputs),
                      optimizer=str(table.get("optimizer", "adam")), amp=table.get("amp"), target=target,
-                     real_weights=bool(table.get("real-weights", False)), budget=budget)
+                     real_weights=bool(table.get("real-weights", False)), budget=budget,
+                     parallel=table.get("parallel"), world_size=table.get("world-size", 1))
 
 
 def load_config(path: str | os.PathLike) -> tuple[AuditConfig, list[ModelSpec]]:

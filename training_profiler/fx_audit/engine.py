@@ -567,7 +567,10 @@ def _source(model: nn.Module) -> dict[str, Any]:
 def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: str | None = None,
           batch_size: int | None = None, memory: bool = True, *, memory_budget: int | None = None,
           capture_paths: tuple[str, ...] = PATHS, dedup_blocks: bool = True,
-          progress: Progress | None = None, rules: bool = True, target: str | None = None) -> AuditReport:
+          progress: Progress | None = None, rules: bool = True, target: str | None = None,
+          parallel: str | None = None, world_size: int = 1,
+          reshard_after_forward: bool = True, fsdp_units: Any = None, checkpoint: Any = None,
+          mixed_precision: str | None = None, offload: str | None = None) -> AuditReport:
     """Audit ``model`` on ``example_inputs`` without allocating: per-layer records and totals.
 
     ``example_inputs``: a tensor, a tuple of tensors (meta tensors cost nothing) or shapes (float32),
@@ -580,6 +583,13 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
     ``target`` ("cpu"/"cuda") is the device the memory simulation predicts; default: a real
     model's own device, "cuda" for a meta or fake model (``report.memory.target`` says which).
     The model is never modified, moved or hooked.
+
+    Distributed plans (``example_inputs`` is then ONE rank's micro-batch): ``parallel`` None,
+    "ddp", "zero1", "fsdp", "zero2" or "zero3" on ``world_size`` ranks; ``reshard_after_forward``,
+    ``fsdp_units`` (module names/classes; default the repeated blocks) and ``mixed_precision``
+    ("bf16"/"fp16" param dtype, fp32 reduce) for FSDP2; ``checkpoint`` None, "blocks" or module
+    names/classes; ``offload`` None, "optimizer" or "params". ``report.memory`` is then the largest
+    rank's, with ``per_rank`` and ``comm_bytes``; see ``fx_audit.parallel`` and docs/distributed.md.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, not {type(model).__name__}")
@@ -587,6 +597,12 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
         raise ValueError(f"amp={amp!r} is not supported: use None, 'bf16', 'fp16', 'pure-bf16' or 'pure-fp16'")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    plan = dict(parallel=parallel, world_size=world_size, reshard_after_forward=reshard_after_forward,
+                fsdp_units=fsdp_units, checkpoint=checkpoint, mixed_precision=mixed_precision, offload=offload)
+    if plan != _SINGLE_PROCESS:
+        from .parallel.simulate import check_parallel_options
+
+        check_parallel_options(model, **plan)
     args, kwargs = _normalize_inputs(example_inputs)
     args = tuple(_with_batch(a, batch_size) for a in args)
     kwargs = {k: _with_batch(v, batch_size) for k, v in kwargs.items()}
@@ -645,7 +661,7 @@ def audit(model: nn.Module, example_inputs: Any, optimizer: str = "adam", amp: s
         params_without_grad=auditor.params_without_grad(),
     )
     if memory:
-        _add_memory(report, model, args, kwargs, optimizer, amp, memory_budget, target)
+        _add_memory(report, model, args, kwargs, optimizer, amp, memory_budget, target, plan)
     if rules:
         from .rules import AuditConfig, check_report
 
@@ -682,8 +698,13 @@ def _totals(model: nn.Module, records: list[LayerRecord], auditor: _Auditor) -> 
     )
 
 
+_SINGLE_PROCESS = dict(parallel=None, world_size=1, reshard_after_forward=True, fsdp_units=None, checkpoint=None,
+                       mixed_precision=None, offload=None)
+
+
 def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict, optimizer: str,
-                amp: str | None, memory_budget: int | None, target: str | None = None) -> None:
+                amp: str | None, memory_budget: int | None, target: str | None = None,
+                plan: dict | None = None) -> None:
     try:
         from .batch_solver import max_batch_size
         from .memory import simulate_training_step
@@ -693,9 +714,14 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
     if not any(p.requires_grad for p in model.parameters()):
         report.capture.notes.append("no trainable parameters: no training step to simulate")
         return
+    inputs = kwargs if kwargs else args
     try:
-        memory = simulate_training_step(model, kwargs if kwargs else args, optimizer=optimizer, amp=amp,
-                                        target=target)
+        if plan and plan != _SINGLE_PROCESS:
+            from .parallel.simulate import simulate_parallel_step
+
+            memory = simulate_parallel_step(model, inputs, optimizer=optimizer, amp=amp, target=target, **plan)
+        else:
+            memory = simulate_training_step(model, inputs, optimizer=optimizer, amp=amp, target=target)
     except ValueError as exc:
         if exc.__cause__ is not None and is_data_dependent(exc.__cause__):
             raise _data_dependent_error("the training-step memory simulation", exc.__cause__,
@@ -706,5 +732,11 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
         def make_inputs(batch: int) -> tuple:
             return tuple(_with_batch(a, batch) for a in args)
 
+        peak_of = None
+        if plan and plan != _SINGLE_PROCESS:
+            def peak_of(inputs: tuple) -> int:  # what an OOM is decided on: reserved bytes on CUDA
+                rank = simulate_parallel_step(model, inputs, optimizer=optimizer, amp=amp, target=target, **plan)
+                return rank.reserved_bytes if rank.reserved_bytes is not None else rank.peak_bytes
+
         report.totals.max_batch_size = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
-                                                         amp=amp, target=memory.target)
+                                                         amp=amp, target=memory.target, peak_of=peak_of)

@@ -24,6 +24,7 @@ adds on top of the tensors (CPU: oneDNN workspaces, per instruction set) is its 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 from typing import Any, Callable
 
@@ -209,6 +210,7 @@ def simulate_training_step(
     lr: float = 1e-3,
     repeated_blocks: bool = True,
     target: str | None = None,
+    engine: Any = None,
 ) -> MemoryReport:
     """Predict the peak memory of one steady-state training step without allocating it.
 
@@ -243,6 +245,9 @@ def simulate_training_step(
     transformer's memory grows by the same bytes per block). The report says so in ``notes``;
     its timeline and top tensors are those of the 3-block run. If the two runs disagree on the
     phase of the peak, or the truncated model does not run, the full model is simulated.
+
+    ``engine``: a distributed engine of ``fx_audit.parallel`` (``wrap(fake_model)`` wraps the fake
+    copy as the engine would, ``running(mode, phase)`` is entered around the steps); see ``audit(parallel=...)``.
     """
     import torch
 
@@ -250,17 +255,20 @@ def simulate_training_step(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_options(optimizer, amp, steps)
     options = dict(optimizer=optimizer, amp=amp, steps=steps, loss_fn=loss_fn, lr=lr,
-                   target=resolve_target(model, target))
+                   target=resolve_target(model, target), engine=engine)
     blocks = _repeated_blocks(model) if repeated_blocks else None
     if blocks is not None:
         path, count = blocks
         try:
-            small = _simulate(model, example_inputs, keep=(path, 2), **options)
-            large = _simulate(model, example_inputs, keep=(path, 3), **options)
+            # engines with state carried across blocks (FSDP's pending reduce-scatter) need more
+            # blocks before each one adds the same bytes
+            kept = getattr(engine, "blocks_before_steady", 2)
+            small = _simulate(model, example_inputs, keep=(path, kept), **options)
+            large = _simulate(model, example_inputs, keep=(path, kept + 1), **options)
         except ValueError:
             small = large = None  # e.g. the forward indexes blocks by a fixed count: simulate in full
         if small is not None and small.peak_phase == large.peak_phase:
-            return _extrapolate(small, large, path, count)
+            return _extrapolate(small, large, path, count, kept + 1)
     return _simulate(model, example_inputs, **options)
 
 
@@ -295,32 +303,32 @@ def _repeated_blocks(model) -> tuple[str, int] | None:
     return best
 
 
-def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int) -> MemoryReport:
-    """The 3-block report with peak and breakdown grown linearly to ``count`` blocks."""
-    extra = count - 3
+def _extrapolate(small: MemoryReport, large: MemoryReport, path: str, count: int, kept: int = 3) -> MemoryReport:
+    """The ``kept``-block report with peak and breakdown grown linearly to ``count`` blocks."""
+    extra = count - kept
     per_block = large.peak_bytes - small.peak_bytes
     large.peak_bytes += extra * per_block
     large.breakdown = {k: v + extra * (v - small.breakdown.get(k, 0)) for k, v in large.breakdown.items()}
-    if large.reserved_bytes is not None:  # CUDA target: the 3-block run's cached-but-unused bytes kept
+    large.comm_bytes = {k: v + extra * (v - small.comm_bytes.get(k, 0)) for k, v in large.comm_bytes.items()}
+    if large.reserved_bytes is not None:  # CUDA target: the kept-block run's cached-but-unused bytes kept
         large.reserved_bytes += extra * per_block
-
-    prefix = f"{path}.2"
+    prefix = f"{path}.{kept - 1}"
     # parameters without a gradient in the last kept block are so in every block after it
     large.params_without_grad += tuple(
         f"{path}.{block}{name[len(prefix):]}"
-        for block in range(3, count) for name in large.params_without_grad if name.startswith(prefix + ".")
+        for block in range(kept, count) for name in large.params_without_grad if name.startswith(prefix + ".")
     )
     if large.peak_module and (large.peak_module == prefix or large.peak_module.startswith(prefix + ".")):
         large.peak_module = f"{path}.{count - 1}" + large.peak_module[len(prefix):]
     large.notes.append(
-        f"{count} identical blocks in '{path}': simulated with 2 and 3 of them and extrapolated linearly "
-        "(timeline and top tensors are those of the 3-block run)"
+        f"{count} identical blocks in '{path}': simulated with {kept - 1} and {kept} of them and extrapolated "
+        f"linearly (timeline and top tensors are those of the {kept}-block run)"
     )
     return large
 
 
 def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, target: str = "cpu",
-              keep: tuple[str, int] | None = None):
+              keep: tuple[str, int] | None = None, engine: Any = None):
     """One simulation; ``keep=(path, k)`` keeps only the first k blocks of that container."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -349,6 +357,8 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, targ
         if keep is not None:
             container = fake_model.get_submodule(keep[0])
             container._modules = collections.OrderedDict(list(container._modules.items())[: keep[1]])
+        if engine is not None:
+            engine.wrap(fake_model)
         args, kwargs = _split_inputs(example_inputs)
         args = tuple(_spec_to_tensor(a, device, pure_dtype) for a in args)
         kwargs = {k: _spec_to_tensor(v, device, pure_dtype) for k, v in kwargs.items()}
@@ -376,7 +386,8 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, targ
             return innermost_module(tracker, type(model).__name__)
 
         last_step = steps - 1
-        with tracker, mode:
+        running = engine.running(mode, phase) if engine is not None else contextlib.nullcontext()
+        with tracker, mode, running:
             _prime_optimizer(params, opt, phase)
             _run_steps(fake_model, args, kwargs, opt, loss_fn, autocast_amp, device, steps - 1, phase, first=1,
                        current_layer=current_layer, region=region)

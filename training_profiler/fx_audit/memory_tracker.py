@@ -17,6 +17,16 @@ from .records import MemoryReport, TensorInfo
 __all__ = ["CATEGORIES", "Trace", "build_report", "innermost_module", "label_state", "tracker_mode"]
 
 CATEGORIES = ("params", "grads", "optimizer_state", "activations", "temporaries")
+# categories of distributed plans (fx_audit.parallel), reported only when present: gathered
+# parameters/gradients of a sharded engine and communication buffers (buckets, collective I/O)
+PARALLEL_CATEGORIES = ("unsharded_params", "unsharded_grads", "comm_buffers")
+# c10d collectives as the dispatch mode sees them -> the kind of communication volume they count
+_COLLECTIVES = {
+    "allreduce_": "all_reduce", "allreduce_coalesced_": "all_reduce",
+    "allgather_": "all_gather", "_allgather_base_": "all_gather", "allgather_into_tensor_coalesced_": "all_gather",
+    "reduce_scatter_": "reduce_scatter", "_reduce_scatter_base_": "reduce_scatter",
+    "reduce_scatter_tensor_coalesced_": "reduce_scatter", "broadcast_": "broadcast",
+}
 
 @dataclass
 class _Storage:
@@ -54,6 +64,8 @@ class Trace:
     corrected_ops: set = field(default_factory=set)
     rules: dict = field(default_factory=dict)  # op -> WorkspaceRule of the simulated device's target
     round_bytes: Any = None  # the target allocator's rounding of one request (CUDA: 512-byte blocks)
+    comm_bytes: dict = field(default_factory=dict)  # collective kind -> full-size bytes, in the last step
+    comm_step: int = -1
 
 
 def innermost_module(tracker, root_name: str) -> str | None:
@@ -73,6 +85,7 @@ def tracker_mode(trace: Trace, phase, tracker, root_name: str):
     where the step is at each op; ``tracker`` is a ModuleTracker for the running module."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
     from torch.utils._pytree import tree_leaves
 
     def on_free(key: int, record: _Storage) -> None:
@@ -82,16 +95,15 @@ def tracker_mode(trace: Trace, phase, tracker, root_name: str):
             trace.events += 1
             record.free_event = trace.events
 
-    def track(tensor, op: str, module: str | None) -> _Storage | None:
-        storage = tensor.untyped_storage()
+    def add(storage, nbytes: int, op: str, module: str | None, shape: list[int], dtype) -> _Storage:
         key = id(storage)
-        if key in trace.live:
-            return None
         trace.events += 1
         nbytes = storage.nbytes()
         record = _Storage(
-            nbytes=trace.round_bytes(nbytes) if trace.round_bytes is not None else nbytes, phase=phase.name, module=module, op=op, shape=list(tensor.shape),
-            dtype=str(tensor.dtype).replace("torch.", ""), step=phase.step, alloc_event=trace.events,
+            nbytes=trace.round_bytes(nbytes) if trace.round_bytes is not None else nbytes, phase=phase.name,
+            module=module, op=op, shape=shape,
+            dtype=str(dtype).replace("torch.", ""), step=phase.step, alloc_event=trace.events,
+            category=getattr(phase, "category", None),
         )
         trace.storages.append(record)
         trace.live[key] = record
@@ -99,14 +111,47 @@ def tracker_mode(trace: Trace, phase, tracker, root_name: str):
         weakref.finalize(storage, on_free, key, record)
         return record
 
+    def track(tensor, op: str, module: str | None) -> _Storage | None:
+        if is_traceable_wrapper_subclass(tensor):  # e.g. DTensor: its local tensors hold the storage
+            inner = [getattr(tensor, attr) for attr in tensor.__tensor_flatten__()[0]]
+            records = [track(t, op, module) for t in inner if isinstance(t, torch.Tensor)]
+            return records[-1] if records else None
+        storage = tensor.untyped_storage()
+        if id(storage) in trace.live:
+            return None
+        return add(storage, storage.nbytes(), op, module, list(tensor.shape), tensor.dtype)
+
+    def resize(storage, nbytes: int, category: str | None) -> None:
+        """``UntypedStorage.resize_`` (FSDP frees and re-allocates gathered parameters this way)."""
+        key = id(storage)
+        record = trace.live.get(key)
+        if record is not None:
+            on_free(key, record)
+        if nbytes:
+            add(storage, nbytes, "resize_", innermost_module(tracker, root_name) if tracker is not None else None,
+                [nbytes], "uint8").category = category
+
     class _TrackStorages(TorchDispatchMode):
+        collective_scratch: frozenset = frozenset()  # collective kinds whose backend allocates their size
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
             module = innermost_module(tracker, root_name) if tracker is not None else None
             op = str(func.overloadpacket.__name__) if hasattr(func, "overloadpacket") else str(func)
             outputs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+            kind = _COLLECTIVES.get(op)
+            scratch = 0
+            if kind is not None:
+                if phase.step > trace.comm_step:  # count the last step only
+                    trace.comm_bytes, trace.comm_step = {}, phase.step
+                # gathered output, scattered input, reduced/broadcast tensor: the full-size side
+                counted = args[1] if kind == "reduce_scatter" else args[0]
+                nbytes = sum(t.nbytes for t in tree_leaves(counted) if isinstance(t, torch.Tensor))
+                trace.comm_bytes[kind] = trace.comm_bytes.get(kind, 0) + nbytes
+                if kind in self.collective_scratch:  # the backend copies through a full-size buffer
+                    scratch = nbytes
             records = [track(t, op, module) for t in outputs]
-            transient = 0
+            transient = scratch
             rule = trace.rules.get(op)
             if rule is not None:
                 real_outputs, transient = rule.estimate(args, outputs)
@@ -127,7 +172,14 @@ def tracker_mode(trace: Trace, phase, tracker, root_name: str):
             )
             return out
 
-    return _TrackStorages(), track
+    def relabel(tensor, category: str) -> None:
+        record = trace.live.get(id(tensor.untyped_storage()))
+        if record is not None:
+            record.category = category
+
+    mode = _TrackStorages()
+    mode.resize, mode.relabel = resize, relabel  # for engines that resize storages or know what they hold
+    return mode, track
 
 
 
@@ -136,21 +188,27 @@ def label_state(trace: Trace, model, opt, names: dict[int, str]) -> None:
     import torch
 
     by_storage = trace.live
+
+    def storage_key(tensor) -> int:
+        local = getattr(tensor, "_local_tensor", tensor)  # DTensor (sharded engines): its local shard
+        return id(local.untyped_storage())
+
     for p in model.parameters():
         if p.grad is not None:
-            record = by_storage.get(id(p.grad.untyped_storage()))
+            record = by_storage.get(storage_key(p.grad))
             if record is not None:
                 record.category, record.description = "grads", f"grad of {names.get(id(p), '?')}"
+    opt = getattr(opt, "optim", opt)  # ZeroRedundancyOptimizer keeps its rank's state in its local .optim
     for p, state in opt.state.items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                record = by_storage.get(id(value.untyped_storage()))
-                if record is not None and record.category is None:
+                record = by_storage.get(storage_key(value))
+                if record is not None and record.category in (None, "comm_buffers"):
                     record.category, record.description = "optimizer_state", f"{key} of {names.get(id(p), '?')}"
 
 
 def _category(record: _Storage) -> str:
-    if record.category in ("params", "grads", "optimizer_state"):
+    if record.category in ("params", "grads", "optimizer_state", *PARALLEL_CATEGORIES):
         return record.category
     if record.category == "inputs":
         return "activations"
@@ -167,7 +225,8 @@ def build_report(trace: Trace, last_step: int) -> MemoryReport:
     breakdown = dict.fromkeys(CATEGORIES, 0)
     breakdown["temporaries"] += trace.transient_at_peak
     for r in alive:
-        breakdown[_category(r)] += r.nbytes + r.extra_bytes
+        category = _category(r)
+        breakdown[category] = breakdown.get(category, 0) + r.nbytes + r.extra_bytes
     top = sorted(alive, key=lambda r: r.nbytes + r.extra_bytes, reverse=True)[:10]
     top_tensors = [
         TensorInfo(
@@ -184,5 +243,5 @@ def build_report(trace: Trace, last_step: int) -> MemoryReport:
     ]
     return MemoryReport(
         peak_bytes=trace.peak_bytes, peak_phase=trace.peak_phase, peak_module=trace.peak_module,
-        breakdown=breakdown, top_tensors=top_tensors, timeline=timeline,
+        breakdown=breakdown, top_tensors=top_tensors, timeline=timeline, comm_bytes=dict(trace.comm_bytes),
     )

@@ -94,6 +94,19 @@ class MemoryReport:
     target: str = "cpu"  # the device simulated: "cpu" or "cuda" (fx_audit/targets)
     reserved_bytes: int | None = None  # CUDA: predicted max_memory_reserved (caching allocator segments)
     fragmentation_bytes: int | None = None  # CUDA: reserved minus allocated at their peaks (cached, unused)
+    # distributed plans (fx_audit.parallel); defaults describe a single process
+    parallel: str | None = None  # None | "ddp" | "zero1" | "fsdp" | "zero2" | "zero3"
+    world_size: int = 1
+    ranks: list[int] = field(default_factory=list)  # the ranks this record describes (per-rank records)
+    comm_bytes: dict[str, int] = field(default_factory=dict)  # per step and rank: all_reduce, all_gather, ...
+    per_rank: list["MemoryReport"] = field(default_factory=list)  # one per distinct rank; peak = the largest
+
+
+def _memory_from_dict(data: dict[str, Any]) -> MemoryReport:
+    data = dict(data)
+    data["top_tensors"] = [TensorInfo(**t) for t in data.get("top_tensors", [])]
+    data["per_rank"] = [_memory_from_dict(r) for r in data.get("per_rank", [])]
+    return MemoryReport(**data)
 
 
 @dataclass(eq=False)
@@ -216,9 +229,7 @@ class AuditReport:
             )
         memory = data.get("memory")
         if memory is not None:
-            memory = dict(memory)
-            memory["top_tensors"] = [TensorInfo(**t) for t in memory.get("top_tensors", [])]
-            memory = MemoryReport(**memory)
+            memory = _memory_from_dict(memory)
         findings = []
         for f in data.get("findings", []):
             loc = Location(**{k: f.get(k) for k in ("path", "line", "col", "module", "node")})

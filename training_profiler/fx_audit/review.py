@@ -37,17 +37,19 @@ def build(factory: Callable[[], Any], real_weights: bool = False):
 
 def audit_model(model: Any, inputs: Any, *, config: AuditConfig | None = None, optimizer: str = "adam",
                 amp: str | None = None, factory: Callable | None = None, name: str | None = None,
-                memory: bool = True, memory_budget: int | None = None, target: str | None = None) -> AuditReport:
+                memory: bool = True, memory_budget: int | None = None, target: str | None = None,
+                parallel: str | None = None, world_size: int = 1) -> AuditReport:
     """Audit ``model`` with the engine and run the architecture rules on the result.
 
     ``factory``: where the model was built, used as the source location of findings that no
     user-defined module class encloses (e.g. a model made of nn.Sequential). ``memory_budget``
     (bytes) also solves for the largest batch that fits (``totals["max_batch_size"]``).
+    ``parallel``/``world_size``: a per-rank plan (see ``fx_audit.parallel``).
     """
     from . import audit
 
     report = audit(model, inputs, optimizer=optimizer, amp=amp, memory=memory, memory_budget=memory_budget, rules=False,
-                   target=target)
+                   target=target, parallel=parallel, world_size=world_size)
     if name:
         report.model = name
     report.findings = architecture_findings(report, model, config, factory)
@@ -75,7 +77,8 @@ def _audit_spec(spec: ModelSpec, config: AuditConfig, base: Path) -> AuditReport
     model = build(factory, spec.real_weights)
     device = "cpu" if spec.real_weights else "meta"
     return audit_model(model, [i.make(device) for i in spec.inputs], config=config, optimizer=spec.optimizer,
-                       amp=spec.amp, factory=factory, name=spec.name, target=spec.target)
+                       amp=spec.amp, factory=factory, name=spec.name, target=spec.target, parallel=spec.parallel,
+                       world_size=spec.world_size)
 
 
 def run_config(path: str | os.PathLike, fmt: str = "text", fail_level: Severity | None = None) -> int:
