@@ -251,3 +251,14 @@ def test_plan_follows_the_target():
     cpu = plan_strategies(mlp(), inputs, world_size=2, variants=variants, target="cpu").rows[0]
     cuda = plan_strategies(mlp(), inputs, world_size=2, variants=variants, target="cuda").rows[0]
     assert cuda.peak_bytes > cpu.peak_bytes and cuda.comm_bytes == cpu.comm_bytes == {"all_reduce": 2_913_290 * 4}
+
+
+def test_checkpointed_blocks_recompute_under_the_cuda_targets_autocast():
+    # the recomputation in backward must see the forward's (emulated) CUDA autocast casts, as
+    # torch.utils.checkpoint restores real autocast: else the recomputed tensors are fp32 and
+    # checkpointing raises "Recomputed values ... have different metadata"
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(16, 64), nn.GELU(), nn.Linear(64, 16)) for _ in range(4)])
+    inputs = (torch.empty(64, 16),)
+    plain = simulate_parallel_step(model, inputs, optimizer="sgd", amp="bf16", target="cuda")
+    ckpt = simulate_parallel_step(model, inputs, optimizer="sgd", amp="bf16", target="cuda", checkpoint="blocks")
+    assert ckpt.breakdown["activations"] < plain.breakdown["activations"]

@@ -12,6 +12,7 @@ communication buffers.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 from typing import Any, Iterator
 
@@ -62,16 +63,32 @@ def apply_checkpointing(model: Any, paths: list[str] | None) -> None:
     (a simulation with fewer repeated blocks has fewer)."""
     if not paths:
         return
-    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
+        CheckpointImpl,
+        apply_activation_checkpointing,
+        checkpoint_wrapper,
+    )
 
     targets = {id(m) for n, m in model.named_modules() if n in set(paths)}
-    apply_activation_checkpointing(model, check_fn=lambda m: id(m) in targets)
+    wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT,
+                                context_fn=_recompute_contexts)
+    apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: id(m) in targets)
     # non-reentrant checkpointing leaves each block's recomputed tensors in reference cycles;
     # a real run's garbage collector frees them within the next block's backward (Python
     # allocates thousands of objects there): collect when each checkpointed block's backward starts
     for module in model.modules():
         if hasattr(module, "_checkpoint_wrapped_module"):
             module.register_full_backward_pre_hook(_collect_garbage)
+
+
+def _recompute_contexts():
+    """(forward, recompute) contexts of one checkpointed call: the CUDA target's autocast
+    emulation, active in the forward, is applied again to the recomputation, as real autocast is."""
+    from ..targets.cuda import CudaEmulation
+
+    emulation = CudaEmulation.active
+    recompute = emulation.recompute_region() if emulation is not None else contextlib.nullcontext()
+    return contextlib.nullcontext(), recompute
 
 
 def _collect_garbage(*_: Any) -> None:

@@ -221,25 +221,36 @@ class CudaEmulation:
     """While active, every torch call of the forward sees CUDA's autocast casts (when ``dtype`` is
     set) and CUDA's SDPA backend. Use as a context manager around the autocast region."""
 
-    def __init__(self, dtype=None) -> None:
-        from torch.overrides import TorchFunctionMode
+    active: "CudaEmulation | None" = None  # the emulation whose region is running, if any
 
+    def __init__(self, dtype=None) -> None:
         self.dtype = dtype
         self.casts: dict[tuple, dict[int, Any]] = {}  # cached per (function, argument dtypes)
         self.weight_cache: dict[int, Any] = {}  # autocast's cache of cast leaf tensors
+        self._mode = self.recompute_region()
+        self._outer: CudaEmulation | None = None
+
+    def recompute_region(self):
+        """A context that applies this emulation again: activation checkpointing recomputes a
+        block in backward, outside the forward's region, and torch.utils.checkpoint restores the
+        forward's autocast state there (``context_fn``; see parallel/fsdp.apply_checkpointing)."""
+        from torch.overrides import TorchFunctionMode
+
         emulation = self
 
         class _Mode(TorchFunctionMode):
             def __torch_function__(self, func, types, args=(), kwargs=None):
                 return emulation._call(func, args, kwargs or {})
 
-        self._mode = _Mode()
+        return _Mode()
 
     def __enter__(self):
+        self._outer, CudaEmulation.active = CudaEmulation.active, self
         self._mode.__enter__()
         return self
 
     def __exit__(self, *exc):
+        CudaEmulation.active = self._outer
         self.weight_cache.clear()  # autocast drops its cache when the region ends
         return self._mode.__exit__(*exc)
 
