@@ -23,6 +23,7 @@ Optimizers use torch's CUDA default (foreach); see ``memory._make_optimizer``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from typing import Any
@@ -227,13 +228,22 @@ class CudaEmulation:
         self.dtype = dtype
         self.casts: dict[tuple, dict[int, Any]] = {}  # cached per (function, argument dtypes)
         self.weight_cache: dict[int, Any] = {}  # autocast's cache of cast leaf tensors
-        self._mode = self.recompute_region()
+        self._mode = self._new_mode()
         self._outer: CudaEmulation | None = None
 
+    @contextlib.contextmanager
     def recompute_region(self):
         """A context that applies this emulation again: activation checkpointing recomputes a
         block in backward, outside the forward's region, and torch.utils.checkpoint restores the
-        forward's autocast state there (``context_fn``; see parallel/fsdp.apply_checkpointing)."""
+        forward's autocast state there (``context_fn``; see parallel/fsdp.apply_checkpointing).
+        Like that autocast region, it drops its cast weights when it ends."""
+        with self._new_mode():
+            try:
+                yield
+            finally:
+                self.weight_cache.clear()
+
+    def _new_mode(self):
         from torch.overrides import TorchFunctionMode
 
         emulation = self
