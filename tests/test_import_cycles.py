@@ -54,8 +54,9 @@ def _imports(module: str, path: Path, modules: dict[str, Path]) -> set[str]:
         for target in targets:
             if target == PACKAGE or target.startswith(PACKAGE + "."):
                 resolved = _resolve(target, modules)
-                # importing a package also runs its __init__: count the submodule, not the parent
-                if resolved and resolved != module and not module.startswith(resolved + "."):
+                # importing a package also runs its __init__: count the submodule, not the parent;
+                # a submodule taking a name from its own package's __init__ depends on that __init__
+                if resolved and resolved != module:
                     found.add(resolved)
     return found
 

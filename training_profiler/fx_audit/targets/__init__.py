@@ -9,25 +9,9 @@ rule returns. Each rule cites where its numbers come from.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from .workspace import WorkspaceRule
 
 __all__ = ["WorkspaceRule", "workspace_rules"]
-
-
-@dataclass(frozen=True)
-class WorkspaceRule:
-    """Bytes one aten op allocates beyond what its fake outputs show.
-
-    ``estimate(args, outputs)`` returns ``({output index: real bytes of that output}, transient
-    bytes alive only while the op runs)``; ``source`` says where the formula comes from (a
-    measurement script and its data, or the library's code); ``exact`` is False for fitted
-    envelopes, which make the report's confidence "low"."""
-
-    op: str
-    estimate: Callable
-    source: str
-    exact: bool = True
 
 
 def workspace_rules(device_type: str) -> dict[str, WorkspaceRule]:

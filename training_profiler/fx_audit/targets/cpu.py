@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 
-from . import WorkspaceRule
+from .workspace import WorkspaceRule
 
 __all__ = ["cpu_rules", "gemm_kernel", "gemm_scratch", "onednn_isa", "rnn_bytes", "supported_isas"]
 
