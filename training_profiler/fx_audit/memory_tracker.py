@@ -98,7 +98,6 @@ def tracker_mode(trace: Trace, phase, tracker, root_name: str):
     def add(storage, nbytes: int, op: str, module: str | None, shape: list[int], dtype) -> _Storage:
         key = id(storage)
         trace.events += 1
-        nbytes = storage.nbytes()
         record = _Storage(
             nbytes=trace.round_bytes(nbytes) if trace.round_bytes is not None else nbytes, phase=phase.name,
             module=module, op=op, shape=shape,
