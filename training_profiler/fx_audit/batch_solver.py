@@ -42,8 +42,8 @@ def max_batch_size(
             if peak_of is not None:
                 peaks[batch] = peak_of(make_inputs(batch))
             else:
-                report = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp, target=target)
-                peaks[batch] = report.reserved_bytes if report.reserved_bytes is not None else report.peak_bytes
+                peaks[batch] = simulate_training_step(model, make_inputs(batch), optimizer=optimizer, amp=amp,
+                                                      target=target).oom_bytes
         return peaks[batch]
 
     start = 1

@@ -732,11 +732,11 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
         def make_inputs(batch: int) -> tuple:
             return tuple(_with_batch(a, batch) for a in args)
 
-        peak_of = None
-        if plan and plan != _SINGLE_PROCESS:
-            def peak_of(inputs: tuple) -> int:  # what an OOM is decided on: reserved bytes on CUDA
-                rank = simulate_parallel_step(model, inputs, optimizer=optimizer, amp=amp, target=target, **plan)
-                return rank.reserved_bytes if rank.reserved_bytes is not None else rank.peak_bytes
+        def rank_peak(inputs: tuple) -> int:
+            return simulate_parallel_step(model, inputs, optimizer=optimizer, amp=amp, target=target,
+                                          **plan).oom_bytes
+
+        peak_of = rank_peak if plan and plan != _SINGLE_PROCESS else None
 
         report.totals.max_batch_size = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
                                                          amp=amp, target=memory.target, peak_of=peak_of)

@@ -101,6 +101,12 @@ class MemoryReport:
     comm_bytes: dict[str, int] = field(default_factory=dict)  # per step and rank: all_reduce, all_gather, ...
     per_rank: list["MemoryReport"] = field(default_factory=list)  # one per distinct rank; peak = the largest
 
+    @property
+    def oom_bytes(self) -> int:
+        """What an out-of-memory is decided on: the reserved bytes where the target has a caching
+        allocator (CUDA: a new segment must fit), else the peak."""
+        return self.reserved_bytes if self.reserved_bytes is not None else self.peak_bytes
+
 
 def _memory_from_dict(data: dict[str, Any]) -> MemoryReport:
     data = dict(data)

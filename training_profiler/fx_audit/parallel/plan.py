@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .simulate import oom_bytes, simulate_parallel_step
+from .simulate import simulate_parallel_step
 
 __all__ = ["VARIANTS", "Plan", "PlanRow", "advise_checkpointing", "plan_strategies", "render_plan"]
 
@@ -104,7 +104,7 @@ def plan_strategies(model: Any, example_inputs: tuple, *, world_size: int, budge
             if solve_batch:
                 row.max_micro_batch = max_batch_size(
                     model, lambda b: _batched(example_inputs, b), budget,
-                    peak_of=lambda inputs, simulate=simulate: oom_bytes(simulate(inputs)))
+                    peak_of=lambda inputs, simulate=simulate: simulate(inputs).oom_bytes)
         plan.rows.append(row)
     fitting = [r for r in plan.rows if r.fits is not False]
     if fitting:
@@ -131,8 +131,8 @@ def advise_checkpointing(model: Any, example_inputs: tuple, budget: int, *, opti
         return None
 
     def peak(chosen: list[str]) -> int:
-        return oom_bytes(simulate_parallel_step(model, example_inputs, optimizer=optimizer, amp=amp,
-                                                 checkpoint=chosen or None, **options))
+        return simulate_parallel_step(model, example_inputs, optimizer=optimizer, amp=amp,
+                                      checkpoint=chosen or None, **options).oom_bytes
 
     none, every = peak([]), peak(blocks)
     if none <= budget:

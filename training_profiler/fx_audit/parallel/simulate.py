@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 from ..records import MemoryReport
 
-__all__ = ["MIXED_PRECISION", "STRATEGIES", "check_parallel_options", "fake_process_group", "oom_bytes",
+__all__ = ["MIXED_PRECISION", "STRATEGIES", "check_parallel_options", "fake_process_group",
            "simulate_parallel_step"]
 
 STRATEGIES = ("ddp", "zero1", "fsdp", "zero2", "zero3")
@@ -252,8 +252,3 @@ def _deepspeed(model, example_inputs, optimizer, amp, parallel, world_size, chec
 # the strategy table of `training-profiler plan`
 
 # (row name, options): ZeRO-2-like FSDP keeps gathered parameters from forward to backward
-
-
-def oom_bytes(report: MemoryReport) -> int:
-    """What an out-of-memory is decided on: reserved bytes on the CUDA target, else the peak."""
-    return report.reserved_bytes if report.reserved_bytes is not None else report.peak_bytes
