@@ -198,7 +198,8 @@ def _stacked_chart(name: str, title: str, labels: Sequence[str], breakdowns: Seq
     ax.set_xlabel("GiB")
     ax.set_xlim(0, max([*left, (budget or 0) / 2**30, 1e-9]) * 1.22)
     ax.set_title(title, loc="left")
-    fig.legend(loc="outside lower center", ncol=min(len(categories) + (budget is not None), 6), frameon=False,
+    # four columns: six or more entries (long names such as "unsharded grads") overflow the figure's width
+    fig.legend(loc="outside lower center", ncol=min(len(categories) + (budget is not None), 4), frameon=False,
                fontsize=7, handlelength=1, columnspacing=1)
     data = {"labels": list(labels), "categories": categories, "totals": totals, "budget": budget,
             "series": {c: [b.get(c, 0) for b in breakdowns] for c in categories}}
