@@ -1,38 +1,54 @@
-"""WatchTrainingCallback in a real Lightning Trainer (pytorch-lightning, CPU, a tiny MLP) with
-planted faults (tests/planted_faults.py): the same alert steps as the decorator, statistics in the
-Trainer's logger, the monitor's state in the checkpoint, the opt-in actions."""
+"""WatchTrainingCallback in a real Lightning Trainer (CPU, a tiny MLP) with planted faults
+(tests/planted_faults.py): the same alert steps as the decorator, statistics in the Trainer's
+logger, the monitor's state in the checkpoint, the opt-in actions. Every test runs with both
+Lightning packages, ``lightning.pytorch`` and ``pytorch_lightning``: each has its own Trainer,
+LightningModule and Callback classes, and one callback class serves both."""
 
 import csv
+import functools
 import logging
 
 import pytest
 import torch
 from torch import nn
 
-pl = pytest.importorskip("pytorch_lightning")
-
 from planted_faults import (BATCH, NAN_STEP, OPTIONS, STEPS, alert_keys, count_host_syncs,  # noqa: E402
                             cpu_fp16_scaler, decorator_run, make_data, make_mlp, make_optimizer)
 
 from training_profiler.runtime import TrainingAlertError  # noqa: E402
-from training_profiler.runtime.lightning import WatchTrainingCallback  # noqa: E402
+
+WatchTrainingCallback = pytest.importorskip(  # raises ImportError only when neither package is installed
+    "training_profiler.runtime.lightning", reason="needs lightning or pytorch-lightning",
+    exc_type=ImportError).WatchTrainingCallback
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (conftest)
 
 
-class Regression(pl.LightningModule):
-    def __init__(self, lr_raise=False):
-        super().__init__()
-        self.net = make_mlp()
-        self.lr_raise = lr_raise
+@pytest.fixture(params=["lightning.pytorch", "pytorch_lightning"])
+def pl(request):
+    """The Lightning package under test (skipped only when it is not installed)."""
+    return pytest.importorskip(request.param)
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        return nn.functional.mse_loss(self.net(x).float(), y)
 
-    def configure_optimizers(self):
-        opt, sched = make_optimizer(self.parameters(), self.lr_raise)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+@functools.cache
+def _regression(pl):
+    """The tiny LightningModule of ``pl``'s namespace: a Trainer accepts only its own package's modules."""
+
+    class Regression(pl.LightningModule):
+        def __init__(self, lr_raise=False):
+            super().__init__()
+            self.net = make_mlp()
+            self.lr_raise = lr_raise
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return nn.functional.mse_loss(self.net(x).float(), y)
+
+        def configure_optimizers(self):
+            opt, sched = make_optimizer(self.parameters(), self.lr_raise)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return Regression
 
 
 def _loader(nan_step=None, overflow=False, batch_size=BATCH):
@@ -40,18 +56,18 @@ def _loader(nan_step=None, overflow=False, batch_size=BATCH):
     return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, shuffle=False)
 
 
-def _fit(callback, tmp_path, module=None, steps=STEPS, nan_step=None, ckpt_path=None, overflow=False,
+def _fit(pl, callback, tmp_path, module=None, steps=STEPS, nan_step=None, ckpt_path=None, overflow=False,
          **trainer_args):
     trainer = pl.Trainer(max_steps=steps, accelerator="cpu", devices=1, default_root_dir=tmp_path,
                          logger=pl.loggers.CSVLogger(tmp_path), log_every_n_steps=10, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[callback], **trainer_args)
-    trainer.fit(module or Regression(), _loader(nan_step, overflow), ckpt_path=ckpt_path)
+    trainer.fit(module or _regression(pl)(), _loader(nan_step, overflow), ckpt_path=ckpt_path)
     return trainer
 
 
-def test_a_learning_rate_raise_alerts_at_the_same_step_as_through_the_decorator(tmp_path):
+def test_a_learning_rate_raise_alerts_at_the_same_step_as_through_the_decorator(pl, tmp_path):
     callback = WatchTrainingCallback(**OPTIONS)
-    _fit(callback, tmp_path, Regression(lr_raise=True), enable_checkpointing=False)
+    _fit(pl, callback, tmp_path, _regression(pl)(lr_raise=True), enable_checkpointing=False)
     expected = alert_keys(decorator_run(lr_raise=True))
     first = alert_keys(callback.monitor)[0]
     assert first[0] == 63 and first[2] == "spike"  # the update of step 61 is the first at the raised LR
@@ -61,9 +77,9 @@ def test_a_learning_rate_raise_alerts_at_the_same_step_as_through_the_decorator(
     assert callback.monitor.history[9]["grad_norm"] == pytest.approx(decorator_run(steps=10).history[9]["grad_norm"])
 
 
-def test_a_nan_batch_alerts_at_its_step_and_the_statistics_reach_the_trainer_logger(tmp_path):
+def test_a_nan_batch_alerts_at_its_step_and_the_statistics_reach_the_trainer_logger(pl, tmp_path):
     callback = WatchTrainingCallback(**OPTIONS)
-    trainer = _fit(callback, tmp_path, nan_step=NAN_STEP, enable_checkpointing=False)
+    trainer = _fit(pl, callback, tmp_path, nan_step=NAN_STEP, enable_checkpointing=False)
     assert alert_keys(callback.monitor)[:2] == alert_keys(decorator_run(nan_step=NAN_STEP))[:2] == [
         (NAN_STEP, "loss", "nonfinite"), (NAN_STEP, "grad_norm", "nonfinite")]
     with open(f"{trainer.logger.log_dir}/metrics.csv") as f:
@@ -78,12 +94,12 @@ def test_a_nan_batch_alerts_at_its_step_and_the_statistics_reach_the_trainer_log
     assert float(by_step[late]["monitor/spike_score"]) == pytest.approx(1000 / late)
 
 
-def test_a_run_resumed_from_a_lightning_checkpoint_keeps_its_baseline(tmp_path):
+def test_a_run_resumed_from_a_lightning_checkpoint_keeps_its_baseline(pl, tmp_path):
     first = WatchTrainingCallback(**OPTIONS)
     checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=50, save_top_k=-1)
     trainer = pl.Trainer(max_steps=50, accelerator="cpu", devices=1, default_root_dir=tmp_path, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[first, checkpoint])
-    trainer.fit(Regression(lr_raise=True), _loader())
+    trainer.fit(_regression(pl)(lr_raise=True), _loader())
     assert first.monitor.step_count == 50 and first.monitor.alerts == []
     ckpt = torch.load(tmp_path / "ckpt" / "epoch=0-step=50.ckpt", weights_only=True)  # plain data
     assert ckpt["callbacks"]["WatchTrainingCallback"]["monitor"]["step_count"] == 50
@@ -100,7 +116,7 @@ def test_a_run_resumed_from_a_lightning_checkpoint_keeps_its_baseline(tmp_path):
             ckpt["callbacks"] = {}
             torch.save(ckpt, tmp_path / "no_monitor.ckpt")
             ckpt_path = tmp_path / "no_monitor.ckpt"
-        trainer.fit(Regression(lr_raise=True), _loader(), ckpt_path=ckpt_path)
+        trainer.fit(_regression(pl)(lr_raise=True), _loader(), ckpt_path=ckpt_path)
     first_alert = alert_keys(resumed.monitor)[0]
     assert first_alert[2] == "spike" and 61 < first_alert[0] <= 63  # right after the LR raise: no second warm-up
     assert resumed.monitor.step_count == STEPS and resumed.monitor.history[0]["step"] == 1
@@ -109,20 +125,20 @@ def test_a_run_resumed_from_a_lightning_checkpoint_keeps_its_baseline(tmp_path):
     assert alert_keys(fresh.monitor) == [(15, "loss", "nonfinite"), (15, "grad_norm", "nonfinite")]
 
 
-def test_on_alert_raise_stops_the_lightning_run_and_skip_list_names_the_nan_step(tmp_path):
+def test_on_alert_raise_stops_the_lightning_run_and_skip_list_names_the_nan_step(pl, tmp_path):
     skip = tmp_path / "skip_batches.json"
     callback = WatchTrainingCallback(**OPTIONS, on_alert="raise", skip_list=skip)
     with pytest.raises(TrainingAlertError, match=f"Step {NAN_STEP} \\| loss: nan"):
-        _fit(callback, tmp_path, nan_step=NAN_STEP, enable_checkpointing=False)
+        _fit(pl, callback, tmp_path, nan_step=NAN_STEP, enable_checkpointing=False)
     assert callback.monitor.step_count == NAN_STEP  # a NaN is handed out at once: training stops at its step
     assert skip.read_text() == f"[{NAN_STEP}]\n"
 
 
-def test_fp16_overflow_under_cpu_autocast_with_a_grad_scaler_gives_the_decorators_alerts(tmp_path):
+def test_fp16_overflow_under_cpu_autocast_with_a_grad_scaler_gives_the_decorators_alerts(pl, tmp_path):
     # Lightning makes no GradScaler on CPU: the precision plugin gets one, and the callback finds it there
     plugin = pl.plugins.precision.MixedPrecision("16-mixed", "cpu", scaler=cpu_fp16_scaler())
     callback = WatchTrainingCallback(**OPTIONS)
-    trainer = _fit(callback, tmp_path, overflow=True, plugins=[plugin], enable_checkpointing=False)
+    trainer = _fit(pl, callback, tmp_path, overflow=True, plugins=[plugin], enable_checkpointing=False)
     assert callback.monitor.scaler is plugin.scaler
     # the three x1000 batches overflow in the fp16 backward: a loss spike, then three skipped steps
     assert alert_keys(callback.monitor) == alert_keys(decorator_run(fp16=True)) == [
@@ -133,16 +149,16 @@ def test_fp16_overflow_under_cpu_autocast_with_a_grad_scaler_gives_the_decorator
     assert skipped[-1] == 3.0
 
 
-def test_a_corrupt_monitor_state_or_a_failing_logger_never_stops_the_run(tmp_path, caplog):
+def test_a_corrupt_monitor_state_or_a_failing_logger_never_stops_the_run(pl, tmp_path, caplog):
     callback = WatchTrainingCallback(**OPTIONS)
     callback.load_state_dict({"monitor": {"version": 1}, "reporter": {}})  # not a monitor state: logged, fresh start
 
-    class BrokenLogging(Regression):
+    class BrokenLogging(_regression(pl)):
         def log_dict(self, *args, **kwargs):
             raise RuntimeError("logger down")
 
     with caplog.at_level(logging.WARNING, logger="training_profiler"):
-        _fit(callback, tmp_path, BrokenLogging(), steps=30, nan_step=25, enable_checkpointing=False)
+        _fit(pl, callback, tmp_path, BrokenLogging(), steps=30, nan_step=25, enable_checkpointing=False)
     assert callback.monitor.step_count == 30
     assert alert_keys(callback.monitor)[:1] == [(25, "loss", "nonfinite")]
     failures = [r.getMessage() for r in caplog.records if "training continues (reported once)" in r.getMessage()]
@@ -153,22 +169,22 @@ def test_a_corrupt_monitor_state_or_a_failing_logger_never_stops_the_run(tmp_pat
         "(reported once)"]
 
 
-def test_with_gradient_accumulation_a_step_is_an_optimizer_step(tmp_path):
+def test_with_gradient_accumulation_a_step_is_an_optimizer_step(pl, tmp_path):
     # 4 batches of 8 rows per optimizer step: the gradients of the reference's 32-row batch
     callback = WatchTrainingCallback(**OPTIONS)
     trainer = pl.Trainer(max_steps=12, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
                          accumulate_grad_batches=4)
-    trainer.fit(Regression(), _loader(batch_size=BATCH // 4))  # Lightning divides each loss by 4 for the backward
+    trainer.fit(_regression(pl)(), _loader(batch_size=BATCH // 4))  # Lightning divides each loss by 4 for the backward
     assert callback.monitor.step_count == 12
     reference = decorator_run(steps=12).history
     for got, want in zip(callback.monitor.history, reference):
         assert got["grad_norm"] == pytest.approx(want["grad_norm"], rel=1e-4)
 
 
-def test_the_callback_reads_no_tensor_value_on_the_host_in_any_step(tmp_path):
+def test_the_callback_reads_no_tensor_value_on_the_host_in_any_step(pl, tmp_path):
     callback = WatchTrainingCallback(**OPTIONS)
     counter = count_host_syncs(callback, ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"))
-    _fit(callback, tmp_path, steps=30, enable_checkpointing=False)
+    _fit(pl, callback, tmp_path, steps=30, enable_checkpointing=False)
     assert counter == {"syncs": 0, "calls": 90}  # three hooks x 30 steps, with three periodic reads and log_dicts
     assert len(callback.monitor.history) == 30

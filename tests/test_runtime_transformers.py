@@ -205,3 +205,57 @@ def test_the_decorator_in_a_plain_accelerate_loop_finds_the_scaler_on_the_wrappe
     assert alert_keys(monitor) == alert_keys(decorator_run(fp16=True))  # a loss spike, three skipped steps
     reference = decorator_run(fp16=True, steps=10).history[9]["grad_norm"]  # unscaled
     assert monitor.history[9]["grad_norm"] == pytest.approx(reference, rel=1e-5)
+
+
+def _tensorboard_scalars(folder):
+    """{tag: {step: value}} of the scalars in the TensorBoard event files under ``folder``
+    (TFRecord framing: an 8-byte length, its 4-byte CRC, the Event proto, its 4-byte CRC)."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for path in folder.rglob("events.out.tfevents.*"):
+        data, at = path.read_bytes(), 0
+        while at < len(data):
+            length = int.from_bytes(data[at : at + 8], "little")
+            event = Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+    return scalars
+
+
+@pytest.mark.parametrize("added", ["in_the_constructor", "with_add_callback"])
+def test_the_monitor_keys_reach_the_reporting_integrations_that_run_before_the_callback(tmp_path, added):
+    # report_to's integrations (TensorBoard here) and a callback the user lists first all come before
+    # ours in the Trainer's list, and each reads `logs` in its own on_log: the callback moves itself
+    # to the front so that they see the monitor's keys
+    pytest.importorskip("tensorboardX")
+    seen = []  # (step, logs) of each on_log: at step 30 the periodic logs, then the run's summary
+
+    class Recorder(transformers.TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append((state.global_step, dict(logs)))
+
+    callback = WatchTrainingCallback(**OPTIONS)
+    model = Regression()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), max_steps=30, use_cpu=True, report_to="tensorboard", logging_steps=10,
+        disable_tqdm=True, dataloader_num_workers=0, max_grad_norm=0.0, save_strategy="no",
+        per_device_train_batch_size=BATCH)
+    callbacks = [Recorder(), callback] if added == "in_the_constructor" else [Recorder()]
+    trainer = InOrder(model=model, args=args, train_dataset=Rows(), callbacks=callbacks,
+                      optimizers=make_optimizer(model.parameters()))
+    if added == "with_add_callback":  # moved in on_train_begin: the Trainer's __init__ did not call it
+        trainer.add_callback(callback)
+    trainer.train()
+    assert [type(cb).__name__ for cb in trainer.callback_handler.callbacks] == [
+        "WatchTrainingCallback", "DefaultFlowCallback", "TensorBoardCallback", "Recorder", "PrinterCallback"]
+    history = {r["step"]: r for r in callback.monitor.history}
+    monitored = {step: logs for step, logs in seen if "monitor/step" in logs}
+    assert sorted(monitored) == [10, 20, 30]
+    assert monitored[20]["monitor/step"] == 20.0
+    assert monitored[20]["monitor/grad_norm"] == pytest.approx(history[20]["grad_norm"])
+    board = _tensorboard_scalars(tmp_path)  # TensorBoardCallback writes every key as train/<key>
+    assert sorted(board["train/monitor/step"].items()) == [(10, 10.0), (20, 20.0), (30, 30.0)]
+    assert board["train/monitor/grad_norm"][20] == pytest.approx(history[20]["grad_norm"], rel=1e-6)
+    assert board["train/monitor/alerts"] == {10: 0.0, 20: 0.0, 30: 0.0}

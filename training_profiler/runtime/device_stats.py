@@ -3,15 +3,18 @@ written with device ops only (no host sync), and the host mirrors the rows are c
 
 A row holds the loss, the global gradient norm and the GradScaler's scale, then per layer the
 gradient norm and the update-to-weight ratio, per leaf module the fp16/bf16 overflow and
-underflow fractions of its output, and the same two fractions over fp16/bf16 gradients. A value
-that was not measured in a step stays NaN. :meth:`StatsBuffer.record` turns a row that has
+underflow fractions of its output, and for the same two fractions over fp16/bf16 gradients
+their four counts (:func:`low_precision_counts`), divided on the host. A value that was not
+measured in a step stays NaN. :meth:`StatsBuffer.record` turns a row that has
 reached the host into the plain dict of ``TrainingMonitor.history``.
 
 Sharded gradients (FSDP2's DTensor shards): a rank sees only its shard, so the row holds each
 layer's local sum of squares, weighted so that the mean over ranks of the periodic all-reduce is
 the global sum of squares (as ``clip_grad_norm_`` reduces DTensor norms over the mesh, without a
 collective of its own); :meth:`StatsBuffer.record` takes the square roots on the host. NaN/Inf on
-any rank's shard makes the global value NaN/Inf.
+any rank's shard makes the global value NaN/Inf. The gradients' overflow and underflow counts
+add up over the ranks' shards in the same all-reduce, so their fractions are those of the whole
+gradient, not the mean of the ranks' fractions.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FIXED", "LOW_PRECISION", "HostMirror", "StatsBuffer", "low_precision_fractions"]
+__all__ = ["FIXED", "LOW_PRECISION", "HostMirror", "StatsBuffer", "low_precision_counts", "low_precision_fractions"]
 
 FIXED = ("loss", "grad_norm", "loss_scale")  # first columns of a row; then per-layer columns
 LOW_PRECISION = {torch.float16: 65504.0, torch.bfloat16: 3.3895e38}
@@ -31,17 +34,27 @@ _SMALLEST_NORMAL = {torch.float16: 6.1035e-05, torch.bfloat16: 1.1755e-38}
 _SAMPLE = 65536  # activation elements inspected per module on a precision step
 
 
-def low_precision_fractions(t: torch.Tensor) -> torch.Tensor:
-    """[overflow, underflow] of an fp16/bf16 tensor, on the device: the fraction of values at or
-    beyond half the format's maximum (or Inf), and of non-zero values below its smallest normal."""
+def low_precision_counts(t: torch.Tensor) -> torch.Tensor:
+    """[near max, inspected, subnormal, non-zero] of an fp16/bf16 tensor, on the device, as
+    float32 counts that add up over tensors and ranks: the values at or beyond half the format's
+    maximum (or Inf), the values inspected, the non-zero values below its smallest normal, and
+    the non-zero values."""
     flat = t.detach().reshape(-1)
     if flat.numel() > _SAMPLE:  # strided sample: cheap, and spread over the whole tensor
         flat = flat[:: flat.numel() // _SAMPLE]
     a = flat.abs().float()
-    near_max = (a >= 0.5 * LOW_PRECISION[t.dtype]) | ~torch.isfinite(a)
+    near_max = ((a >= 0.5 * LOW_PRECISION[t.dtype]) | ~torch.isfinite(a)).sum()
     nonzero = a > 0
-    subnormal = nonzero & (a < _SMALLEST_NORMAL[t.dtype])
-    return torch.stack([near_max.float().mean(), subnormal.float().sum() / nonzero.sum().clamp_(min=1).float()])
+    subnormal = (nonzero & (a < _SMALLEST_NORMAL[t.dtype])).sum()
+    inspected = torch.full_like(near_max, flat.numel())  # a fill kernel: no host-to-device copy
+    return torch.stack([near_max, inspected, subnormal, nonzero.sum()]).float()
+
+
+def low_precision_fractions(t: torch.Tensor) -> torch.Tensor:
+    """[overflow, underflow] of an fp16/bf16 tensor, on the device: the fraction of values at or
+    beyond half the format's maximum (or Inf), and of non-zero values below its smallest normal."""
+    near_max, inspected, subnormal, nonzero = low_precision_counts(t)
+    return torch.stack([near_max / inspected, subnormal / nonzero.clamp(min=1)])
 
 
 def _dtensor_type() -> type | None:
@@ -147,7 +160,7 @@ class StatsBuffer:
         self._c_grad_precision = self._c_under + n_act  # overflow, underflow of fp16/bf16 gradients
         # one extra row at the end: the control row, in which each rank flags what it switched
         # off (one column per name of ``flags``); it travels with the periodic all-reduce
-        width = max(self._c_grad_precision + 2, len(flags))
+        width = max(self._c_grad_precision + 4, len(flags))  # the gradients' four low_precision_counts
         self.buf = torch.full((rows + 1, width), math.nan, dtype=torch.float32, device=device)
         self.control = rows
         self.flags = list(flags)
@@ -223,13 +236,19 @@ class StatsBuffer:
             row[1].copy_(layers.sum().sqrt_())
             layers.sqrt_()
         if precision:
-            low = [g for g in grads if g.dtype in LOW_PRECISION]
-            if low:  # pure fp16/bf16 training: the mean fractions over the gradient tensors
-                c = self._c_grad_precision
-                row[c : c + 2].copy_(torch.stack([low_precision_fractions(g) for g in low]).mean(0))
+            self._write_grad_precision(row, grads)
         if missing is not None:  # a layer without gradients is "not measured", not "vanished"
             layers.masked_fill_(missing, math.nan)
         return True
+
+    def _write_grad_precision(self, row: torch.Tensor, grads: list[torch.Tensor]) -> None:
+        """Pure fp16/bf16 training: the four low_precision_counts summed over the low-precision
+        gradients (this rank's shards). Counts, not fractions: the periodic all-reduce adds them up
+        over the ranks, and :meth:`record` divides them, so sharded fractions are global."""
+        low = [g for g in grads if g.dtype in LOW_PRECISION]
+        if low:
+            c = self._c_grad_precision
+            row[c : c + 4].copy_(torch.stack([low_precision_counts(g) for g in low]).sum(0))
 
     def _positions(self, params: list[torch.Tensor]) -> torch.Tensor:
         """Indices into ``self.params`` of a subset of them (a step where some have no gradient)."""
@@ -291,9 +310,11 @@ class StatsBuffer:
             rec["update_ratio"] = update.tolist()
         over = values[self._c_over : self._c_under]
         under = values[self._c_under : self._c_grad_precision]
-        grad_over, grad_under = (float(v) for v in values[self._c_grad_precision :])
-        if not math.isnan(grad_over):
-            rec["grad_overflow"], rec["grad_underflow"] = grad_over, grad_under
+        c = self._c_grad_precision
+        near_max, inspected, subnormal, nonzero = (float(v) for v in values[c : c + 4])
+        if not math.isnan(inspected):  # the mean of the ranks' counts after an all-reduce: same ratios as the sums
+            rec["grad_overflow"] = near_max / inspected if inspected else 0.0
+            rec["grad_underflow"] = subnormal / nonzero if nonzero else 0.0
         if not np.isnan(over).all():
             rec["activation_overflow"] = over.tolist()
             rec["activation_underflow"] = under.tolist()

@@ -12,8 +12,11 @@ the callback unscales them as the optimizer step would). The loss of a step is t
 micro-batches' ``outputs.loss``.
 
 Statistics (``monitor/grad_norm``, ``monitor/spike_score``, ...) are added to the Trainer's logs in
-``on_log``: ``trainer.state.log_history`` and the callbacks after this one see them. Alerts go
-to the ``training_profiler`` logger. The monitor's state is written to ``monitor_state.json``
+``on_log``: ``trainer.state.log_history`` and the callbacks after this one see them. The callback
+moves itself to the front of the Trainer's callbacks when the Trainer first calls it
+(``on_init_end``, or ``on_train_begin`` when added with ``trainer.add_callback``), so that the
+``report_to`` integrations (TensorBoard, W&B, ...), which the Trainer lists before the user's
+callbacks, log these keys too. Alerts go to the ``training_profiler`` logger. The monitor's state is written to ``monitor_state.json``
 in each checkpoint folder and read back when training resumes from it.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 import torch
@@ -31,6 +35,7 @@ from .monitor import TrainingMonitor
 
 try:
     from transformers import TrainerCallback
+    from transformers.trainer_callback import CallbackHandler
 except ImportError:
     raise ImportError("training_profiler.runtime.transformers needs Hugging Face transformers: "
                       "pip install transformers") from None
@@ -66,9 +71,30 @@ class WatchTrainingCallback(TrainerCallback):
         self._gradient_state = None  # accelerate's: says which micro-batch completes the step
 
     # -- setup ---------------------------------------------------------------------------------
+    def _move_to_front(self) -> None:
+        """Be the first of the Trainer's callbacks, so that every callback's ``on_log`` (the
+        ``report_to`` integrations come before the user's callbacks) sees the monitor's keys. The
+        Trainer hands its callbacks no reference to its CallbackHandler: it is the ``self`` of the
+        ``call_event`` that is calling this hook. Moving an element from position i to 0 leaves
+        the elements after i where they were, so that loop still calls each callback once."""
+        frame = sys._getframe(1)
+        while frame is not None and not isinstance(frame.f_locals.get("self"), CallbackHandler):
+            frame = frame.f_back
+        if frame is None:
+            return
+        callbacks = frame.f_locals["self"].callbacks
+        if any(callback is self for callback in callbacks[1:]):
+            callbacks.remove(self)
+            callbacks.insert(0, self)
+
+    @never_raises
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._move_to_front()
+
     @never_raises
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None,
                        **kwargs: Any) -> None:
+        self._move_to_front()  # added after the Trainer's __init__ (trainer.add_callback): not moved yet
         inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
         scaler = getattr(optimizer, "scaler", None)
         self._gradient_state = getattr(optimizer, "gradient_state", None)
