@@ -3,6 +3,7 @@ are reduced over ranks (loss = mean of the ranks' losses, not one shard's) and a
 by rank 0 only. Fault injection: whatever one rank switches off, every rank switches off in the
 same periodic collective, so no rank is left waiting in a collective the others skipped."""
 
+import gc
 import json
 import logging
 import math
@@ -39,6 +40,15 @@ def _ddp_training(watch_training, **options):
     return model, train_step
 
 
+def _shut_down():
+    """Release every DDP model (its reducer holds the process group) and let both ranks arrive
+    before the group goes: a gloo group torn down at interpreter exit, or while the other rank
+    still talks to it, aborts the process ("terminate called without an active exception")."""
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 def _worker(rank, world, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -71,7 +81,7 @@ def _worker(rank, world, port, out_dir):
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     finally:
-        dist.destroy_process_group()
+        _shut_down()
 
 
 def _free_port():
@@ -168,10 +178,11 @@ def _fault_worker(rank, world, port, out_dir):
             undo()
             logger.removeHandler(handler)
             result = {"done": done, "history": monitor.history, "logged": logged}
+            del model, train_step, monitor
             with open(os.path.join(out_dir, f"{fault}.rank{rank}.json"), "w") as f:
                 json.dump(result, f)
     finally:
-        dist.destroy_process_group()
+        _shut_down()
 
 
 @pytest.fixture(scope="module")

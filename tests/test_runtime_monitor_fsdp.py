@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from test_runtime_monitor_ddp import _free_port  # noqa: E402
+from test_runtime_monitor_ddp import _free_port, _shut_down  # noqa: E402
 
 fsdp = pytest.importorskip("torch.distributed.fsdp")
 
@@ -92,7 +92,7 @@ def _worker(rank, world, port, out_dir):
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
             json.dump(result, f)
     finally:
-        dist.destroy_process_group()
+        _shut_down()
 
 
 @pytest.fixture(scope="module")
