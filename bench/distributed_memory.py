@@ -152,7 +152,11 @@ def _rank(rank: int, world_size: int, model_name: str, strategy: str, port: int,
                 loss.backward()
                 del loss
                 opt.step()
-        # free everything while the profiler watches: what it never sees freed was freed unseen
+        # free everything while the profiler watches: what it never sees freed was freed unseen.
+        # First let gloo's threads drop the tensors of the last collectives (ZeRO broadcasts the
+        # parameters), or the last reference to a parameter goes there and the bench would take
+        # it for a buffer freed right after its allocation.
+        time.sleep(0.1)
         del inputs, model, opt
         gc.collect()
     peak, drift, unseen = _last_step_peak(prof)
