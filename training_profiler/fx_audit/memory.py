@@ -332,7 +332,6 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, targ
     """One simulation; ``keep=(path, k)`` keeps only the first k blocks of that container."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.utils.module_tracker import ModuleTracker
 
     from .capture import fake_copy, quiet_fake_tensor_logs
 
@@ -368,7 +367,7 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, targ
                 f"{type(model).__name__} has no trainable parameters: nothing to train, no step to simulate"
             )
         opt = _make_optimizer(optimizer, params, lr, target if target == "cuda" else device)
-        tracker = ModuleTracker()
+        tracker = _module_tracker()
         mode, track = tracker_mode(trace, phase, tracker, type(model).__name__)
         names = {}
         for name, p in fake_model.named_parameters():
@@ -425,6 +424,31 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, targ
             "treat the peak as an estimate"
         )
     return report
+
+
+def _module_tracker():
+    """torch's ``ModuleTracker``, except that a forward run inside backward (the recomputation of
+    non-reentrant activation checkpointing) registers no gradient hooks. The recomputed graph is
+    never backpropagated, so those hooks never fire, and their closures hold its nodes, and the
+    recomputed tensors those nodes save, in a reference cycle until the tracker exits: checkpointed
+    peaks were inflated by the recomputed blocks' activations (a real run frees them at once)."""
+    import torch
+    from torch.utils.module_tracker import ModuleTracker
+
+    class Tracker(ModuleTracker):
+        def _fw_pre_hook(self, mod, input) -> None:
+            if torch._C._current_graph_task_id() == -1:
+                super()._fw_pre_hook(mod, input)
+            else:
+                self._get_append_fn(self._get_mod_name(mod), False)()
+
+        def _fw_post_hook(self, mod, input, output) -> None:
+            if torch._C._current_graph_task_id() == -1:
+                super()._fw_post_hook(mod, input, output)
+            else:
+                self._get_pop_fn(self._get_mod_name(mod), False)()
+
+    return Tracker()
 
 
 def _prime_optimizer(params: list, opt, phase: _Phase) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import gc
 from typing import Any, Iterator
 
 __all__ = ["FSDPEngine", "apply_checkpointing", "default_units", "resolve_modules", "shard_rows"]
@@ -73,12 +72,6 @@ def apply_checkpointing(model: Any, paths: list[str] | None) -> None:
     wrapper = functools.partial(checkpoint_wrapper, checkpoint_impl=CheckpointImpl.NO_REENTRANT,
                                 context_fn=_recompute_contexts)
     apply_activation_checkpointing(model, checkpoint_wrapper_fn=wrapper, check_fn=lambda m: id(m) in targets)
-    # non-reentrant checkpointing leaves each block's recomputed tensors in reference cycles;
-    # a real run's garbage collector frees them within the next block's backward (Python
-    # allocates thousands of objects there): collect when each checkpointed block's backward starts
-    for module in model.modules():
-        if hasattr(module, "_checkpoint_wrapped_module"):
-            module.register_full_backward_pre_hook(_collect_garbage)
 
 
 def _recompute_contexts():
@@ -89,10 +82,6 @@ def _recompute_contexts():
     emulation = CudaEmulation.active
     recompute = emulation.recompute_region() if emulation is not None else contextlib.nullcontext()
     return contextlib.nullcontext(), recompute
-
-
-def _collect_garbage(*_: Any) -> None:
-    gc.collect()
 
 
 class FSDPEngine:
