@@ -3,7 +3,7 @@
     python bench/audit_speed.py            # LLaMA-7B FLOPs only, then the zoo (FLOPs only)
     python bench/audit_speed.py --memory   # also the training-step memory simulation (Adam)
     python bench/audit_speed.py --plan     # distributed plans: LLaMA-7B FSDP at 8 ranks, the full
-                                           # `plan` table of LLaMA-70B at 64 ranks
+                                           # `plan` table of LLaMA-70B at 64 ranks (--repeat N)
 
 Each model is audited in a fresh subprocess so that peak RSS (``ru_maxrss``) belongs to it alone.
 Prints a table; not a timed test.
@@ -71,18 +71,26 @@ print(json.dumps(out))
 """
 
 
-def plan_speed(which: list[str]) -> None:
-    """Targets: LLaMA-7B FSDP at 8 ranks <= 10 s; LLaMA-70B plan table at 64 ranks <= 60 s, <= 2 GB RSS."""
-    print(f"{'plan':<32} {'rows':>4} {'plan s':>8} {'peak RSS':>10} {'smallest peak/rank':>19}")
-    for name, title in (("llama_7b", "LLaMA-7B fsdp, 8 ranks, 1x2048"), ("llama_70b", "LLaMA-70B table, 64 ranks, 1x4096")):
-        if name not in which:
-            continue
-        done = subprocess.run([sys.executable, "-c", PLAN_CHILD, name], capture_output=True, text=True)
-        if done.returncode != 0:
-            print(f"{title:<32} failed: {done.stderr.strip().splitlines()[-1]}")
-            continue
-        r = json.loads(done.stdout.strip().splitlines()[-1])
-        print(f"{title:<32} {r['rows']:>4} {r['plan_s']:>8.1f} {r['rss_mib']:>6.0f} MiB {r['peak'] / 2**30:>15.2f} GiB"
+def plan_speed(which: list[str], repeat: int = 1) -> None:
+    """Targets: LLaMA-7B FSDP at 8 ranks <= 10 s; LLaMA-70B plan table at 64 ranks <= 60 s, <= 2 GB RSS.
+    With ``repeat`` > 1, each plan runs that many times (fresh processes, alternating): the
+    median, then the range."""
+    print(f"{'plan':<32} {'rows':>4} {'plan s':>8} {'range s':>12} {'peak RSS':>10} {'smallest peak/rank':>19}")
+    titles = {"llama_7b": "LLaMA-7B fsdp, 8 ranks, 1x2048", "llama_70b": "LLaMA-70B table, 64 ranks, 1x4096"}
+    runs: dict[str, list[dict]] = {name: [] for name in titles if name in which}
+    for _ in range(repeat):
+        for name in runs:
+            done = subprocess.run([sys.executable, "-c", PLAN_CHILD, name], capture_output=True, text=True)
+            if done.returncode != 0:
+                print(f"{titles[name]:<32} failed: {done.stderr.strip().splitlines()[-1]}")
+                return
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for name, results in runs.items():
+        times = sorted(r["plan_s"] for r in results)
+        r = results[0]
+        spread = f"{times[0]:.1f}-{times[-1]:.1f}" if len(times) > 1 else "-"
+        print(f"{titles[name]:<32} {r['rows']:>4} {times[len(times) // 2]:>8.1f} {spread:>12} "
+              f"{max(x['rss_mib'] for x in results):>6.0f} MiB {r['peak'] / 2**30:>15.2f} GiB"
               + (f"  recommendation: {r['recommendation']}" if r.get("recommendation") else ""))
 
 
@@ -93,9 +101,10 @@ def main() -> None:
                                             "bert_base,llama,mlp,lstm")
     parser.add_argument("--plan", action="store_true", help="time distributed plans instead (LLaMA-7B, LLaMA-70B)")
     parser.add_argument("--plan-models", default="llama_7b,llama_70b", help="which plans to time with --plan")
+    parser.add_argument("--repeat", type=int, default=1, help="with --plan: runs of each plan (median and range)")
     args = parser.parse_args()
     if args.plan:
-        plan_speed(args.plan_models.split(","))
+        plan_speed(args.plan_models.split(","), args.repeat)
         return
     print(f"{'model':<13} {'params':>15} {'fwd+bwd FLOPs':>16} {'nodes':>6} {'build s':>8} {'audit s':>8} "
           f"{'total s':>8} {'peak RSS':>10} {'train peak':>11}")

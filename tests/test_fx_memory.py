@@ -396,3 +396,25 @@ def test_parameters_without_grad_are_extrapolated_over_repeated_blocks():
     assert sorted(fast.params_without_grad) == sorted(full.params_without_grad) == sorted(expected)
     assert fast.peak_bytes == full.peak_bytes
     assert full.breakdown["optimizer_state"] == 2 * 6 * (16 * 16 + 16) * 4 + 6 * 2 * 4  # only the fc layers
+
+
+def test_fake_copy_keeps_only_the_first_blocks_and_their_ties():
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    from training_profiler.fx_audit.capture import fake_copy
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.blocks = nn.ModuleList([nn.Linear(4, 4) for _ in range(6)])
+            self.blocks[1].weight = self.blocks[5].weight  # tied to a dropped block: still one fake
+            self.last = self.blocks[5]  # a dropped block also registered elsewhere: copied there
+
+    model = Model()
+    copied, fakes = fake_copy(model, FakeTensorMode(), keep=("blocks", 2))
+    assert len(copied.blocks) == 2 and len(model.blocks) == 6
+    assert copied.blocks[1].weight is copied.last.weight and isinstance(copied.last.weight, FakeTensor)
+    assert all(isinstance(t, FakeTensor) for t in (*copied.parameters(), *copied.buffers()))
+    # faked: embedding, blocks 0-1 (weight + bias), block 5's bias through `last`; blocks 2-4 are not
+    assert len(fakes) == 1 + 4 + 1 and id(model.blocks[3].weight) not in fakes

@@ -165,6 +165,37 @@ def test_plan_table_recommends_the_fitting_strategy_with_least_communication():
     assert render_plan(plan, "markdown").count("\n| ") == 6  # header + 5 strategies
 
 
+def test_reusing_simulations_runs_each_rank_step_once_with_the_same_reports(monkeypatch):
+    import copy
+
+    from training_profiler.fx_audit import memory
+    from training_profiler.fx_audit.parallel import reusing_simulations
+
+    model = Tiny()
+    fresh = {offload: simulate_parallel_step(model, INPUTS, optimizer="adamw", parallel="fsdp", world_size=2,
+                                             offload=offload) for offload in (None, "params")}
+    runs = []
+    simulate = memory.simulate_training_step
+    monkeypatch.setattr(memory, "simulate_training_step", lambda *a, **k: runs.append(1) or simulate(*a, **k))
+    with reusing_simulations():
+        for _ in range(2):
+            for offload in (None, "params"):
+                report = simulate_parallel_step(model, INPUTS, optimizer="adamw", parallel="fsdp", world_size=2,
+                                                offload=offload)
+                expected = copy.copy(fresh[offload])
+                for key in ("peak_bytes", "reserved_bytes", "breakdown", "comm_bytes", "notes", "top_tensors"):
+                    assert getattr(report, key) == getattr(expected, key)
+                assert [r.peak_bytes for r in report.per_rank] == [r.peak_bytes for r in expected.per_rank]
+        assert len(runs) == 2  # two distinct ranks (uneven head), each simulated once
+        simulate_parallel_step(model, (torch.empty(5, 16),), optimizer="adamw", parallel="fsdp", world_size=2)
+        simulate_parallel_step(model, INPUTS, optimizer="sgd", parallel="fsdp", world_size=2)
+        simulate_parallel_step(model, INPUTS, optimizer="adamw", parallel="fsdp", world_size=2,
+                               reshard_after_forward=False)
+        assert len(runs) == 8  # another batch, optimizer or resharding is another step
+    simulate_parallel_step(model, INPUTS, optimizer="adamw", parallel="fsdp", world_size=2)
+    assert len(runs) == 10  # outside the context nothing is reused
+
+
 def test_checkpointing_advisor_picks_the_fewest_blocks():
     from training_profiler.fx_audit.parallel import advise_checkpointing
 

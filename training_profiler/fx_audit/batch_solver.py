@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from ..units import parse_bytes
 
-__all__ = ["max_batch_size"]
+__all__ = ["batch_of", "max_batch_size"]
 
 
 def max_batch_size(
@@ -19,6 +19,7 @@ def max_batch_size(
     limit: int = 1 << 20,
     target: str | None = None,
     peak_of: Callable[[Any], int] | None = None,
+    known: dict[int, int] | None = None,
 ) -> int:
     """The largest batch size whose simulated training-step peak fits in ``budget_bytes``
     (0 if not even batch 1 fits). ``make_inputs(batch_size)`` returns example inputs as accepted
@@ -27,7 +28,10 @@ def max_batch_size(
     settle it exactly. On the CUDA target the budget is compared with the predicted reserved
     bytes (``max_memory_reserved``: an OOM happens when a new segment does not fit).
     ``peak_of(inputs)`` replaces the single-process simulation (distributed plans pass their
-    per-rank peak)."""
+    per-rank peak). ``known``: {batch: peak} already simulated (the caller's own run), not run again.
+
+    With the peak affine in the batch (the usual case) the answer is predicted from two points
+    and confirmed by simulating it and the next batch; otherwise the search above decides."""
     from .memory import simulate_training_step
 
     budget = parse_bytes(budget_bytes)
@@ -35,7 +39,7 @@ def max_batch_size(
         raise TypeError(
             f"make_inputs must be a callable batch_size -> example inputs, got {type(make_inputs).__name__}"
         )
-    peaks: dict[int, int] = {}
+    peaks: dict[int, int] = dict(known or {})
 
     def peak(batch: int) -> int:
         if batch not in peaks:
@@ -56,6 +60,9 @@ def max_batch_size(
         first = peak(2)
     if first > budget:
         return 0
+    predicted = _affine_answer(peak, peaks, start, budget, limit)
+    if predicted is not None:
+        return predicted
     # secant steps on the (nearly linear) peak(batch) curve, starting from the two smallest batches
     low, high = start, start + 1
     guess = start
@@ -93,3 +100,31 @@ def max_batch_size(
         else:
             too_big = middle
     return fits
+
+
+def _affine_answer(peak: Callable[[int], int], peaks: dict[int, int], start: int, budget: int,
+                   limit: int) -> int | None:
+    """The largest batch under ``budget`` on the line through batch ``start`` and the largest
+    other known batch (else ``start + 1``), if simulation confirms it: it fits and the next batch
+    does not. None when the line does not grow or the confirmation fails."""
+    other = max((b for b in peaks if b > start), default=start + 1)
+    rise = peak(other) - peak(start)
+    if rise <= 0:
+        return None
+    guess = min(limit, start + (budget - peak(start)) * (other - start) // rise)
+    if peak(guess) > budget:
+        return None
+    if guess == limit or peak(guess + 1) > budget:
+        return guess
+    return None
+
+
+def batch_of(inputs: Any) -> int | None:
+    """The leading dimension shared by every non-scalar tensor of ``inputs`` (a tuple), i.e. the
+    batch at which ``inputs`` simulates like ``make_inputs(batch)`` (contiguous tensors of those
+    shapes); None if they disagree or a tensor is not contiguous."""
+    import torch
+
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor) and t.dim()]
+    sizes = {t.shape[0] for t in tensors}
+    return sizes.pop() if len(sizes) == 1 and all(t.is_contiguous() for t in tensors) else None

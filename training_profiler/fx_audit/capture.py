@@ -20,6 +20,7 @@ This module imports torch: import it only from torch-using code paths.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
@@ -102,16 +103,19 @@ def quiet_fake_tensor_logs() -> Iterator[None]:
 
 
 def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dtype | None = None,
-              device: str = "cpu") -> tuple[nn.Module, dict[int, torch.Tensor]]:
+              device: str = "cpu", keep: tuple[str, int] | None = None) -> tuple[nn.Module, dict[int, torch.Tensor]]:
     """The module tree of ``model`` with every tensor replaced by a fake tensor on ``device``.
 
-    ``float_dtype`` casts floating tensors (pure bf16/fp16 training). Returns the copy and
+    ``float_dtype`` casts floating tensors (pure bf16/fp16 training). ``keep=(path, k)`` copies
+    only the first k children of the container at ``path`` (the rest are neither faked nor
+    copied: a 3-block copy of an 80-block model costs 3 blocks). Returns the copy and
     ``{id(original tensor): fake tensor}``; tied tensors map to one fake.
     """
     memo: dict[int, Any] = {}
     fakes: dict[int, torch.Tensor] = {}
     by_storage: dict[tuple, torch.Tensor] = {}  # distinct Parameter objects over one storage stay tied
-    for module in model.modules():
+    container = model.get_submodule(keep[0]) if keep is not None else None
+    for module in _modules_kept(model, container, keep[1] if keep is not None else 0):
         tensors = list(module._parameters.values()) + list(module._buffers.values())
         tensors += [v for v in vars(module).values() if isinstance(v, torch.Tensor)]
         for t in tensors:
@@ -123,10 +127,31 @@ def fake_copy(model: nn.Module, fake_mode: FakeTensorMode, float_dtype: torch.dt
                 by_storage[key] = _fake_like(t, fake_mode, float_dtype, device)
             fakes[id(t)] = memo[id(t)] = by_storage[key]
     try:
+        if container is not None:  # its copy holds only the kept children
+            memo[id(container._modules)] = copy.deepcopy(
+                collections.OrderedDict(list(container._modules.items())[: keep[1]]), memo)
         return copy.deepcopy(model, memo), fakes
     except Exception as exc:
         raise TypeError(f"cannot audit {type(model).__name__}: copying its module tree failed ({exc}); "
                         "the model must be deep-copyable apart from its tensors") from exc
+
+
+def _modules_kept(module: nn.Module, container: nn.Module | None, kept: int) -> Iterator[nn.Module]:
+    """``module.modules()`` (each once, same order) without the children of ``container`` after
+    its first ``kept``."""
+    seen: set[int] = set()
+
+    def walk(m: nn.Module) -> Iterator[nn.Module]:
+        if id(m) in seen:
+            return
+        seen.add(id(m))
+        yield m
+        children = list(m._modules.values())
+        for child in children[:kept] if m is container else children:
+            if child is not None:
+                yield from walk(child)
+
+    return walk(module)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ def _register_plan(sub: argparse._SubParsersAction) -> None:
 def run_plan(args: argparse.Namespace) -> int:
     require_torch("plan")
     from .capture import build_model
-    from .parallel import advise_checkpointing, plan_strategies, render_plan
+    from .parallel import advise_checkpointing, plan_strategies, render_plan, reusing_simulations
 
     if args.gpus < 1:
         raise UsageError(f"--gpus {args.gpus} must be at least 1")
@@ -109,20 +109,22 @@ def run_plan(args: argparse.Namespace) -> int:
     factory = load_factory(args.model)
     inputs = _example_inputs(args, factory)
     model = _usage(lambda: build_model(factory))
-    plan = _usage(lambda: plan_strategies(model, inputs, world_size=args.gpus, budget=budget, optimizer=args.optimizer,
-                                          amp=args.amp, checkpointing=not args.no_checkpointing,
-                                          target=args.target))
-    plan.model = args.model
-    if budget is not None and plan.recommendation is None and args.gpus > 1:
-        plan.checkpoint_advice = _usage(lambda: advise_checkpointing(
-            model, inputs, budget, optimizer=args.optimizer, amp=args.amp, parallel="fsdp", world_size=args.gpus,
-            target=args.target))
-    elif budget is not None and plan.recommendation is not None and "ckpt" in plan.recommendation:
-        best = next(r for r in plan.rows if r.strategy == plan.recommendation)
-        options = {k: v for k, v in best.options.items() if k != "checkpoint"}
-        plan.checkpoint_advice = _usage(lambda: advise_checkpointing(
-            model, inputs, budget, optimizer=args.optimizer, amp=None if options.get("mixed_precision") else args.amp,
-            world_size=args.gpus, target=args.target, **options))
+    with reusing_simulations():  # the advisor reuses the plan's steps (no checkpoint, every block)
+        plan = _usage(lambda: plan_strategies(model, inputs, world_size=args.gpus, budget=budget,
+                                              optimizer=args.optimizer, amp=args.amp,
+                                              checkpointing=not args.no_checkpointing, target=args.target))
+        plan.model = args.model
+        if budget is not None and plan.recommendation is None and args.gpus > 1:
+            plan.checkpoint_advice = _usage(lambda: advise_checkpointing(
+                model, inputs, budget, optimizer=args.optimizer, amp=args.amp, parallel="fsdp", world_size=args.gpus,
+                target=args.target))
+        elif budget is not None and plan.recommendation is not None and "ckpt" in plan.recommendation:
+            best = next(r for r in plan.rows if r.strategy == plan.recommendation)
+            options = {k: v for k, v in best.options.items() if k != "checkpoint"}
+            plan.checkpoint_advice = _usage(lambda: advise_checkpointing(
+                model, inputs, budget, optimizer=args.optimizer,
+                amp=None if options.get("mixed_precision") else args.amp, world_size=args.gpus, target=args.target,
+                **options))
     if args.format == "html":
         from ..formats.html import plan_to_html
 

@@ -706,7 +706,7 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
                 amp: str | None, memory_budget: int | None, target: str | None = None,
                 plan: dict | None = None) -> None:
     try:
-        from .batch_solver import max_batch_size
+        from .batch_solver import batch_of, max_batch_size
         from .memory import simulate_training_step
     except ImportError:
         report.capture.notes.append("memory simulation is not available in this installation")
@@ -738,5 +738,7 @@ def _add_memory(report: AuditReport, model: nn.Module, args: tuple, kwargs: dict
 
         peak_of = rank_peak if plan and plan != _SINGLE_PROCESS else None
 
+        batch = None if kwargs else batch_of(args)  # the step simulated above is that batch's
         report.totals.max_batch_size = max_batch_size(model, make_inputs, memory_budget, optimizer=optimizer,
-                                                         amp=amp, target=memory.target, peak_of=peak_of)
+                                                         amp=amp, target=memory.target, peak_of=peak_of,
+                                                         known=None if batch is None else {batch: memory.oom_bytes})

@@ -23,7 +23,6 @@ adds on top of the tensors (CPU: oneDNN workspaces, per instruction set) is its 
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import copy
 from typing import Any, Callable
@@ -351,11 +350,8 @@ def _simulate(model, example_inputs, *, optimizer, amp, steps, loss_fn, lr, targ
 
     fake_mode = FakeTensorMode(allow_non_fake_inputs=False)
     with fake_mode, quiet_fake_tensor_logs():
-        fake_model, _ = fake_copy(model, fake_mode, pure_dtype, device)
+        fake_model, _ = fake_copy(model, fake_mode, pure_dtype, device, keep=keep)
         fake_model.train()
-        if keep is not None:
-            container = fake_model.get_submodule(keep[0])
-            container._modules = collections.OrderedDict(list(container._modules.items())[: keep[1]])
         if engine is not None:
             engine.wrap(fake_model)
         args, kwargs = _split_inputs(example_inputs)

@@ -6,7 +6,7 @@ formula. Entry points: ``audit(model, inputs, parallel=..., world_size=...)`` an
 from __future__ import annotations
 
 from .plan import VARIANTS, Plan, PlanRow, advise_checkpointing, plan_strategies, render_plan
-from .simulate import STRATEGIES, check_parallel_options, simulate_parallel_step
+from .simulate import STRATEGIES, check_parallel_options, reusing_simulations, simulate_parallel_step
 
 __all__ = ["STRATEGIES", "VARIANTS", "Plan", "PlanRow", "advise_checkpointing", "check_parallel_options",
-           "plan_strategies", "render_plan", "simulate_parallel_step"]
+           "plan_strategies", "render_plan", "reusing_simulations", "simulate_parallel_step"]

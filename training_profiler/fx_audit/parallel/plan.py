@@ -9,7 +9,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .simulate import simulate_parallel_step
+from .simulate import reusing_simulations, simulate_parallel_step
 
 __all__ = ["VARIANTS", "Plan", "PlanRow", "advise_checkpointing", "plan_strategies", "render_plan"]
 
@@ -73,7 +73,6 @@ def plan_strategies(model: Any, example_inputs: tuple, *, world_size: int, budge
     With ``amp`` bf16/fp16, FSDP rows use ``mixed_precision`` (FSDP's param dtype) instead of
     autocast. The recommendation is the strategy that fits with the least communication (then
     without offload, then without checkpointing, then the smallest peak)."""
-    from ..batch_solver import max_batch_size
     from .fsdp import default_units
 
     if not isinstance(example_inputs, tuple):
@@ -88,30 +87,40 @@ def plan_strategies(model: Any, example_inputs: tuple, *, world_size: int, budge
             rows_to_run.append((name + "+ckpt", {**options, "checkpoint": "blocks"}))
     micro_batch = example_inputs[0].shape[0] if getattr(example_inputs[0], "dim", lambda: 0)() else 1
     plan = Plan(model=type(model).__name__, world_size=world_size, budget=budget, micro_batch=micro_batch)
-    for name, options in rows_to_run:
-        row_amp = None if options.get("mixed_precision") else amp
-
-        def simulate(inputs, options=options, row_amp=row_amp):
-            return simulate_parallel_step(model, inputs, optimizer=optimizer, amp=row_amp, world_size=world_size,
-                                          target=target, **options)
-
-        report = simulate(example_inputs)
-        row = PlanRow(strategy=name, options=options, peak_bytes=report.peak_bytes, comm_bytes=report.comm_bytes,
-                      per_rank=[{"ranks": r.ranks, "peak_bytes": r.peak_bytes, "breakdown": r.breakdown}
-                                for r in report.per_rank])
-        if budget is not None:
-            row.fits = row.peak_bytes <= budget
-            if solve_batch:
-                row.max_micro_batch = max_batch_size(
-                    model, lambda b: _batched(example_inputs, b), budget,
-                    peak_of=lambda inputs, simulate=simulate: simulate(inputs).oom_bytes)
-        plan.rows.append(row)
+    with reusing_simulations():  # offload rows reuse their base row's steps, the solver the row's own
+        for name, options in rows_to_run:
+            plan.rows.append(_plan_row(model, example_inputs, name, options, world_size, budget, optimizer, amp,
+                                       solve_batch, target))
     fitting = [r for r in plan.rows if r.fits is not False]
     if fitting:
         # equal communication: no host offload (PCIe traffic), then no recompute, then the smaller peak
         best = min(fitting, key=lambda r: (r.comm_total, "offload" in r.strategy, "ckpt" in r.strategy, r.peak_bytes))
         plan.recommendation = best.strategy
     return plan
+
+
+def _plan_row(model: Any, example_inputs: tuple, name: str, options: dict[str, Any], world_size: int,
+              budget: int | None, optimizer: str, amp: str | None, solve_batch: bool, target: str | None) -> PlanRow:
+    from ..batch_solver import batch_of, max_batch_size
+
+    row_amp = None if options.get("mixed_precision") else amp
+
+    def simulate(inputs):
+        return simulate_parallel_step(model, inputs, optimizer=optimizer, amp=row_amp, world_size=world_size,
+                                      target=target, **options)
+
+    report = simulate(example_inputs)
+    row = PlanRow(strategy=name, options=options, peak_bytes=report.peak_bytes, comm_bytes=report.comm_bytes,
+                  per_rank=[{"ranks": r.ranks, "peak_bytes": r.peak_bytes, "breakdown": r.breakdown}
+                            for r in report.per_rank])
+    if budget is not None:
+        row.fits = row.peak_bytes <= budget
+        if solve_batch:
+            batch = batch_of(example_inputs)  # the step just simulated is that batch's
+            row.max_micro_batch = max_batch_size(
+                model, lambda b: _batched(example_inputs, b), budget, peak_of=lambda inputs: simulate(inputs).oom_bytes,
+                known=None if batch is None else {batch: report.oom_bytes})
+    return row
 
 
 def advise_checkpointing(model: Any, example_inputs: tuple, budget: int, *, optimizer: str = "adamw",

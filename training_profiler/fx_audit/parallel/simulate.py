@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 from typing import Any, Callable, Iterator
 
 from ..records import MemoryReport
 
 __all__ = ["MIXED_PRECISION", "STRATEGIES", "check_parallel_options", "fake_process_group",
-           "simulate_parallel_step"]
+           "reusing_simulations", "simulate_parallel_step"]
 
 STRATEGIES = ("ddp", "zero1", "fsdp", "zero2", "zero3")
 MIXED_PRECISION = (None, "bf16", "fp16")
@@ -158,18 +159,27 @@ def simulate_parallel_step(model: Any, example_inputs: Any, *, optimizer: str = 
     records = []
     for ranks in groups:
         rank = ranks[0]
-        if parallel == "fsdp":
-            engine = FSDPEngine(world_size, rank, units, reshard_after_forward, mixed_precision, ckpt)
-        elif parallel is not None:
-            engine = DDPEngine(world_size, rank, ckpt)
-        else:
-            engine = _CheckpointOnly(ckpt) if ckpt else None
-        opt = zero1_optimizer(optimizer) if parallel == "zero1" else optimizer
-        with fake_process_group(rank, world_size):
-            report = simulate_training_step(model, example_inputs, optimizer=opt, amp=amp, loss_fn=loss_fn,
-                                            engine=engine, target=target)
-        report.optimizer = optimizer
-        report.comm_bytes.update(engine.comm_bytes(model) if engine is not None else {})
+
+        def simulate(rank=rank) -> MemoryReport:
+            if parallel == "fsdp":
+                engine = FSDPEngine(world_size, rank, units, reshard_after_forward, mixed_precision, ckpt)
+            elif parallel is not None:
+                engine = DDPEngine(world_size, rank, ckpt)
+            else:
+                engine = _CheckpointOnly(ckpt) if ckpt else None
+            opt = zero1_optimizer(optimizer) if parallel == "zero1" else optimizer
+            with fake_process_group(rank, world_size):
+                report = simulate_training_step(model, example_inputs, optimizer=opt, amp=amp, loss_fn=loss_fn,
+                                                engine=engine, target=target)
+            report.optimizer = optimizer
+            report.comm_bytes.update(engine.comm_bytes(model) if engine is not None else {})
+            return report
+
+        # everything the simulated step depends on; offload is not in it (applied to the report below)
+        key = (model, _inputs_key(example_inputs), optimizer, amp, loss_fn, target, parallel, world_size, rank,
+               reshard_after_forward if parallel == "fsdp" else None, tuple(units), ckpt and tuple(ckpt),
+               mixed_precision)
+        report = _reused(key, simulate)
         if offload == "params":
             _offload_to_host(report)
         report.parallel, report.world_size, report.ranks = parallel, world_size, ranks
@@ -181,6 +191,52 @@ def simulate_parallel_step(model: Any, example_inputs: Any, *, optimizer: str = 
     if len(records) > 1:
         result.notes = [*largest.notes, f"ranks differ (uneven shards): the peak is rank {largest.ranks[0]}'s"]
     return result
+
+
+_reuse: dict | None = None  # rank simulations by key while reusing_simulations() is active
+
+
+@contextlib.contextmanager
+def reusing_simulations() -> Iterator[None]:
+    """For the duration of a plan: ``simulate_parallel_step`` simulates each rank once per model,
+    inputs layout and options (offload only changes the report afterwards, so an offload row
+    reuses its base row's steps), and hands out copies. Also freezes the objects alive at entry
+    out of the garbage collector's scans (the model and torch's modules, scanned again at every
+    full collection of the many simulations otherwise)."""
+    global _reuse
+    if _reuse is not None:  # nested: the outer one's cache
+        yield
+        return
+    _reuse = {}
+    gc.freeze()
+    try:
+        yield
+    finally:
+        _reuse = None
+        gc.unfreeze()
+
+
+def _reused(key: tuple, simulate: Callable[[], MemoryReport]) -> MemoryReport:
+    if _reuse is None or key[1] is None:
+        return simulate()
+    if key not in _reuse:
+        _reuse[key] = simulate()
+    return copy.deepcopy(_reuse[key])  # callers change their report (offload, labels)
+
+
+def _inputs_key(inputs: Any) -> tuple | None:
+    """What the simulation takes from example inputs that are all tensors: their shapes, strides
+    and dtypes (``inputs.spec_to_tensor``); None for other inputs (not reused)."""
+    import torch
+
+    items = inputs.items() if isinstance(inputs, dict) else enumerate(
+        inputs if isinstance(inputs, (tuple, list)) else (inputs,))
+    key = []
+    for name, t in items:
+        if not isinstance(t, torch.Tensor):
+            return None
+        key.append((name, tuple(t.shape), tuple(t.stride()), t.dtype))
+    return tuple(key)
 
 
 class _CheckpointOnly:
