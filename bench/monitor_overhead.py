@@ -111,7 +111,7 @@ class _CountSyncs(TorchDispatchMode):
 class _SelfTime:
     """CPU time spent inside the monitor's entry points (they do not nest)."""
 
-    ENTRY_POINTS = ("_begin_step", "_end_step", "_optimizer_pre_hook", "_optimizer_post_hook")
+    ENTRY_POINTS = ("_begin_step", "_end_step", "_optimizer_pre_hook", "_optimizer_post_hook", "_act_hook")
 
     def __init__(self):
         self.seconds = 0.0
@@ -168,6 +168,62 @@ def measure(case, steps: int, rounds: int) -> dict[str, dict[str, float]]:
             fn(model)
     out["watch_training"]["self_ms"] = self_time.seconds / (steps * 2) * 1e3
     return out
+
+
+def _cost_step(variant: str, floor_time: list[float]):
+    """The cost target's training step: a 2-layer d=256 transformer encoder, 16x64 tokens, AdamW.
+    ``floor``: the plain step plus one timed ``_foreach_norm`` over the gradients, where the monitor
+    reads them (after the backward, before the optimizer step)."""
+    torch.manual_seed(0)
+    model = _Transformer(d=256)
+    tokens = torch.randint(0, 1000, (16, 64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(model):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+        loss.backward()
+        if variant == "floor":
+            grads = [p.grad for p in model.parameters()]
+            t = time.thread_time()
+            torch._foreach_norm(grads)  # the op alone: collecting the gradients is part of the monitor's time only
+            floor_time[0] += time.thread_time() - t
+        opt.step()
+        return loss
+
+    return (watch_training(step) if variant == "watch_training" else step), model
+
+
+def cost_rows(rounds: int, steps: int) -> list[float]:
+    """The monitor's own CPU time per step (its periodic work amortised over ``steps``, a multiple of
+    ``precision_every``) against the floor, one ``_foreach_norm`` over the same gradients; the two
+    variants alternate over the rounds. Prints both and their ratio per round; returns the ratios."""
+    floor_time = [0.0]
+    rows: list[tuple[float, float]] = []  # per round: floor, added (ms/step)
+    with _SelfTime() as self_time:  # from before the first step: the monitor's optimizer hooks are bound then
+        fns = {v: _cost_step(v, floor_time) for v in ("floor", "watch_training")}
+        for fn, model in fns.values():  # warm-up, and the monitor's own warm-up (100 steps)
+            for _ in range(110 if fn is fns["watch_training"][0] else 10):
+                fn(model)
+        for r in range(rounds):
+            floor_time[0] = self_time.seconds = 0.0
+            for v in ("floor", "watch_training") if r % 2 == 0 else ("watch_training", "floor"):
+                fn, model = fns[v]
+                for _ in range(steps):
+                    fn(model)
+            rows.append((floor_time[0] / steps * 1e3, self_time.seconds / steps * 1e3))
+    floor, added = (sorted(col) for col in zip(*rows))
+    ratios = sorted(a / f for f, a in rows)
+
+    def spread(values):
+        return f"median {statistics.median(values):6.3f}  (rounds {values[0]:.3f}-{values[-1]:.3f})"
+
+    print(f"monitor cost against the floor: transformer d=256, 2 layers, 16x64 tokens, AdamW, CPU, "
+          f"{torch.get_num_threads()} thread(s), {rounds} rounds x {steps} steps per variant, alternated")
+    print(f"  floor: one _foreach_norm over the gradients (ms/step)    {spread(floor)}")
+    print(f"  added: the monitor's own CPU time (ms/step, amortised)  {spread(added)}")
+    print(f"  ratio added / floor (target <= 1.5)                     {spread(ratios)}")
+    return ratios
 
 
 class _Clock:
@@ -344,9 +400,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--framework-steps", type=int, default=60, help="steps per framework fit (0: skip them)")
     parser.add_argument("--only-frameworks", action="store_true", help="only the framework rows")
+    parser.add_argument("--only-cost", action="store_true", help="only the cost against the floor")
+    parser.add_argument("--cost-rounds", type=int, default=9, help="rounds of the cost against the floor (0: skip)")
+    parser.add_argument("--cost-steps", type=int, default=50, help="steps per variant and round of the cost")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.only_cost:
+        cost_rows(args.cost_rounds, args.cost_steps)
+        return 0
     if args.only_frameworks:
         framework_rows(args.framework_steps, args.rounds)
         return 0
@@ -361,6 +423,9 @@ def main(argv=None) -> int:
             print(f"{name:14}{v:16}{m['ms']:9.3f}{added:10.3f}{added / base:9.2%}{m['syncs']:12.2f}")
         own = r["watch_training"]["self_ms"]
         print(f"{name:14}{'monitor self':16}{'':9}{own:10.3f}{own / base:9.2%}")
+    if args.cost_rounds:
+        print()
+        cost_rows(args.cost_rounds, args.cost_steps)
     if args.framework_steps:
         framework_rows(args.framework_steps, args.rounds)
     return 0
