@@ -205,7 +205,7 @@ class StatsBuffer:
         elif isinstance(out, (tuple, list)):
             loss = next((v for v in out if isinstance(v, (torch.Tensor, float))), None)
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            return loss.detach().reshape(())
+            return loss.detach() if loss.ndim == 0 else loss.detach().reshape(())
         if isinstance(loss, (float, int)) and not isinstance(loss, bool):
             return float(loss)
         return None
@@ -249,21 +249,20 @@ class StatsBuffer:
         """The parameters' gradient norms (one fused ``_foreach_norm``), for :meth:`write_norms`,
         and the layers without any gradient; on a precision step also the fp16/bf16 counts of
         low-precision gradients (into ``row``). None when no parameter has a gradient."""
-        grads = [p.grad for p in self.params]
+        grads = [g for p in self.params if (g := p.grad) is not None]
         params = None
-        if any(g is None for g in grads):  # some parameters without a gradient in this step
-            params = [p for p in self.params if p.grad is not None]
-            if not params:
+        if len(grads) < len(self.params):  # some parameters without a gradient in this step
+            if not grads:
                 return None
-            grads = [p.grad for p in params]
+            params = [p for p in self.params if p.grad is not None]
         if grads[0].requires_grad:  # a backward with create_graph=True: stay out of the graph
             grads = [g.detach() for g in grads]
         if self.sharded:
             grads = [_local(g) for g in grads]
-        if all(g.dtype == torch.float32 for g in grads):
-            norms = torch._foreach_norm(grads)
-        else:  # fp16 norms overflow at 65504: accumulate in fp32
+        try:  # in fp32 (fp16 norms overflow at 65504); the same values as without dtype for fp32 gradients
             norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        except RuntimeError:  # float64 gradients: no narrowing to fp32
+            norms = torch._foreach_norm(grads)
         if precision:
             self._write_grad_precision(row, grads)
         if params is None and not self.sharded:
@@ -303,7 +302,8 @@ class StatsBuffer:
     def write_update_ratio(self, row: torch.Tensor, before: list[torch.Tensor]) -> None:
         """Per layer |w_after - w_before| / |w_after|."""
         params = [_local(p.detach()) for p in self.params]  # sharded: per shard, averaged over ranks
-        delta = torch._foreach_norm(torch._foreach_sub(params, before), 2, dtype=torch.float32)
+        torch._foreach_sub_(before, params)  # in place: the snapshot is not needed after this
+        delta = torch._foreach_norm(before, 2, dtype=torch.float32)
         weight = torch._foreach_norm(params, 2, dtype=torch.float32)
         idx = self._param_layer
         n = len(self.layers)
@@ -335,13 +335,14 @@ class StatsBuffer:
         return self._norms_view[: len(block)]
 
     def nonfinite_norm(self, values: np.ndarray) -> float | None:
-        """The global gradient norm of a row's loss and parameter columns when it is NaN/Inf
-        (float32, as :meth:`grad_norms`: a norm whose square overflows counts), else None. The
-        common case is one dot product."""
-        g = values[1 : self._c_scale].astype(np.float64)  # float64: no overflow warning; float32's limit below
-        if (g.sum() if self.sharded else np.dot(g, g)) <= _FLOAT32_MAX:  # False for NaN
+        """The global gradient norm of a row when it is NaN/Inf (in float32, as :meth:`grad_norms`:
+        a norm whose square overflows counts), else None. The common case is one sum: the sum of
+        squares is at most the square of the sum of the norms."""
+        total = sum(values[1 : self._c_scale].tolist())  # Python floats: no numpy reduction to set up, no overflow
+        if (total if self.sharded else total * total) <= _FLOAT32_MAX:  # False for NaN
             return None
-        return float(self.grad_norms(values[None, : self._c_scale])[0, 0])
+        norm = float(self.grad_norms(values[None, : self._c_scale])[0, 0])
+        return None if math.isfinite(norm) else norm
 
     def record(self, step: int, has_loss: bool, missing: tuple[int, ...] | None, has_scale: bool,
                precision: bool, values: np.ndarray, norms: np.ndarray) -> dict[str, Any]:

@@ -524,14 +524,15 @@ class TrainingMonitor:
         if stats.fast.cuda:  # on CPU the queue is empty: each step is checked at its end
             self._drain_fast(wait=False)  # before the copy below reuses the host slot of step - transfer_every
         stats.fast.copy(self._row, row, self._row)
-        self._pending_fast.append((self._row, step, has_loss, missing is not None))
+        if stats.fast.cuda:
+            self._pending_fast.append((self._row, step, has_loss, missing is not None))
+        else:  # a CPU "copy" has landed already: check this step now
+            self._check_finite(stats.transfer.view[self._row], step, has_loss, missing is not None)
         self._row_meta.append((step, has_loss, missing, has_scale, self._precision))
 
     def _after_row(self) -> None:
         """The periodic work after a step's row is complete."""
         if not self._draining:
-            if not self._stats.fast.cuda:
-                self._drain_fast(wait=False)  # a CPU "copy" has landed already: check this step now
             if self._catch_up and self._world == 1:  # a NaN/Inf alert waits: judge the steps before it
                 self._judge_all()
                 return
@@ -648,13 +649,16 @@ class TrainingMonitor:
                     break
                 fast.wait(row)
             self._pending_fast.popleft()
-            values = fast.view[row] if fast.cuda else self._stats.transfer.view[row]
-            loss = float(values[0])
-            if has_loss and not math.isfinite(loss):  # the common case: a float check and a dot product
-                self._guarded("detectors", self._detectors.check_finite, step, "loss", loss, self.scaler)
-            norm = self._stats.nonfinite_norm(values) if has_grad else None
-            if norm is not None:
-                self._guarded("detectors", self._detectors.check_finite, step, "grad_norm", norm, self.scaler)
+            self._check_finite(fast.view[row], step, has_loss, has_grad)
+
+    def _check_finite(self, values: np.ndarray, step: int, has_loss: bool, has_grad: bool) -> None:
+        """NaN/Inf in the loss or the global gradient norm of a row that has reached the host."""
+        loss = float(values[0])
+        if has_loss and not math.isfinite(loss):  # the common case: a float check and a sum
+            self._guarded("detectors", self._detectors.check_finite, step, "loss", loss, self.scaler)
+        norm = self._stats.nonfinite_norm(values) if has_grad else None
+        if norm is not None:
+            self._guarded("detectors", self._detectors.check_finite, step, "grad_norm", norm, self.scaler)
         if self._detectors.pending:
             self._catch_up = any(a.step > self._judged for a in self._detectors.pending)
             self._emit()
