@@ -268,7 +268,8 @@ class _Clock:
             setattr(obj, name, timed)
 
 
-_MONITOR_HOOKS = ("_optimizer_pre_hook", "_optimizer_post_hook", "_act_hook")  # bound when registered: patch the instance first
+# bound when registered: patch the instance first
+_MONITOR_HOOKS = ("_optimizer_pre_hook", "_optimizer_post_hook", "_act_hook")
 
 
 def _lightning_fit(watch: bool, steps: int) -> _Clock:
