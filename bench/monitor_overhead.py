@@ -1,15 +1,24 @@
-"""Cost of @watch_training per training step on CPU, next to a naive per-parameter .item() monitor.
+"""Cost of @watch_training per training step on CPU, next to a naive per-parameter .item()
+monitor, and against the floor of any gradient monitor.
 
     python bench/monitor_overhead.py [--steps 20] [--rounds 7] [--threads 1]
+    python bench/monitor_overhead.py --only-cost [--cost-rounds 9] [--cost-steps 50]
 
 Two models: a small MLP and a small transformer encoder (2 layers, d_model 128, 4 heads, seq 64,
 batch 16), SGD. Variants run interleaved in rounds (the machine may be shared); the figure per
 variant is the median over rounds of the mean CPU time per step (process time, so other load on
 the machine counts less). "monitor self" is the CPU time spent inside the monitor's own code
-(its step entry/exit and optimizer hooks), timed directly: the least noisy figure. Host syncs per
-step are counted with a dispatch mode (scalar reads; on a GPU each one stalls the pipeline).
-Targets: <= 1% of the transformer step and <= 0.3 ms/step added. "floor" is the plain step plus one
-``torch._foreach_norm`` over the gradients, inside the step (cold in cache, as the monitor reads them).
+(its step entry/exit, optimizer and activation hooks), timed directly: the least noisy figure.
+Host syncs per step are counted with a dispatch mode (scalar reads; on a GPU each one stalls the
+pipeline). "floor" is the plain step plus one ``torch._foreach_norm`` over the gradients, inside
+the step (cold in cache, as the monitor reads them).
+
+Cost against the floor (``--only-cost``; also after the table unless ``--cost-rounds 0``): a
+2-layer d=256 transformer encoder, 16x64 tokens, AdamW. Per round, 50 steps with one timed
+``_foreach_norm`` over the gradients where the monitor reads them (the floor: the op alone) and
+50 monitored steps with the monitor's own CPU time (periodic transfers and cadenced precision
+checks amortised over the 50 steps), in alternating order; printed: floor, added time and their
+ratio, median and range over the rounds (target: ratio <= 1.5).
 
 Framework rows (``--framework-steps 0`` skips them): the same transformer in a Lightning Trainer
 and a Hugging Face Trainer, with and without ``WatchTrainingCallback``, fits alternated over the
@@ -111,7 +120,7 @@ class _CountSyncs(TorchDispatchMode):
 class _SelfTime:
     """CPU time spent inside the monitor's entry points (they do not nest)."""
 
-    ENTRY_POINTS = ("_begin_step", "_end_step", "_optimizer_pre_hook", "_optimizer_post_hook")
+    ENTRY_POINTS = ("_begin_step", "_end_step", "_optimizer_pre_hook", "_optimizer_post_hook", "_act_hook")
 
     def __init__(self):
         self.seconds = 0.0
@@ -138,36 +147,92 @@ class _SelfTime:
 
 def measure(case, steps: int, rounds: int) -> dict[str, dict[str, float]]:
     variants = ("none", "floor", "watch_training", "naive .item()")
-    fns = {}
-    for v in variants:
-        model, loss_fn = case()
-        fns[v] = (_step_fn(v, model, loss_fn), model)
-    for fn, model in fns.values():  # warm-up (and the monitor's own warm-up)
-        for _ in range(110 if fn is fns["watch_training"][0] else 10):
-            fn(model)
-    times = {v: [] for v in variants}
-    for _ in range(rounds):
+    with _SelfTime() as self_time:  # from before the first step: the monitor's optimizer hooks are bound then
+        fns = {}
+        for v in variants:
+            model, loss_fn = case()
+            fns[v] = (_step_fn(v, model, loss_fn), model)
+        for fn, model in fns.values():  # warm-up (and the monitor's own warm-up)
+            for _ in range(110 if fn is fns["watch_training"][0] else 10):
+                fn(model)
+        times = {v: [] for v in variants}
+        for _ in range(rounds):
+            for v in variants:
+                fn, model = fns[v]
+                t = time.process_time()
+                for _ in range(steps):
+                    fn(model)
+                times[v].append((time.process_time() - t) / steps)
+        out = {}
         for v in variants:
             fn, model = fns[v]
-            t = time.process_time()
-            for _ in range(steps):
-                fn(model)
-            times[v].append((time.process_time() - t) / steps)
-    out = {}
-    for v in variants:
-        fn, model = fns[v]
-        with _CountSyncs() as mode, _SelfTime() as self_time:
-            for _ in range(steps):
-                fn(model)
-        out[v] = {"ms": statistics.median(times[v]) * 1e3, "syncs": mode.count / steps,
-                  "self_ms": self_time.seconds / steps * 1e3}
-    # self time without the dispatch mode's own overhead
-    fn, model = fns["watch_training"]
-    with _SelfTime() as self_time:
+            with _CountSyncs() as mode:
+                for _ in range(steps):
+                    fn(model)
+            out[v] = {"ms": statistics.median(times[v]) * 1e3, "syncs": mode.count / steps}
+        # self time without the dispatch mode's own overhead
+        fn, model = fns["watch_training"]
+        self_time.seconds = 0.0
         for _ in range(steps * 2):
             fn(model)
-    out["watch_training"]["self_ms"] = self_time.seconds / (steps * 2) * 1e3
+        out["watch_training"]["self_ms"] = self_time.seconds / (steps * 2) * 1e3
     return out
+
+
+def _cost_step(variant: str, floor_time: list[float]):
+    """The cost target's training step: a 2-layer d=256 transformer encoder, 16x64 tokens, AdamW.
+    ``floor``: the plain step plus one timed ``_foreach_norm`` over the gradients, where the monitor
+    reads them (after the backward, before the optimizer step)."""
+    torch.manual_seed(0)
+    model = _Transformer(d=256)
+    tokens = torch.randint(0, 1000, (16, 64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(model):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+        loss.backward()
+        if variant == "floor":
+            grads = [p.grad for p in model.parameters()]
+            t = time.thread_time()
+            torch._foreach_norm(grads)  # the op alone: collecting the gradients is part of the monitor's time only
+            floor_time[0] += time.thread_time() - t
+        opt.step()
+        return loss
+
+    return (watch_training(step) if variant == "watch_training" else step), model
+
+
+def cost_rows(rounds: int, steps: int) -> list[float]:
+    """The monitor's own CPU time per step (its periodic work amortised over ``steps``, a multiple of
+    ``precision_every``) against the floor, one ``_foreach_norm`` over the same gradients; the two
+    variants alternate over the rounds. Prints both and their ratio per round; returns the ratios."""
+    floor_time = [0.0]
+    rows: list[tuple[float, float]] = []  # per round: floor, added (ms/step)
+    with _SelfTime() as self_time:  # from before the first step: the monitor's optimizer hooks are bound then
+        fns = {v: _cost_step(v, floor_time) for v in ("floor", "watch_training")}
+        for fn, model in fns.values():  # warm-up, and the monitor's own warm-up (100 steps)
+            for _ in range(110 if fn is fns["watch_training"][0] else 10):
+                fn(model)
+        for r in range(rounds):
+            floor_time[0] = self_time.seconds = 0.0
+            for v in ("floor", "watch_training") if r % 2 == 0 else ("watch_training", "floor"):
+                fn, model = fns[v]
+                for _ in range(steps):
+                    fn(model)
+            rows.append((floor_time[0] / steps * 1e3, self_time.seconds / steps * 1e3))
+    floor, added = (sorted(col) for col in zip(*rows))
+    ratios = sorted(a / f for f, a in rows)
+
+    def spread(values):
+        return f"median {statistics.median(values):6.3f}  (rounds {values[0]:.3f}-{values[-1]:.3f})"
+
+    print(f"monitor cost against the floor: transformer d=256, 2 layers, 16x64 tokens, AdamW, CPU, "
+          f"{torch.get_num_threads()} thread(s), {rounds} rounds x {steps} steps per variant, alternated")
+    print(f"  floor: one _foreach_norm over the gradients (ms/step)    {spread(floor)}")
+    print(f"  added: the monitor's own CPU time (ms/step, amortised)  {spread(added)}")
+    print(f"  ratio added / floor (target <= 1.5)                     {spread(ratios)}")
+    return ratios
 
 
 class _Clock:
@@ -203,7 +268,8 @@ class _Clock:
             setattr(obj, name, timed)
 
 
-_MONITOR_HOOKS = ("_optimizer_pre_hook", "_optimizer_post_hook")  # registered on attach: patch the instance first
+# bound when registered: patch the instance first
+_MONITOR_HOOKS = ("_optimizer_pre_hook", "_optimizer_post_hook", "_act_hook")
 
 
 def _lightning_fit(watch: bool, steps: int) -> _Clock:
@@ -344,9 +410,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--framework-steps", type=int, default=60, help="steps per framework fit (0: skip them)")
     parser.add_argument("--only-frameworks", action="store_true", help="only the framework rows")
+    parser.add_argument("--only-cost", action="store_true", help="only the cost against the floor")
+    parser.add_argument("--cost-rounds", type=int, default=9, help="rounds of the cost against the floor (0: skip)")
+    parser.add_argument("--cost-steps", type=int, default=50, help="steps per variant and round of the cost")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.only_cost:
+        cost_rows(args.cost_rounds, args.cost_steps)
+        return 0
     if args.only_frameworks:
         framework_rows(args.framework_steps, args.rounds)
         return 0
@@ -359,8 +431,11 @@ def main(argv=None) -> int:
         for v, m in r.items():
             added = m["ms"] - base
             print(f"{name:14}{v:16}{m['ms']:9.3f}{added:10.3f}{added / base:9.2%}{m['syncs']:12.2f}")
-        own = r["watch_training"]["self_ms"]
+        own = r["watch_training"]["self_ms"]  # its hooks included, so the norm's read of the gradients too
         print(f"{name:14}{'monitor self':16}{'':9}{own:10.3f}{own / base:9.2%}")
+    if args.cost_rounds:
+        print()
+        cost_rows(args.cost_rounds, args.cost_steps)
     if args.framework_steps:
         framework_rows(args.framework_steps, args.rounds)
     return 0

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from training_profiler import watch_training
@@ -149,6 +150,58 @@ def test_no_synchronizing_call_in_the_per_step_path(monkeypatch):
     assert [r["step"] for r in history][-3:] == [33, 34, 35]
     assert history[-1]["loss_scale"] == 65536.0
     assert math.isfinite(history[-1]["grad_norm"])
+
+
+class _TorchCalls(TorchFunctionMode):
+    """The torch functions and tensor methods called, by name (attribute reads and writes left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if name not in ("__get__", "__set__"):
+            self.calls.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_an_ordinary_step_runs_one_norm_and_one_stack():
+    # the monitor's whole per-step device work: _foreach_norm over the gradients, and the loss with
+    # the norms stacked into a preallocated row (a view of it); per-layer and global norms, NaN/Inf
+    # flags and the detectors run on the host, for a batch of rows, every transfer_every steps
+    model = _tiny()
+    grads = [torch.randn_like(p) for p in model.parameters()]
+
+    class NoStep(torch.optim.Optimizer):  # the step's own work stays out of the record
+        def __init__(self, params):
+            super().__init__(params, {})
+
+        def step(self, closure=None):
+            pass
+
+    opt = NoStep(model.parameters())
+    loss = torch.tensor(0.5)
+
+    @watch_training(warmup_steps=10, transfer_every=10, precision_every=50)
+    def step(model, opt):
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g
+        opt.step()
+        return loss
+
+    step(model, opt)  # step 1: a precision step
+    for n in range(2, 10):  # ordinary steps (10 ships the batch to the host)
+        with _TorchCalls() as mode:
+            step(model, opt)
+        device_ops = [c for c in mode.calls if not c.startswith(("_record_function", "numel", "is_floating_point"))]
+        assert device_ops == ["_foreach_norm", "detach", "__getitem__", "stack"], n
+    history = step.monitor.history
+    assert [r["step"] for r in history] == list(range(1, 10))
+    expected = torch.nn.utils.get_total_norm(grads).item()
+    assert all(r["grad_norm"] == pytest.approx(expected, rel=1e-6) and r["loss"] == 0.5 for r in history)
+    assert all(len(r["layer_grad_norms"]) == 2 for r in history)
+    assert "update_ratio" not in history[1]
 
 
 # -- what is measured -------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class HostDetectors:
         self._layer_hist: deque[np.ndarray] = deque(maxlen=256)
         self._under_hist: deque[np.ndarray] = deque(maxlen=64)
         self._layer_base: np.ndarray | None = None
+        self._layer_base_norm = 1e-30  # the global norm of _layer_base (at least 1e-30)
         self._last_grad_alert = -(10**9)
 
     # -- entry points ----------------------------------------------------------------------------
@@ -129,6 +130,7 @@ class HostDetectors:
         """Per-layer median gradient norm over the recent history (recomputed every alert_window steps)."""
         if self._layer_base is None or step % self.alert_window == 0:
             self._layer_base = np.median(np.stack(self._layer_hist), axis=0)
+            self._layer_base_norm = max(float(np.sqrt(np.nansum(self._layer_base * self._layer_base))), 1e-30)
         return self._layer_base
 
     def _first_layer_off(self, step: int, norms: np.ndarray) -> tuple[str | None, float]:
@@ -154,10 +156,15 @@ class HostDetectors:
         if step - self._last_grad_alert < self.alert_window:
             return  # saturated layers during an explosion are a symptom, not a second problem
         small = norms < _VANISHING_SHARE * global_norm  # NaN (layer without gradients) compares False
+        baseline = len(self._layer_hist) >= self.warmup_steps
+        if baseline:
+            base = self._layer_baseline(step)  # every step: it is recomputed on its own cadence
+        if not small.any():  # the common case: no layer is negligible next to the others
+            self._episode_quiet("vanishing", step)
+            return
         vanishing = small & (norms < self.vanishing_floor)
-        if len(self._layer_hist) >= self.warmup_steps:
-            base = self._layer_baseline(step)
-            global_decay = global_norm / max(float(np.sqrt(np.nansum(base * base))), 1e-30)
+        if baseline:
+            global_decay = global_norm / self._layer_base_norm
             vanishing |= small & (norms < _VANISHING_SHARE * global_decay * base)
         bad = np.nonzero(vanishing)[0]
         if len(bad) == 0:

@@ -1,17 +1,19 @@
 """The monitor's device side: one row of statistics per training step in a small device buffer,
 written with device ops only (no host sync), and the host mirrors the rows are copied into.
 
-A row holds the loss, the global gradient norm and the GradScaler's scale, then per layer the
-gradient norm and the update-to-weight ratio, per leaf module the fp16/bf16 overflow and
-underflow fractions of its output, and for the same two fractions over fp16/bf16 gradients
-their four counts (:func:`low_precision_counts`), divided on the host. A value that was not
-measured in a step stays NaN. :meth:`StatsBuffer.record` turns a row that has
-reached the host into the plain dict of ``TrainingMonitor.history``.
+A row holds the loss and each parameter's gradient norm (an ordinary step writes only these, in
+one ``torch.stack`` of the ``_foreach_norm`` results), the GradScaler's scale, then on precision
+steps per layer the update-to-weight ratio, per leaf module the fp16/bf16 overflow and underflow
+fractions of its output, and for the same two fractions over fp16/bf16 gradients their four
+counts (:func:`low_precision_counts`), divided on the host. The host derives the per-layer and
+global gradient norms of a whole batch of rows at once (:meth:`StatsBuffer.grad_norms`), and
+:meth:`StatsBuffer.record` turns a row that has reached the host into the plain dict of
+``TrainingMonitor.history``.
 
 Sharded gradients (FSDP2's DTensor shards): a rank sees only its shard, so the row holds each
-layer's local sum of squares, weighted so that the mean over ranks of the periodic all-reduce is
+parameter's local sum of squares, weighted so that the mean over ranks of the periodic all-reduce is
 the global sum of squares (as ``clip_grad_norm_`` reduces DTensor norms over the mesh, without a
-collective of its own); :meth:`StatsBuffer.record` takes the square roots on the host. NaN/Inf on
+collective of its own); the host sums them per layer and takes the square roots. NaN/Inf on
 any rank's shard makes the global value NaN/Inf. The gradients' overflow and underflow counts
 add up over the ranks' shards in the same all-reduce, so their fractions are those of the whole
 gradient, not the mean of the ranks' fractions.
@@ -31,6 +33,7 @@ __all__ = ["FIXED", "LOW_PRECISION", "HostMirror", "StatsBuffer", "low_precision
 FIXED = ("loss", "grad_norm", "loss_scale")  # first columns of a row; then per-layer columns
 LOW_PRECISION = {torch.float16: 65504.0, torch.bfloat16: 3.3895e38}
 _SMALLEST_NORMAL = {torch.float16: 6.1035e-05, torch.bfloat16: 1.1755e-38}
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _SAMPLE = 65536  # activation elements inspected per module on a precision step
 
 
@@ -119,11 +122,22 @@ class HostMirror:
 
 class StatsBuffer:
     """The statistics buffer of one model: ``rows`` rows (one per step until the next transfer),
-    its column layout, and the device-side writers of each statistic.
+    its column layout, the device-side writers of each statistic, and the host-side reading of the
+    rows.
 
-    ``transfer`` mirrors the whole buffer (sent every ``rows`` steps), ``fast`` the loss and global
-    norm of each row (sent every step, so NaN/Inf is seen at its own step). Row ``control`` (after
-    the step rows) holds one 0/1 flag per name of ``flags``: what this rank has switched off.
+    Columns: the loss, then one per parameter (its gradient norm; sharded, its weighted local sum
+    of squares), the GradScaler's scale, then the cadenced statistics: per layer the update ratio,
+    per leaf module the activations' overflow and underflow fractions, the gradients' four
+    low-precision counts. An ordinary step writes only the loss and the parameters' norms (one
+    ``torch.stack`` of the ``_foreach_norm`` results); the per-layer and global norms are derived on
+    the host, for a whole batch of rows at once. A column that a step does not write keeps an older
+    value: the step's metadata (what it measured) decides what :meth:`record` reads, and a
+    precision step clears its cadenced columns first (a value it could not measure stays NaN).
+
+    ``transfer`` mirrors the whole buffer (sent every ``rows`` steps), ``fast`` each row as soon as
+    it is written (sent every step, so NaN/Inf is seen at its own step). Row
+    ``control`` (after the step rows) holds one 0/1 flag per name of ``flags``: what this rank has
+    switched off.
     """
 
     def __init__(self, model: nn.Module, rows: int, flags: tuple[str, ...] = ()) -> None:
@@ -150,18 +164,20 @@ class StatsBuffer:
                            for n, _ in self.act_modules]
         device = self.params[0].device
         self.device = device
-        self._param_layer = torch.tensor(index, device=device)
         self._param_layer_list = index
-        n_layers, n_act = len(self.layers), len(self.act_layers)
-        self._c_layer = len(FIXED)
-        self._c_update = self._c_layer + n_layers
+        self._param_layer_host = torch.tensor(index)  # the host derives the per-layer norms
+        self._param_layer = self._param_layer_host.to(device)
+        n_params, n_layers, n_act = len(self.params), len(self.layers), len(self.act_layers)
+        self._c_scale = 1 + n_params  # after the loss and the parameters' norms
+        self._c_update = self._c_scale + 1  # from here on: the cadenced columns
         self._c_over = self._c_update + n_layers
         self._c_under = self._c_over + n_act
-        self._c_grad_precision = self._c_under + n_act  # overflow, underflow of fp16/bf16 gradients
+        self._c_grad_precision = self._c_under + n_act  # the gradients' four low_precision_counts
         # one extra row at the end: the control row, in which each rank flags what it switched
         # off (one column per name of ``flags``); it travels with the periodic all-reduce
-        width = max(self._c_grad_precision + 4, len(flags))  # the gradients' four low_precision_counts
+        width = max(self._c_grad_precision + 4, len(flags))
         self.buf = torch.full((rows + 1, width), math.nan, dtype=torch.float32, device=device)
+        self.rows = list(self.buf[:rows].unbind(0))  # views made once: indexing costs a dispatch per step
         self.control = rows
         self.flags = list(flags)
         dtensor = _dtensor_type()
@@ -171,75 +187,94 @@ class StatsBuffer:
             self._weights = torch.tensor([_shard_weight(p, world) for p in self.params], device=device)
         self.buf[self.control].zero_()
         self.transfer = HostMirror(self.buf)
-        self.fast = HostMirror(torch.empty((rows, 2), device=device))
+        self.fast = HostMirror(torch.empty((rows, width), device=device))
+        # the host's derived norms of a batch of rows: [global, per layer]; a numpy view made once
+        self._norms = torch.empty((rows, 1 + n_layers))
+        self._norms_view = self._norms.numpy()
         self._idx_cache: tuple[tuple[int, ...], Any] | None = None
         self._act_idx: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     # -- device side: writers (no host sync) -------------------------------------------------------
-    def write_loss(self, row: torch.Tensor, out: Any) -> bool:
+    @staticmethod
+    def loss_of(out: Any) -> torch.Tensor | float | None:
         """The loss of a step's return value (a tensor, a number, a dict's "loss", or the first
-        tensor/float of a tuple); False when there is none."""
+        tensor/float of a tuple), detached; None when there is none."""
         loss = out
         if isinstance(out, dict):
             loss = out.get("loss")
         elif isinstance(out, (tuple, list)):
             loss = next((v for v in out if isinstance(v, (torch.Tensor, float))), None)
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            row[0].copy_(loss.detach().reshape(()))
-            return True
+            return loss.detach() if loss.ndim == 0 else loss.detach().reshape(())
         if isinstance(loss, (float, int)) and not isinstance(loss, bool):
-            row[0].fill_(float(loss))
-            return True
-        return False
+            return float(loss)
+        return None
+
+    def write_loss(self, row: torch.Tensor, loss: torch.Tensor | float) -> None:
+        if isinstance(loss, torch.Tensor):
+            row[0].copy_(loss)
+        else:
+            row[0].fill_(loss)
+
+    def write_norms(self, row: torch.Tensor, norms: list[torch.Tensor] | torch.Tensor,
+                    loss: torch.Tensor | None = None) -> None:
+        """The parameters' norms of :meth:`write_grads` into ``row``, with ``loss`` (a floating
+        point tensor on the buffer's device) in the same op."""
+        if isinstance(norms, torch.Tensor):
+            row[1 : self._c_scale].copy_(norms)
+        elif loss is not None:
+            torch.stack([loss, *norms], out=row[: self._c_scale])
+        else:
+            torch.stack(norms, out=row[1 : self._c_scale])
 
     def write_scale(self, row: torch.Tensor, scale: torch.Tensor) -> None:
-        row[2].copy_(scale.reshape(()))
+        row[self._c_scale].copy_(scale.reshape(()))
 
-    def _layer_index(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer of each parameter that has a gradient, and a mask of the layers without any."""
+    def clear_cadenced(self, row: torch.Tensor) -> None:
+        """A precision step: its cadenced columns read NaN unless it measures them."""
+        row[self._c_update :].fill_(math.nan)
+
+    def _subset(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, ...]]:
+        """Positions of the parameters that have a gradient, and the layers without any."""
         key = tuple(id(p) for p in params)
         if self._idx_cache is None or self._idx_cache[0] != key:
             position = {id(p): i for i, p in enumerate(self.params)}  # by identity: tensors' == is elementwise
-            pos = [position[id(p)] for p in params] if len(params) < len(self.params) else None
-            idx = self._param_layer if pos is None else self._param_layer[torch.tensor(pos, device=self.device)]
-            missing = None
-            if pos is not None:
-                covered = {int(self._param_layer_list[i]) for i in pos}
-                if len(covered) < len(self.layers):
-                    missing = torch.tensor([i not in covered for i in range(len(self.layers))], device=self.device)
-            self._idx_cache = (key, (idx, missing))
+            pos = [position[id(p)] for p in params]
+            covered = {self._param_layer_list[i] for i in pos}
+            missing = tuple(i for i in range(len(self.layers)) if i not in covered)
+            self._idx_cache = (key, (torch.tensor(pos, device=self.device), missing))
         return self._idx_cache[1]
 
-    def write_grads(self, row: torch.Tensor, precision: bool) -> bool:
-        """Global and per-layer gradient norms (one fused ``_foreach_norm``); on a precision step
-        also the fp16/bf16 fractions of low-precision gradients. False when no parameter has a
-        gradient."""
-        params = [p for p in self.params if p.grad is not None]
-        if not params:
-            return False
-        grads = [p.grad for p in params]
+    def write_grads(self, row: torch.Tensor, precision: bool) -> tuple[Any, tuple[int, ...]] | None:
+        """The parameters' gradient norms (one fused ``_foreach_norm``), for :meth:`write_norms`,
+        and the layers without any gradient; on a precision step also the fp16/bf16 counts of
+        low-precision gradients (into ``row``). None when no parameter has a gradient."""
+        grads = [g for p in self.params if (g := p.grad) is not None]
+        params = None
+        if len(grads) < len(self.params):  # some parameters without a gradient in this step
+            if not grads:
+                return None
+            params = [p for p in self.params if p.grad is not None]
+        if grads[0].requires_grad:  # a backward with create_graph=True: stay out of the graph
+            grads = [g.detach() for g in grads]
         if self.sharded:
             grads = [_local(g) for g in grads]
-        if all(g.dtype == torch.float32 for g in grads):
-            norms = torch._foreach_norm(grads)
-        else:  # fp16 norms overflow at 65504: accumulate in fp32
+        try:  # in fp32 (fp16 norms overflow at 65504); the same values as without dtype for fp32 gradients
             norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        sq = torch.stack(norms).square_()
-        layers = row[self._c_layer : self._c_update]
-        idx, missing = self._layer_index(params)
-        if self.sharded:
-            sq.mul_(self._weights if len(params) == len(self.params) else self._weights[self._positions(params)])
-        layers.zero_().index_add_(0, idx, sq)
-        if self.sharded:  # sums of squares: the square roots are taken after the all-reduce
-            row[1].copy_(layers.sum())
-        else:
-            row[1].copy_(layers.sum().sqrt_())
-            layers.sqrt_()
+        except RuntimeError:  # float64 gradients: no narrowing to fp32
+            norms = torch._foreach_norm(grads)
         if precision:
             self._write_grad_precision(row, grads)
-        if missing is not None:  # a layer without gradients is "not measured", not "vanished"
-            layers.masked_fill_(missing, math.nan)
-        return True
+        if params is None and not self.sharded:
+            return norms, ()  # the common case: stacked straight into the row
+        values = torch.stack(norms)
+        if self.sharded:  # weighted sums of squares: the square roots are taken on the host, after the all-reduce
+            values.square_().mul_(self._weights if params is None else self._weights[self._subset(params)[0]])
+        if params is None:
+            return values, ()
+        pos, missing = self._subset(params)
+        # a parameter without a gradient adds nothing; a layer without any is "not measured"
+        return torch.zeros(len(self.params), device=self.device).index_copy_(0, pos, values), missing
 
     def _write_grad_precision(self, row: torch.Tensor, grads: list[torch.Tensor]) -> None:
         """Pure fp16/bf16 training: the four low_precision_counts summed over the low-precision
@@ -249,11 +284,6 @@ class StatsBuffer:
         if low:
             c = self._c_grad_precision
             row[c : c + 4].copy_(torch.stack([low_precision_counts(g) for g in low]).sum(0))
-
-    def _positions(self, params: list[torch.Tensor]) -> torch.Tensor:
-        """Indices into ``self.params`` of a subset of them (a step where some have no gradient)."""
-        position = {id(p): i for i, p in enumerate(self.params)}
-        return torch.tensor([position[id(p)] for p in params], device=self.device)
 
     def write_act_stats(self, row: torch.Tensor, act_stats: dict[int, torch.Tensor]) -> None:
         """Per leaf module [overflow, underflow] of its fp16/bf16 output (``act_stats``: module index -> pair)."""
@@ -272,7 +302,8 @@ class StatsBuffer:
     def write_update_ratio(self, row: torch.Tensor, before: list[torch.Tensor]) -> None:
         """Per layer |w_after - w_before| / |w_after|."""
         params = [_local(p.detach()) for p in self.params]  # sharded: per shard, averaged over ranks
-        delta = torch._foreach_norm(torch._foreach_sub(params, before), 2, dtype=torch.float32)
+        torch._foreach_sub_(before, params)  # in place: the snapshot is not needed after this
+        delta = torch._foreach_norm(before, 2, dtype=torch.float32)
         weight = torch._foreach_norm(params, 2, dtype=torch.float32)
         idx = self._param_layer
         n = len(self.layers)
@@ -290,21 +321,47 @@ class StatsBuffer:
         flagged on at least one rank)."""
         return {name for name, v in zip(self.flags, control) if v > 0}
 
-    def record(self, step: int, has_loss: bool, has_grad: bool, values: np.ndarray) -> dict[str, Any]:
-        """One row that has reached the host, as a history record (only what was measured)."""
-        nl = len(self.layers)
+    def grad_norms(self, block: np.ndarray) -> np.ndarray:
+        """[global norm, per-layer norms] of each row of ``block`` (rows that reached the host),
+        from the parameters' columns, for all rows at once: the same float32 ops, in the same order,
+        as a device-side reduction of one row. The result is reused by the next call."""
+        sq = torch.from_numpy(block[:, 1 : self._c_scale])
+        if not self.sharded:  # sharded rows hold the (all-reduced) sums of squares already
+            sq = sq.square()
+        out = self._norms[: len(block)]
+        out[:, 1:].zero_().index_add_(1, self._param_layer_host, sq)
+        torch.sum(out[:, 1:], 1, out=out[:, 0])
+        out.sqrt_()
+        return self._norms_view[: len(block)]
+
+    def nonfinite_norm(self, values: np.ndarray) -> float | None:
+        """The global gradient norm of a row when it is NaN/Inf (in float32, as :meth:`grad_norms`:
+        a norm whose square overflows counts), else None. The common case is one sum: the sum of
+        squares is at most the square of the sum of the norms."""
+        total = sum(values[1 : self._c_scale].tolist())  # Python floats: no numpy reduction to set up, no overflow
+        if (total if self.sharded else total * total) <= _FLOAT32_MAX:  # False for NaN
+            return None
+        norm = float(self.grad_norms(values[None, : self._c_scale])[0, 0])
+        return None if math.isfinite(norm) else norm
+
+    def record(self, step: int, has_loss: bool, missing: tuple[int, ...] | None, has_scale: bool,
+               precision: bool, values: np.ndarray, norms: np.ndarray) -> dict[str, Any]:
+        """One row that has reached the host, as a history record (only what was measured):
+        ``missing``, the layers without gradients (None: no gradient at all); ``norms``, the row's
+        :meth:`grad_norms`."""
         rec: dict[str, Any] = {"step": step}
-        loss, gnorm, scale = (float(v) for v in values[:3])
         if has_loss:
-            rec["loss"] = loss
-        if has_grad:
-            layer_norms = values[self._c_layer : self._c_layer + nl]
-            if self.sharded:  # global sums of squares after the all-reduce
-                gnorm, layer_norms = math.sqrt(gnorm) if gnorm >= 0 else math.nan, np.sqrt(layer_norms)
-            rec["grad_norm"] = gnorm
-            rec["layer_grad_norms"] = layer_norms.tolist()
-        if not math.isnan(scale):
-            rec["loss_scale"] = scale
+            rec["loss"] = float(values[0])
+        if missing is not None:
+            rec["grad_norm"] = float(norms[0])
+            layers = norms[1:].tolist()
+            for i in missing:  # a layer without gradients is "not measured", not "vanished"
+                layers[i] = math.nan
+            rec["layer_grad_norms"] = layers
+        if has_scale:
+            rec["loss_scale"] = float(values[self._c_scale])
+        if not precision:
+            return rec
         update = values[self._c_update : self._c_over]
         if not np.isnan(update).all():
             rec["update_ratio"] = update.tolist()

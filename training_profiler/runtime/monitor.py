@@ -240,7 +240,7 @@ class TrainingMonitor:
         if self.model is None or self._closed or not self._in_step or self._draining or self._stopped:
             return
         try:
-            self._write_grads(self._stats.buf[self._row], self.step_count + 1)
+            self._write_grads()
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
@@ -387,14 +387,15 @@ class TrainingMonitor:
         self._detectors = HostDetectors(self._stats.layers, self._stats.act_layers, warmup_steps=self.warmup_steps,
                                         alert_window=self.alert_window, vanishing_floor=self.vanishing_floor)
         self._row = 0
-        self._row_meta: list[tuple[int, bool, bool, bool]] = []  # (step, has_loss, has_grad, precision)
-        self._batch: list[tuple[int, bool, bool, bool]] | None = None  # row meta of the copy in flight
+        # per step: (step, has_loss, layers without gradients or None without any, has_scale, precision)
+        self._row_meta: list[tuple[int, bool, tuple[int, ...] | None, bool, bool]] = []
+        self._batch: list[tuple[int, bool, tuple[int, ...] | None, bool, bool]] | None = None  # of the copy in flight
         self._pending_fast: deque[tuple[int, int, bool, bool]] = deque()  # (row, step, has_loss, has_grad)
-        self._grads_done = False
+        self._precision = False  # this step measures the cadenced statistics
+        self._grads: tuple[Any, tuple[int, ...]] | None = None  # this step's write_grads, for the row
         self._snapshot: list[torch.Tensor] | None = None
         self._act_stats: dict[int, torch.Tensor] = {}
         self._hooks.append(_optim_hooks.register_optimizer_step_pre_hook(self._optimizer_pre_hook))
-        self._hooks.append(_optim_hooks.register_optimizer_step_post_hook(self._optimizer_post_hook))
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             self._rank, self._world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         if self._restore is not None:  # load_state_dict() came first (a framework restores before the first step)
@@ -452,15 +453,16 @@ class TrainingMonitor:
         if self._closed or self.model is None:
             return
         self._in_step = True  # counted even when stopped: step_count stays the number of steps
-        self._grads_done = False
-        self._snapshot = None
+        self._grads = self._snapshot = None
+        self._precision = self._precision_step(self.step_count + 1)
+        if not self._precision:
+            return
         self._act_stats = {}
         if self._draining or self._stopped:
             return
         try:
-            self._stats.buf[self._row].fill_(math.nan)
-            if self._precision_step(self.step_count + 1):
-                self._guarded("activation_precision", self._add_cadence_hooks)
+            self._stats.clear_cadenced(self._stats.rows[self._row])
+            self._guarded("activation_precision", self._add_cadence_hooks)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
@@ -493,27 +495,44 @@ class TrainingMonitor:
             self._fail(exc)
 
     def _record_row(self, step: int, out: Any) -> None:
-        self._remove_cadence_hooks()
+        """The step's row: usually one device op, the loss and the gradient norms stacked into it."""
+        if self._cadence_hooks:
+            self._remove_cadence_hooks()
         stats = self._stats
-        row = stats.buf[self._row]
-        has_loss = self._guarded("loss", stats.write_loss, row, out) or False
-        if not self._grads_done:
-            self._write_grads(row, step)
-        if self.scaler is not None and getattr(self.scaler, "_scale", None) is not None:
+        row = stats.rows[self._row]
+        if self._grads is None:  # no optimizer step was seen with gradients: read them now
+            self._write_grads()
+        loss = self._guarded("loss", stats.loss_of, out)
+        grads, written = self._grads, False
+        if grads is not None:
+            # the loss joins the norms' op when it can (a floating point tensor on the buffer's device)
+            written = (not isinstance(grads[0], torch.Tensor) and isinstance(loss, torch.Tensor)
+                       and loss.device == stats.device and loss.is_floating_point())
+            self._guarded("grad_norm", stats.write_norms, row, grads[0], loss if written else None)
+            if "grad_norm" in self._disabled:
+                grads, written = None, False
+        if loss is not None and not written:
+            self._guarded("loss", stats.write_loss, row, loss)
+        has_loss = loss is not None and "loss" not in self._disabled
+        missing = None if grads is None else grads[1]
+        has_scale = self.scaler is not None and getattr(self.scaler, "_scale", None) is not None
+        if has_scale:
             self._guarded("loss_scale", stats.write_scale, row, self.scaler._scale)
-        precision = self._precision_step(step)
-        if precision and self._act_stats:
+            has_scale = "loss_scale" not in self._disabled
+        if self._precision and self._act_stats:
             self._guarded("activation_precision", stats.write_act_stats, row, self._act_stats)
-        self._drain_fast(wait=False)  # before the copy below reuses the host slot of step - transfer_every
-        stats.fast.copy(self._row, row[:2], self._row)
-        self._pending_fast.append((self._row, step, has_loss, self._grads_done))
-        self._row_meta.append((step, has_loss, self._grads_done, precision))
+        if stats.fast.cuda:  # on CPU the queue is empty: each step is checked at its end
+            self._drain_fast(wait=False)  # before the copy below reuses the host slot of step - transfer_every
+        stats.fast.copy(self._row, row, self._row)
+        if stats.fast.cuda:
+            self._pending_fast.append((self._row, step, has_loss, missing is not None))
+        else:  # a CPU "copy" has landed already: check this step now
+            self._check_finite(stats.transfer.view[self._row], step, has_loss, missing is not None)
+        self._row_meta.append((step, has_loss, missing, has_scale, self._precision))
 
     def _after_row(self) -> None:
         """The periodic work after a step's row is complete."""
         if not self._draining:
-            if not self._stats.fast.cuda:
-                self._drain_fast(wait=False)  # a CPU "copy" has landed already: check this step now
             if self._catch_up and self._world == 1:  # a NaN/Inf alert waits: judge the steps before it
                 self._judge_all()
                 return
@@ -522,9 +541,8 @@ class TrainingMonitor:
         elif self._batch is not None and not self._draining and self._stats.transfer.ready(0):
             self._process_batch()
 
-    def _write_grads(self, row: torch.Tensor, step: int) -> None:
-        if self._guarded("grad_norm", self._stats.write_grads, row, self._precision_step(step)):
-            self._grads_done = True
+    def _write_grads(self) -> None:
+        self._grads = self._guarded("grad_norm", self._stats.write_grads, self._stats.rows[self._row], self._precision)
 
     # optimizer hooks are global (they see every optimizer): act only for ours
     def _is_ours(self, optimizer: torch.optim.Optimizer) -> bool:
@@ -542,17 +560,19 @@ class TrainingMonitor:
             if not self._is_ours(optimizer):
                 return
             if not self._grads_by_caller:
-                self._write_grads(self._stats.buf[self._row], self.step_count + 1)
-            if self._precision_step(self.step_count + 1):
+                self._write_grads()
+            if self._precision:  # the update ratio: the post-step hook is there on precision steps only
                 self._snapshot = self._guarded("update_ratio", self._stats.snapshot)
+                if self._snapshot is not None:
+                    self._cadence_hooks.append(optimizer.register_step_post_hook(self._optimizer_post_hook))
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
 
     def _optimizer_post_hook(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if self._snapshot is None or not self._in_step or optimizer is not self.optimizer:
+        if self._snapshot is None or not self._in_step:
             return
         try:
-            self._guarded("update_ratio", self._stats.write_update_ratio, self._stats.buf[self._row], self._snapshot)
+            self._guarded("update_ratio", self._stats.write_update_ratio, self._stats.rows[self._row], self._snapshot)
         except Exception as exc:  # noqa: BLE001
             self._fail(exc)
         self._snapshot = None
@@ -629,12 +649,16 @@ class TrainingMonitor:
                     break
                 fast.wait(row)
             self._pending_fast.popleft()
-            values = fast.view[row] if fast.cuda else self._stats.transfer.view[row, :2]
-            loss, norm = float(values[0]), float(values[1])
-            if has_loss and not math.isfinite(loss):  # the common case stays two float checks
-                self._guarded("detectors", self._detectors.check_finite, step, "loss", loss, self.scaler)
-            if has_grad and not math.isfinite(norm):
-                self._guarded("detectors", self._detectors.check_finite, step, "grad_norm", norm, self.scaler)
+            self._check_finite(fast.view[row], step, has_loss, has_grad)
+
+    def _check_finite(self, values: np.ndarray, step: int, has_loss: bool, has_grad: bool) -> None:
+        """NaN/Inf in the loss or the global gradient norm of a row that has reached the host."""
+        loss = float(values[0])
+        if has_loss and not math.isfinite(loss):  # the common case: a float check and a sum
+            self._guarded("detectors", self._detectors.check_finite, step, "loss", loss, self.scaler)
+        norm = self._stats.nonfinite_norm(values) if has_grad else None
+        if norm is not None:
+            self._guarded("detectors", self._detectors.check_finite, step, "grad_norm", norm, self.scaler)
         if self._detectors.pending:
             self._catch_up = any(a.step > self._judged for a in self._detectors.pending)
             self._emit()
@@ -643,6 +667,7 @@ class TrainingMonitor:
         meta, self._batch = self._batch or [], None
         view = self._stats.transfer.view
         block = view[: len(meta)].copy()
+        norms = self._guarded("history", self._stats.grad_norms, block)
         agreed: set[str] = set()
         if self._world > 1:
             agreed = self._stats.raised_flags(view[self._stats.control])
@@ -656,8 +681,9 @@ class TrainingMonitor:
                                "off here too", name)
                 self._disabled.add(name)
                 self._stats.raise_flag(name)  # every rank keeps flagging it from now on
-        for (step, has_loss, has_grad, precision), values in zip(meta, block):
-            rec = self._guarded("history", self._record, step, has_loss, has_grad, values, agreed)
+        for i, (step, has_loss, missing, has_scale, precision) in enumerate(meta):
+            rec = None if norms is None else self._guarded(
+                "history", self._record, step, has_loss, missing, has_scale, precision, block[i], norms[i], agreed)
             if rec is not None:
                 self._guarded("detectors", self._detectors.judge, rec)
             self._judged = step
@@ -667,9 +693,9 @@ class TrainingMonitor:
                 if line is not None:
                     logger.info(line)
 
-    def _record(self, step: int, has_loss: bool, has_grad: bool, values: np.ndarray,
-                switched_off: set[str]) -> dict[str, Any]:
-        rec = self._stats.record(step, has_loss, has_grad, values)
+    def _record(self, step: int, has_loss: bool, missing: tuple[int, ...] | None, has_scale: bool, precision: bool,
+                values: np.ndarray, norms: np.ndarray, switched_off: set[str]) -> dict[str, Any]:
+        rec = self._stats.record(step, has_loss, missing, has_scale, precision, values, norms)
         for name in switched_off:  # the reduced value mixes measured and unmeasured ranks: not measured
             for key in _RECORD_KEYS.get(name, ()):
                 rec.pop(key, None)
