@@ -196,6 +196,21 @@ def test_reusing_simulations_runs_each_rank_step_once_with_the_same_reports(monk
     assert len(runs) == 10  # outside the context nothing is reused
 
 
+def test_offload_moves_the_sharded_states_out_of_the_cuda_peak_and_reserved_memory():
+    base, offloaded = (simulate_parallel_step(Tiny(), INPUTS, optimizer="adamw", parallel="fsdp", world_size=2,
+                                              offload=offload, target="cuda") for offload in (None, "params"))
+    # rank 0's 6 sharded fp32 parameters (8x16 = 512 bytes, the rest smaller) are one 512-byte CUDA block
+    # each; they, their gradients and the AdamW state leave the device
+    host = sum(base.breakdown[k] for k in ("params", "grads", "optimizer_state"))
+    assert base.breakdown["params"] == 6 * 512
+    assert offloaded.breakdown["params"] == offloaded.breakdown["grads"] == offloaded.breakdown["optimizer_state"] == 0
+    assert offloaded.peak_bytes == base.peak_bytes - host
+    # the batch solver judges CUDA plans on reserved memory: it must drop by as much, or an offload row
+    # could never fit a larger micro-batch than its base row
+    assert offloaded.reserved_bytes == base.reserved_bytes - host
+    assert offloaded.fragmentation_bytes == base.fragmentation_bytes
+
+
 def test_checkpointing_advisor_picks_the_fewest_blocks():
     from training_profiler.fx_audit.parallel import advise_checkpointing
 

@@ -265,6 +265,8 @@ def _offload_to_host(report: MemoryReport) -> None:
     for key in ("params", "grads", "optimizer_state"):
         report.breakdown[key] = 0
     report.peak_bytes -= host
+    if report.reserved_bytes is not None:  # CUDA: their segments are not reserved either (cached bytes unchanged)
+        report.reserved_bytes -= host
     report.notes.append(f"offload='params': {host} bytes of sharded parameters, gradients and optimizer state "
                         "moved to host memory (subtracted from the simulated peak)")
 
