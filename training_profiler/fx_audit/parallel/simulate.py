@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import gc
 from typing import Any, Callable, Iterator
 
 from ..records import MemoryReport
@@ -200,20 +199,16 @@ _reuse: dict | None = None  # rank simulations by key while reusing_simulations(
 def reusing_simulations() -> Iterator[None]:
     """For the duration of a plan: ``simulate_parallel_step`` simulates each rank once per model,
     inputs layout and options (offload only changes the report afterwards, so an offload row
-    reuses its base row's steps), and hands out copies. Also freezes the objects alive at entry
-    out of the garbage collector's scans (the model and torch's modules, scanned again at every
-    full collection of the many simulations otherwise)."""
+    reuses its base row's steps), and hands out copies."""
     global _reuse
     if _reuse is not None:  # nested: the outer one's cache
         yield
         return
     _reuse = {}
-    gc.freeze()
     try:
         yield
     finally:
         _reuse = None
-        gc.unfreeze()
 
 
 def _reused(key: tuple, simulate: Callable[[], MemoryReport]) -> MemoryReport:
