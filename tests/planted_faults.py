@@ -85,15 +85,17 @@ def decorator_run(lr_raise=False, nan_step=None, steps=STEPS, fp16=False):
 
 def count_host_syncs(obj, names):
     """Wrap ``obj``'s methods ``names`` so that every scalar read of a tensor inside them (a host
-    sync on a GPU: ``.item()``, ``bool()``, ``float()``...) is counted; returns the counter."""
+    sync on a GPU: ``.item()``, ``bool()``, ``float()``...) is counted; returns the counter:
+    "syncs" for tensors on a device, "cpu_reads" for CPU tensors (memory reads; the monitor reads
+    the loss of a CPU step into its host buffer that way, once per step)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    counter = {"syncs": 0, "calls": 0}
+    counter = {"syncs": 0, "cpu_reads": 0, "calls": 0}
 
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func is torch.ops.aten._local_scalar_dense.default:
-                counter["syncs"] += 1
+                counter["syncs" if args[0].device.type != "cpu" else "cpu_reads"] += 1
             return func(*args, **(kwargs or {}))
 
     for name in names:

@@ -186,5 +186,5 @@ def test_the_callback_reads_no_tensor_value_on_the_host_in_any_step(pl, tmp_path
     callback = WatchTrainingCallback(**OPTIONS)
     counter = count_host_syncs(callback, ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"))
     _fit(pl, callback, tmp_path, steps=30, enable_checkpointing=False)
-    assert counter == {"syncs": 0, "calls": 90}  # three hooks x 30 steps, with three periodic reads and log_dicts
+    assert counter == {"syncs": 0, "cpu_reads": 30, "calls": 90}  # three hooks x 30 steps, with three periodic reads and log_dicts
     assert len(callback.monitor.history) == 30

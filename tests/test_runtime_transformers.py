@@ -173,7 +173,7 @@ def test_the_callback_reads_no_tensor_value_on_the_host_in_any_step(tmp_path):
                                           "on_pre_optimizer_step", "on_step_end", "on_log"))
     _trainer(callback, tmp_path, steps=30).train()
     # six hooks per step x 30 steps, on_log at steps 10, 20, 30 and the final summary; three periodic reads
-    assert counter == {"syncs": 0, "calls": 6 * 30 + 4}
+    assert counter == {"syncs": 0, "cpu_reads": 30, "calls": 6 * 30 + 4}
     assert len(callback.monitor.history) == 30
 
 

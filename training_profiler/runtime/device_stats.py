@@ -178,6 +178,7 @@ class StatsBuffer:
         width = max(self._c_grad_precision + 4, len(flags))
         self.buf = torch.full((rows + 1, width), math.nan, dtype=torch.float32, device=device)
         self.rows = list(self.buf[:rows].unbind(0))  # views made once: indexing costs a dispatch per step
+        self._norm_columns = [row[1 : self._c_scale] for row in self.rows]
         self.control = rows
         self.flags = list(flags)
         dtensor = _dtensor_type()
@@ -187,6 +188,8 @@ class StatsBuffer:
             self._weights = torch.tensor([_shard_weight(p, world) for p in self.params], device=device)
         self.buf[self.control].zero_()
         self.transfer = HostMirror(self.buf)
+        # a buffer in host memory (CPU): the numpy views of its rows take plain stores
+        self._host_rows = None if self.transfer.cuda else list(self.transfer.view[:rows])
         self.fast = HostMirror(torch.empty((rows, width), device=device))
         # the host's derived norms of a batch of rows: [global, per layer]; a numpy view made once
         self._norms = torch.empty((rows, 1 + n_layers))
@@ -198,34 +201,31 @@ class StatsBuffer:
     @staticmethod
     def loss_of(out: Any) -> torch.Tensor | float | None:
         """The loss of a step's return value (a tensor, a number, a dict's "loss", or the first
-        tensor/float of a tuple), detached; None when there is none."""
+        tensor/float of a tuple), for :meth:`write_loss`; None when there is none."""
         loss = out
         if isinstance(out, dict):
             loss = out.get("loss")
         elif isinstance(out, (tuple, list)):
             loss = next((v for v in out if isinstance(v, (torch.Tensor, float))), None)
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            return loss.detach() if loss.ndim == 0 else loss.detach().reshape(())
+            return loss
         if isinstance(loss, (float, int)) and not isinstance(loss, bool):
             return float(loss)
         return None
 
-    def write_loss(self, row: torch.Tensor, loss: torch.Tensor | float) -> None:
+    def write_loss(self, r: int, loss: torch.Tensor | float) -> None:
+        """The loss into row ``r``: a device copy, no sync. A buffer in host memory (CPU) takes a CPU
+        loss's value as a plain store instead: a scalar read there is a memory read, and at the end
+        of a step (the caches cold after the optimizer) it costs a fraction of a copy op."""
         if isinstance(loss, torch.Tensor):
-            row[0].copy_(loss)
+            if self._host_rows is not None and loss.is_cpu:
+                self._host_rows[r][0] = loss.item()
+            else:
+                self.rows[r][0].copy_(loss.detach().reshape(()))
+        elif self._host_rows is not None:
+            self._host_rows[r][0] = loss
         else:
-            row[0].fill_(loss)
-
-    def write_norms(self, row: torch.Tensor, norms: list[torch.Tensor] | torch.Tensor,
-                    loss: torch.Tensor | None = None) -> None:
-        """The parameters' norms of :meth:`write_grads` into ``row``, with ``loss`` (a floating
-        point tensor on the buffer's device) in the same op."""
-        if isinstance(norms, torch.Tensor):
-            row[1 : self._c_scale].copy_(norms)
-        elif loss is not None:
-            torch.stack([loss, *norms], out=row[: self._c_scale])
-        else:
-            torch.stack(norms, out=row[1 : self._c_scale])
+            self.rows[r][0].fill_(loss)
 
     def write_scale(self, row: torch.Tensor, scale: torch.Tensor) -> None:
         row[self._c_scale].copy_(scale.reshape(()))
@@ -245,10 +245,11 @@ class StatsBuffer:
             self._idx_cache = (key, (torch.tensor(pos, device=self.device), missing))
         return self._idx_cache[1]
 
-    def write_grads(self, row: torch.Tensor, precision: bool) -> tuple[Any, tuple[int, ...]] | None:
-        """The parameters' gradient norms (one fused ``_foreach_norm``), for :meth:`write_norms`,
-        and the layers without any gradient; on a precision step also the fp16/bf16 counts of
-        low-precision gradients (into ``row``). None when no parameter has a gradient."""
+    def write_grads(self, r: int, precision: bool) -> tuple[int, ...] | None:
+        """The parameters' gradient norms (one fused ``_foreach_norm``) into row ``r``, stacked there
+        at once (the norm has just warmed the caches for it); on a precision step also the fp16/bf16
+        counts of low-precision gradients. Returns the layers without any gradient, None when no
+        parameter has a gradient."""
         grads = [g for p in self.params if (g := p.grad) is not None]
         params = None
         if len(grads) < len(self.params):  # some parameters without a gradient in this step
@@ -264,17 +265,20 @@ class StatsBuffer:
         except RuntimeError:  # float64 gradients: no narrowing to fp32
             norms = torch._foreach_norm(grads)
         if precision:
-            self._write_grad_precision(row, grads)
-        if params is None and not self.sharded:
-            return norms, ()  # the common case: stacked straight into the row
+            self._write_grad_precision(self.rows[r], grads)
+        if params is None and not self.sharded:  # the common case: stacked straight into the row
+            torch.stack(norms, out=self._norm_columns[r])
+            return ()
         values = torch.stack(norms)
         if self.sharded:  # weighted sums of squares: the square roots are taken on the host, after the all-reduce
             values.square_().mul_(self._weights if params is None else self._weights[self._subset(params)[0]])
         if params is None:
-            return values, ()
+            self._norm_columns[r].copy_(values)
+            return ()
         pos, missing = self._subset(params)
         # a parameter without a gradient adds nothing; a layer without any is "not measured"
-        return torch.zeros(len(self.params), device=self.device).index_copy_(0, pos, values), missing
+        self._norm_columns[r].zero_().index_copy_(0, pos, values)
+        return missing
 
     def _write_grad_precision(self, row: torch.Tensor, grads: list[torch.Tensor]) -> None:
         """Pure fp16/bf16 training: the four low_precision_counts summed over the low-precision

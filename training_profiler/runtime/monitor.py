@@ -392,7 +392,8 @@ class TrainingMonitor:
         self._batch: list[tuple[int, bool, tuple[int, ...] | None, bool, bool]] | None = None  # of the copy in flight
         self._pending_fast: deque[tuple[int, int, bool, bool]] = deque()  # (row, step, has_loss, has_grad)
         self._precision = False  # this step measures the cadenced statistics
-        self._grads: tuple[Any, tuple[int, ...]] | None = None  # this step's write_grads, for the row
+        # this step's gradient norms are in its row: the layers without gradients (None: not yet, or none)
+        self._missing_layers: tuple[int, ...] | None = None
         self._snapshot: list[torch.Tensor] | None = None
         self._act_stats: dict[int, torch.Tensor] = {}
         self._hooks.append(_optim_hooks.register_optimizer_step_pre_hook(self._optimizer_pre_hook))
@@ -453,7 +454,7 @@ class TrainingMonitor:
         if self._closed or self.model is None:
             return
         self._in_step = True  # counted even when stopped: step_count stays the number of steps
-        self._grads = self._snapshot = None
+        self._missing_layers = self._snapshot = None
         self._precision = self._precision_step(self.step_count + 1)
         if not self._precision:
             return
@@ -495,26 +496,19 @@ class TrainingMonitor:
             self._fail(exc)
 
     def _record_row(self, step: int, out: Any) -> None:
-        """The step's row: usually one device op, the loss and the gradient norms stacked into it."""
+        """The step's row: the gradient norms are usually in it already (the optimizer hook stacked
+        them there); the loss joins them (on CPU a host store, no torch op)."""
         if self._cadence_hooks:
             self._remove_cadence_hooks()
         stats = self._stats
         row = stats.rows[self._row]
-        if self._grads is None:  # no optimizer step was seen with gradients: read them now
+        if self._missing_layers is None:  # no optimizer step was seen with gradients: read them now
             self._write_grads()
         loss = self._guarded("loss", stats.loss_of, out)
-        grads, written = self._grads, False
-        if grads is not None:
-            # the loss joins the norms' op when it can (a floating point tensor on the buffer's device)
-            written = (not isinstance(grads[0], torch.Tensor) and isinstance(loss, torch.Tensor)
-                       and loss.device == stats.device and loss.is_floating_point())
-            self._guarded("grad_norm", stats.write_norms, row, grads[0], loss if written else None)
-            if "grad_norm" in self._disabled:
-                grads, written = None, False
-        if loss is not None and not written:
-            self._guarded("loss", stats.write_loss, row, loss)
+        if loss is not None:
+            self._guarded("loss", stats.write_loss, self._row, loss)
         has_loss = loss is not None and "loss" not in self._disabled
-        missing = None if grads is None else grads[1]
+        missing = self._missing_layers
         has_scale = self.scaler is not None and getattr(self.scaler, "_scale", None) is not None
         if has_scale:
             self._guarded("loss_scale", stats.write_scale, row, self.scaler._scale)
@@ -542,7 +536,7 @@ class TrainingMonitor:
             self._process_batch()
 
     def _write_grads(self) -> None:
-        self._grads = self._guarded("grad_norm", self._stats.write_grads, self._stats.rows[self._row], self._precision)
+        self._missing_layers = self._guarded("grad_norm", self._stats.write_grads, self._row, self._precision)
 
     # optimizer hooks are global (they see every optimizer): act only for ours
     def _is_ours(self, optimizer: torch.optim.Optimizer) -> bool:
