@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -678,3 +679,25 @@ def test_pure_fp16_model_gradient_underflow_alerts():
     alerts = [(a.step, a.metric, a.kind) for a in monitor.alerts]
     assert alerts == [(6, "gradient_underflow", "underflow")]
     assert history[5]["grad_underflow"] > 0.5
+
+
+def test_per_layer_norms_of_a_layer_whose_parameters_are_not_adjacent():
+    # "module.l.*" and "l.*" are one layer ("module" wrappers are dropped from names), with "x"
+    # between them: the host groups the parameters' columns by layer before it sums them
+    from training_profiler.runtime.device_stats import StatsBuffer
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module = nn.Module()
+            self.module.l = nn.Linear(3, 2)
+            self.x = nn.Linear(2, 2)
+            self.l = nn.Linear(2, 1)
+
+    stats = StatsBuffer(Wrapped(), rows=2)
+    assert stats.layers == ["l", "x"]
+    block = np.zeros((1, 7), dtype=np.float32)
+    block[0, 1:] = [1.0, 2.0, 3.0, 4.0, 2.0, 4.0]  # module.l.weight, .bias, x.weight, .bias, l.weight, .bias
+    norms = stats.grad_norms(block)[0]
+    assert norms[1:].tolist() == [5.0, 5.0]  # l: sqrt(1 + 4 + 4 + 16); x: sqrt(9 + 16)
+    assert norms[0] == pytest.approx(50**0.5)

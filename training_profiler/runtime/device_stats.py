@@ -165,8 +165,12 @@ class StatsBuffer:
         device = self.params[0].device
         self.device = device
         self._param_layer_list = index
-        self._param_layer_host = torch.tensor(index)  # the host derives the per-layer norms
-        self._param_layer = self._param_layer_host.to(device)
+        self._param_layer = torch.tensor(index, device=device)
+        # the host derives the per-layer norms: the parameters' columns grouped by layer
+        # (np.add.reduceat), in parameter order within each layer
+        order = np.argsort(index, kind="stable")
+        self._by_layer = None if (order == np.arange(len(index))).all() else order
+        self._layer_starts = np.searchsorted(np.asarray(index)[order], np.arange(len(self.layers)))
         n_params, n_layers, n_act = len(self.params), len(self.layers), len(self.act_layers)
         self._c_scale = 1 + n_params  # after the loss and the parameters' norms
         self._c_update = self._c_scale + 1  # from here on: the cadenced columns
@@ -191,9 +195,8 @@ class StatsBuffer:
         # a buffer in host memory (CPU): the numpy views of its rows take plain stores
         self._host_rows = None if self.transfer.cuda else list(self.transfer.view[:rows])
         self.fast = HostMirror(torch.empty((rows, width), device=device))
-        # the host's derived norms of a batch of rows: [global, per layer]; a numpy view made once
-        self._norms = torch.empty((rows, 1 + n_layers))
-        self._norms_view = self._norms.numpy()
+        # the host's derived norms of a batch of rows: [global, per layer]
+        self._norms = np.empty((rows, 1 + n_layers), dtype=np.float32)
         self._idx_cache: tuple[tuple[int, ...], Any] | None = None
         self._act_idx: tuple[tuple[int, ...], torch.Tensor] | None = None
 
@@ -327,16 +330,19 @@ class StatsBuffer:
 
     def grad_norms(self, block: np.ndarray) -> np.ndarray:
         """[global norm, per-layer norms] of each row of ``block`` (rows that reached the host),
-        from the parameters' columns, for all rows at once: the same float32 ops, in the same order,
-        as a device-side reduction of one row. The result is reused by the next call."""
-        sq = torch.from_numpy(block[:, 1 : self._c_scale])
-        if not self.sharded:  # sharded rows hold the (all-reduced) sums of squares already
-            sq = sq.square()
+        from the parameters' columns, for all rows at once, in float32 and in numpy (a few torch
+        ops cost several times more, run with the caches cold at the end of a step): each layer
+        adds its parameters' squares in parameter order. The result is reused by the next call."""
+        sq = block[:, 1 : self._c_scale]
         out = self._norms[: len(block)]
-        out[:, 1:].zero_().index_add_(1, self._param_layer_host, sq)
-        torch.sum(out[:, 1:], 1, out=out[:, 0])
-        out.sqrt_()
-        return self._norms_view[: len(block)]
+        with np.errstate(over="ignore"):  # a square beyond float32: Inf, as on the device
+            if not self.sharded:  # sharded rows hold the (all-reduced) sums of squares already
+                sq = sq * sq
+            if self._by_layer is not None:
+                sq = sq[:, self._by_layer]
+            np.add.reduceat(sq, self._layer_starts, axis=1, out=out[:, 1:])
+            np.sum(out[:, 1:], axis=1, out=out[:, 0])
+        return np.sqrt(out, out=out)
 
     def nonfinite_norm(self, values: np.ndarray) -> float | None:
         """The global gradient norm of a row when it is NaN/Inf (in float32, as :meth:`grad_norms`:
