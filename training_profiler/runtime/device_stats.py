@@ -193,7 +193,7 @@ class StatsBuffer:
         self.buf[self.control].zero_()
         self.transfer = HostMirror(self.buf)
         # a buffer in host memory (CPU): the numpy views of its rows take plain stores
-        self._host_rows = None if self.transfer.cuda else list(self.transfer.view[:rows])
+        self.host_rows = None if self.transfer.cuda else list(self.transfer.view[:rows])
         self.fast = HostMirror(torch.empty((rows, width), device=device))
         # the host's derived norms of a batch of rows: [global, per layer]
         self._norms = np.empty((rows, 1 + n_layers), dtype=np.float32)
@@ -201,34 +201,32 @@ class StatsBuffer:
         self._act_idx: tuple[tuple[int, ...], torch.Tensor] | None = None
 
     # -- device side: writers (no host sync) -------------------------------------------------------
-    @staticmethod
-    def loss_of(out: Any) -> torch.Tensor | float | None:
-        """The loss of a step's return value (a tensor, a number, a dict's "loss", or the first
-        tensor/float of a tuple), for :meth:`write_loss`; None when there is none."""
+    def write_loss(self, r: int, out: Any) -> bool:
+        """The loss of a step's return value ``out`` (a tensor, a number, a dict's "loss", or the
+        first tensor/float of a tuple) into row ``r``; False when there is none. A device copy, no
+        sync; a buffer in host memory (CPU) takes a CPU loss's value as a plain store instead: a
+        scalar read there is a memory read, and at the end of a step (the caches cold after the
+        optimizer) it costs a fraction of a copy op."""
         loss = out
         if isinstance(out, dict):
             loss = out.get("loss")
         elif isinstance(out, (tuple, list)):
             loss = next((v for v in out if isinstance(v, (torch.Tensor, float))), None)
-        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            return loss
-        if isinstance(loss, (float, int)) and not isinstance(loss, bool):
-            return float(loss)
-        return None
-
-    def write_loss(self, r: int, loss: torch.Tensor | float) -> None:
-        """The loss into row ``r``: a device copy, no sync. A buffer in host memory (CPU) takes a CPU
-        loss's value as a plain store instead: a scalar read there is a memory read, and at the end
-        of a step (the caches cold after the optimizer) it costs a fraction of a copy op."""
         if isinstance(loss, torch.Tensor):
-            if self._host_rows is not None and loss.is_cpu:
-                self._host_rows[r][0] = loss.item()
+            if loss.numel() != 1:
+                return False
+            if self.host_rows is not None and loss.is_cpu:
+                self.host_rows[r][0] = loss.item()
             else:
                 self.rows[r][0].copy_(loss.detach().reshape(()))
-        elif self._host_rows is not None:
-            self._host_rows[r][0] = loss
+        elif isinstance(loss, (float, int)) and not isinstance(loss, bool):
+            if self.host_rows is not None:
+                self.host_rows[r][0] = loss
+            else:
+                self.rows[r][0].fill_(float(loss))
         else:
-            self.rows[r][0].fill_(loss)
+            return False
+        return True
 
     def write_scale(self, row: torch.Tensor, scale: torch.Tensor) -> None:
         row[self._c_scale].copy_(scale.reshape(()))

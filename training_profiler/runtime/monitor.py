@@ -504,10 +504,7 @@ class TrainingMonitor:
         row = stats.rows[self._row]
         if self._missing_layers is None:  # no optimizer step was seen with gradients: read them now
             self._write_grads()
-        loss = self._guarded("loss", stats.loss_of, out)
-        if loss is not None:
-            self._guarded("loss", stats.write_loss, self._row, loss)
-        has_loss = loss is not None and "loss" not in self._disabled
+        has_loss = bool(self._guarded("loss", stats.write_loss, self._row, out))
         missing = self._missing_layers
         has_scale = self.scaler is not None and getattr(self.scaler, "_scale", None) is not None
         if has_scale:
@@ -520,8 +517,8 @@ class TrainingMonitor:
         stats.fast.copy(self._row, row, self._row)
         if stats.fast.cuda:
             self._pending_fast.append((self._row, step, has_loss, missing is not None))
-        else:  # a CPU "copy" has landed already: check this step now
-            self._check_finite(stats.transfer.view[self._row], step, has_loss, missing is not None)
+        else:  # a buffer in host memory: check this step now
+            self._check_finite(stats.host_rows[self._row], step, has_loss, missing is not None)
         self._row_meta.append((step, has_loss, missing, has_scale, self._precision))
 
     def _after_row(self) -> None:
