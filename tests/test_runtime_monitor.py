@@ -209,13 +209,14 @@ def test_an_ordinary_step_runs_one_norm_and_one_stack():
 
 
 # -- what is measured -------------------------------------------------------------------------------
-def test_context_manager_records_exact_norms_even_when_grads_are_cleared_after_step():
-    model = _tiny()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64: norms without narrowing to fp32
+def test_context_manager_records_exact_norms_even_when_grads_are_cleared_after_step(dtype):
+    model = _tiny().to(dtype)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     expected = []
     with watch_training(model=model, optimizer=opt, warmup_steps=10, precision_every=5) as monitor:
         for i in range(12):
-            x = torch.randn(16, 8, generator=torch.Generator().manual_seed(i))
+            x = torch.randn(16, 8, generator=torch.Generator().manual_seed(i), dtype=dtype)
             loss = model(x).pow(2).mean()
             loss.backward()
             first = model[0]

@@ -83,6 +83,15 @@ def _shard_weight(p: torch.Tensor, world: int) -> float:
     return world / copies
 
 
+def _norms(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's 2-norm, in one fused op, in fp32 (fp16 norms overflow at 65504; for fp32
+    tensors the same values as without a dtype); float64 tensors keep their precision."""
+    try:
+        return torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    except RuntimeError:  # float64: no narrowing to fp32
+        return torch._foreach_norm(tensors)
+
+
 def _layer_name(param_name: str) -> str:
     parts = [p for p in param_name.split(".")[:-1] if p not in ("module", "_orig_mod")]
     return ".".join(parts) or "<root>"
@@ -261,10 +270,7 @@ class StatsBuffer:
             grads = [g.detach() for g in grads]
         if self.sharded:
             grads = [_local(g) for g in grads]
-        try:  # in fp32 (fp16 norms overflow at 65504); the same values as without dtype for fp32 gradients
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-        except RuntimeError:  # float64 gradients: no narrowing to fp32
-            norms = torch._foreach_norm(grads)
+        norms = _norms(grads)
         if precision:
             self._write_grad_precision(self.rows[r], grads)
         if params is None and not self.sharded:  # the common case: stacked straight into the row
@@ -300,21 +306,24 @@ class StatsBuffer:
         row[self._c_over : self._c_under].index_copy_(0, idx, stats[:, 0])
         row[self._c_under : self._c_grad_precision].index_copy_(0, idx, stats[:, 1])
 
+    def _plain_params(self) -> list[torch.Tensor]:
+        """The parameters as plain tensors (sharded: this rank's shards); read them under no_grad."""
+        return [_local(p) for p in self.params] if self.sharded else self.params
+
     def snapshot(self) -> list[torch.Tensor]:
         """The parameters before the optimizer step (for the update ratio)."""
-        return [_local(p.detach()).clone() for p in self.params]
+        with torch.no_grad():
+            return [p.clone() for p in self._plain_params()]
 
     def write_update_ratio(self, row: torch.Tensor, before: list[torch.Tensor]) -> None:
-        """Per layer |w_after - w_before| / |w_after|."""
-        params = [_local(p.detach()) for p in self.params]  # sharded: per shard, averaged over ranks
-        torch._foreach_sub_(before, params)  # in place: the snapshot is not needed after this
-        delta = torch._foreach_norm(before, 2, dtype=torch.float32)
-        weight = torch._foreach_norm(params, 2, dtype=torch.float32)
-        idx = self._param_layer
-        n = len(self.layers)
-        d = torch.zeros(n, device=self.device).index_add_(0, idx, torch.stack(delta).square_())
-        w = torch.zeros(n, device=self.device).index_add_(0, idx, torch.stack(weight).square_())
-        row[self._c_update : self._c_over].copy_((d / w).sqrt_())
+        """Per layer |w_after - w_before| / |w_after| (sharded: per shard, averaged over ranks)."""
+        with torch.no_grad():
+            params = self._plain_params()
+            torch._foreach_sub_(before, params)  # in place: the snapshot is not needed after this
+            squares = torch.stack(_norms([*before, *params])).square_().view(2, -1)  # [delta, weight] x parameter
+            sums = torch.zeros((2, len(self.layers)), dtype=squares.dtype, device=self.device)
+            sums.index_add_(1, self._param_layer, squares)
+            torch.div(sums[0], sums[1], out=row[self._c_update : self._c_over]).sqrt_()
 
     def raise_flag(self, name: str) -> None:
         """Mark ``name`` as switched off on this rank (a device write, no sync)."""
