@@ -66,8 +66,18 @@ class HostDetectors:
         self._alert(step, metric, "nonfinite", value, center, spread, math.inf, None,
                     f"{metric}: {value} ({baseline_text(center, spread)}) | non-finite")
 
-    def judge(self, rec: dict[str, Any]) -> None:
-        """Judge one step record (see ``TrainingMonitor.history``)."""
+    @staticmethod
+    def layer_flags(layers: np.ndarray, global_norms: np.ndarray) -> list[tuple[bool, bool]]:
+        """For :meth:`judge`, the per-layer checks of a batch of records at once: per row (any
+        layer norm Inf, any layer negligible next to the global norm)."""
+        has_inf = np.isinf(layers).any(axis=1)
+        small = (layers < _VANISHING_SHARE * global_norms.astype(np.float64)[:, None]).any(axis=1)
+        return list(zip(has_inf.tolist(), small.tolist()))
+
+    def judge(self, rec: dict[str, Any], layers: np.ndarray | None = None,
+              flags: tuple[bool, bool] | None = None) -> None:
+        """Judge one step record (see ``TrainingMonitor.history``); ``layers``: its per-layer
+        gradient norms as an array, ``flags``: their :meth:`layer_flags` (both optional)."""
         step = rec["step"]
         if "loss" in self.series and rec.get("loss", 1.0) <= 0.0:
             # the detectors work in log space; a loss that can be <= 0 keeps only its NaN/Inf check
@@ -96,9 +106,10 @@ class HostDetectors:
             if metric == "grad_norm":
                 self._last_grad_alert = step
         if "layer_grad_norms" in rec:
-            norms = np.asarray(rec["layer_grad_norms"])
-            if not np.isinf(norms).any() and math.isfinite(rec["grad_norm"]):
-                self._check_vanishing(step, norms, rec["grad_norm"])
+            norms = np.asarray(rec["layer_grad_norms"]) if layers is None else layers
+            has_inf, any_small = (bool(np.isinf(norms).any()), None) if flags is None else flags
+            if not has_inf and math.isfinite(rec["grad_norm"]):
+                self._check_vanishing(step, norms, rec["grad_norm"], any_small)
                 self._layer_hist.append(norms)
         if "loss_scale" in rec:
             self._check_scaler(step, rec["loss_scale"])
@@ -149,17 +160,20 @@ class HostDetectors:
         first = int(np.lexsort((-ratio, -streak))[0])  # longest streak, then the largest ratio
         return self.layers[first], float(ratio[first])
 
-    def _check_vanishing(self, step: int, norms: np.ndarray, global_norm: float) -> None:
+    def _check_vanishing(self, step: int, norms: np.ndarray, global_norm: float, any_small: bool | None = None) -> None:
         """A layer vanishes when its gradient is negligible next to the others' (< 1e-3 of the global
         norm) and, besides, tiny (below ``vanishing_floor``) or fallen 1000x further than the global
         norm since its baseline. A run that converges shrinks every gradient together: no alert."""
         if step - self._last_grad_alert < self.alert_window:
             return  # saturated layers during an explosion are a symptom, not a second problem
-        small = norms < _VANISHING_SHARE * global_norm  # NaN (layer without gradients) compares False
         baseline = len(self._layer_hist) >= self.warmup_steps
         if baseline:
             base = self._layer_baseline(step)  # every step: it is recomputed on its own cadence
-        if not small.any():  # the common case: no layer is negligible next to the others
+        if any_small is False:  # the common case, checked for the whole batch: no layer is negligible
+            self._episode_quiet("vanishing", step)
+            return
+        small = norms < _VANISHING_SHARE * global_norm  # NaN (layer without gradients) compares False
+        if not small.any():
             self._episode_quiet("vanishing", step)
             return
         vanishing = small & (norms < self.vanishing_floor)

@@ -361,20 +361,26 @@ class StatsBuffer:
         norm = float(self.grad_norms(values[None, : self._c_scale])[0, 0])
         return None if math.isfinite(norm) else norm
 
+    def layer_rows(self, norms: np.ndarray, meta: list[tuple]) -> np.ndarray:
+        """The per-layer gradient norms of a batch's :meth:`grad_norms`, as float64 rows (the
+        records' values), NaN for a layer without gradients in its step (``meta[i][2]``)."""
+        layers = norms[:, 1:].astype(np.float64)
+        for i, (_, _, missing, *_) in enumerate(meta):
+            if missing:  # a layer without gradients is "not measured", not "vanished"
+                layers[i, list(missing)] = math.nan
+        return layers
+
     def record(self, step: int, has_loss: bool, missing: tuple[int, ...] | None, has_scale: bool,
-               precision: bool, values: np.ndarray, norms: np.ndarray) -> dict[str, Any]:
+               precision: bool, values: np.ndarray, global_norm: float, layers: np.ndarray) -> dict[str, Any]:
         """One row that has reached the host, as a history record (only what was measured):
-        ``missing``, the layers without gradients (None: no gradient at all); ``norms``, the row's
-        :meth:`grad_norms`."""
+        ``missing``, the layers without gradients (None: no gradient at all); ``global_norm`` and
+        ``layers``, the row's norms (:meth:`grad_norms`, :meth:`layer_rows`)."""
         rec: dict[str, Any] = {"step": step}
         if has_loss:
             rec["loss"] = float(values[0])
         if missing is not None:
-            rec["grad_norm"] = float(norms[0])
-            layers = norms[1:].tolist()
-            for i in missing:  # a layer without gradients is "not measured", not "vanished"
-                layers[i] = math.nan
-            rec["layer_grad_norms"] = layers
+            rec["grad_norm"] = float(global_norm)
+            rec["layer_grad_norms"] = layers.tolist()
         if has_scale:
             rec["loss_scale"] = float(values[self._c_scale])
         if not precision:

@@ -659,6 +659,10 @@ class TrainingMonitor:
         view = self._stats.transfer.view
         block = view[: len(meta)].copy()
         norms = self._guarded("history", self._stats.grad_norms, block)
+        layers = flags = None
+        if norms is not None:  # per-layer norms as float64 rows (as in the records), checked for the batch at once
+            layers = self._guarded("history", self._stats.layer_rows, norms, meta)
+            flags = self._guarded("detectors", self._detectors.layer_flags, layers, norms[:, 0])
         agreed: set[str] = set()
         if self._world > 1:
             agreed = self._stats.raised_flags(view[self._stats.control])
@@ -673,10 +677,11 @@ class TrainingMonitor:
                 self._disabled.add(name)
                 self._stats.raise_flag(name)  # every rank keeps flagging it from now on
         for i, (step, has_loss, missing, has_scale, precision) in enumerate(meta):
-            rec = None if norms is None else self._guarded(
-                "history", self._record, step, has_loss, missing, has_scale, precision, block[i], norms[i], agreed)
+            rec = None if layers is None else self._guarded(
+                "history", self._record, step, has_loss, missing, has_scale, precision, block[i], norms[i, 0],
+                layers[i], agreed)
             if rec is not None:
-                self._guarded("detectors", self._detectors.judge, rec)
+                self._guarded("detectors", self._detectors.judge, rec, layers[i], None if flags is None else flags[i])
             self._judged = step
             self._emit()
             if rec is not None and step % self.log_every == 0 and self._rank == 0:
@@ -685,8 +690,8 @@ class TrainingMonitor:
                     logger.info(line)
 
     def _record(self, step: int, has_loss: bool, missing: tuple[int, ...] | None, has_scale: bool, precision: bool,
-                values: np.ndarray, norms: np.ndarray, switched_off: set[str]) -> dict[str, Any]:
-        rec = self._stats.record(step, has_loss, missing, has_scale, precision, values, norms)
+                values: np.ndarray, global_norm: float, layers: np.ndarray, switched_off: set[str]) -> dict[str, Any]:
+        rec = self._stats.record(step, has_loss, missing, has_scale, precision, values, global_norm, layers)
         for name in switched_off:  # the reduced value mixes measured and unmeasured ranks: not measured
             for key in _RECORD_KEYS.get(name, ()):
                 rec.pop(key, None)
