@@ -220,7 +220,8 @@ class AdaptiveDetector:
         med, sig = self.baseline()
         # the rise is measured above the floor, the spread is the series' own: the floor can only
         # discount a rise (never make noise near it look larger)
-        rise = self._floored(y) - self._floored(med)
+        fy = self._floored(y)
+        rise = fy - self._floored(med)
         z = rise / sig
         high = z >= self.z_accept
         self._run = self._run + 1 if z >= self.z_run else 0
@@ -233,10 +234,10 @@ class AdaptiveDetector:
         elif (
             self._run >= self.run_len
             and rise >= self.log_min_ratio
-            and self._floored(y) > self._floored(self._recent[-self.run_len]) + sig
+            and fy > self._floored(self._recent[-self.run_len]) + sig
         ):
             kind = "rising"
-        if self._divergence(self._floored(y)) and kind is None:
+        if self._divergence(fy) and kind is None:
             kind = "divergence"
         if kind is None and self.log_low_ratio is not None and y - med <= self.log_low_ratio:
             kind = "vanishing"
