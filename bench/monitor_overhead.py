@@ -2,15 +2,16 @@
 monitor, and against the floor of any gradient monitor.
 
     python bench/monitor_overhead.py [--steps 20] [--rounds 7] [--threads 1]
-    python bench/monitor_overhead.py --only-cost [--cost-rounds 9] [--cost-steps 50]
+    python bench/monitor_overhead.py --only-cost [--cost-rounds 9] [--cost-steps 50] [--duty-steps 0]
 
 Two models: a small MLP and a small transformer encoder (2 layers, d_model 128, 4 heads, seq 64,
 batch 16), SGD. Variants run interleaved in rounds (the machine may be shared); the figure per
 variant is the median over rounds of the mean CPU time per step (process time, so other load on
 the machine counts less). "monitor self" is the CPU time spent inside the monitor's own code
 (its step entry/exit, optimizer and activation hooks), timed directly: the least noisy figure.
-Host syncs per step are counted with a dispatch mode (scalar reads; on a GPU each one stalls the
-pipeline). "floor" is the plain step plus one ``torch._foreach_norm`` over the gradients, inside
+Scalar reads per step are counted with a dispatch mode (on a GPU each one is a host sync that
+stalls the pipeline; the monitor's one on CPU is the loss, read into its statistics buffer in host
+memory: with the buffer on a GPU the loss is a device copy instead, no read). "floor" is the plain step plus one ``torch._foreach_norm`` over the gradients, inside
 the step (cold in cache, as the monitor reads them).
 
 Cost against the floor (``--only-cost``; also after the table unless ``--cost-rounds 0``): a
@@ -18,7 +19,10 @@ Cost against the floor (``--only-cost``; also after the table unless ``--cost-ro
 ``_foreach_norm`` over the gradients where the monitor reads them (the floor: the op alone) and
 50 monitored steps with the monitor's own CPU time (periodic transfers and cadenced precision
 checks amortised over the 50 steps), in alternating order; printed: floor, added time and their
-ratio, median and range over the rounds (target: ratio <= 1.5).
+ratio, median and range over the rounds (target: ratio <= 1.5). ``--duty-steps N`` adds what a
+monitor reduced to its per-step duty costs in that step, piece by piece (collect the gradients,
+norm, stack into a row, read the loss, check the row): the part of the ratio that no amortising
+removes.
 
 Framework rows (``--framework-steps 0`` skips them): the same transformer in a Lightning Trainer
 and a Hugging Face Trainer, with and without ``WatchTrainingCallback``, fits alternated over the
@@ -30,6 +34,7 @@ callback's own CPU time (its hooks and the monitor's optimizer hooks) is timed d
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -235,6 +240,66 @@ def cost_rows(rounds: int, steps: int) -> list[float]:
     return ratios
 
 
+def duty_rows(steps: int) -> None:
+    """What a monitor reduced to its per-step duty costs, piece by piece, in the cost target's step:
+    the norm alone (the floor), then with the gradients collected from the parameters, with the
+    norms stacked into a preallocated row, with the loss read into it, with the row's NaN/Inf check
+    (a sum of its norms). The five variants are drawn at random per step, so load on the machine
+    falls on all alike; printed: the median thread time of each per step."""
+    import random
+
+    import torch.optim.optimizer as optimizer_hooks
+
+    torch.manual_seed(0)
+    model = _Transformer(d=256)
+    tokens = torch.randint(0, 1000, (16, 64))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    params = list(model.parameters())
+    buf = torch.zeros(10, 1 + len(params))
+    norm_columns = [row[1:] for row in buf.unbind(0)]
+    host_rows = list(buf.numpy())
+    names = ("the norm alone (floor)", "+ collect the gradients", "+ stack into the row", "+ read the loss into it",
+             "+ NaN/Inf check of the row")
+    times: dict[int, list[float]] = {v: [] for v in range(len(names))}
+    state = {"variant": 0, "row": 0, "t": 0.0}
+
+    def pre_hook(optimizer, args, kwargs):
+        variant = state["variant"]
+        grads = [p.grad for p in params] if variant == 0 else None
+        t = time.thread_time()
+        if grads is None:
+            grads = [g for p in params if (g := p.grad) is not None]
+        norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+        if variant >= 2:
+            torch.stack(norms, out=norm_columns[state["row"]])
+        state["t"] = time.thread_time() - t
+
+    handle = optimizer_hooks.register_optimizer_step_pre_hook(pre_hook)
+    try:
+        for i in range(30 + steps):
+            state["variant"] = variant = random.randrange(len(names))
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+            loss.backward()
+            opt.step()
+            t = time.thread_time()
+            if variant >= 3:
+                row = state["row"]
+                host_rows[row][0] = loss.item()
+                if variant == 4:
+                    math.isfinite(sum(host_rows[row][1:].tolist()))
+                state["row"] = (row + 1) % len(host_rows)
+            if i >= 30:
+                times[variant].append((state["t"] + (time.thread_time() - t if variant >= 3 else 0.0)) * 1e6)
+    finally:
+        handle.remove()
+    print(f"a monitor's per-step duty, piece by piece (same step, {steps} steps drawn at random; median us/step):")
+    floor = statistics.median(times[0])
+    for v, name in enumerate(names):
+        us = statistics.median(times[v])
+        print(f"  {name:34}{us:8.0f}  ({us / floor:.2f}x the floor)")
+
+
 class _Clock:
     """CPU time from the start of step ``skip`` + 1 to the end of the last step, and the CPU time
     spent inside the given methods of given objects (they do not nest)."""
@@ -413,18 +478,23 @@ def main(argv=None) -> int:
     parser.add_argument("--only-cost", action="store_true", help="only the cost against the floor")
     parser.add_argument("--cost-rounds", type=int, default=9, help="rounds of the cost against the floor (0: skip)")
     parser.add_argument("--cost-steps", type=int, default=50, help="steps per variant and round of the cost")
+    parser.add_argument("--duty-steps", type=int, default=0,
+                        help="with --only-cost: also the per-step duty piece by piece, over this many steps")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.only_cost:
-        cost_rows(args.cost_rounds, args.cost_steps)
+        if args.cost_rounds:
+            cost_rows(args.cost_rounds, args.cost_steps)
+        if args.duty_steps:
+            duty_rows(args.duty_steps)
         return 0
     if args.only_frameworks:
         framework_rows(args.framework_steps, args.rounds)
         return 0
     print(f"monitor overhead on CPU ({args.threads} thread(s), {args.rounds} rounds x {args.steps} steps, "
           f"median of round means)")
-    print(f"{'model':14}{'variant':16}{'ms/step':>9}{'added ms':>10}{'added %':>9}{'syncs/step':>12}")
+    print(f"{'model':14}{'variant':16}{'ms/step':>9}{'added ms':>10}{'added %':>9}{'reads/step':>12}")
     for name, case in (("small MLP", _mlp_case), ("transformer", _transformer_case)):
         r = measure(case, args.steps, args.rounds)
         base = r["none"]["ms"]
