@@ -702,3 +702,30 @@ def test_per_layer_norms_of_a_layer_whose_parameters_are_not_adjacent():
     norms = stats.grad_norms(block)[0]
     assert norms[1:].tolist() == [5.0, 5.0]  # l: sqrt(1 + 4 + 4 + 16); x: sqrt(9 + 16)
     assert norms[0] == pytest.approx(50**0.5)
+
+
+def test_reading_the_history_inside_a_step_keeps_that_steps_norms():
+    # history flushes: inside a step (after the optimizer hook wrote this step's norms into its
+    # row) the row moves to the start of the buffer, and the step still records its own norms
+    model = _tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    expected, seen = [], []
+
+    @watch_training(warmup_steps=10, transfer_every=10)
+    def step(model, x):
+        opt.zero_grad(set_to_none=True)
+        loss = model(x).pow(2).mean()
+        loss.backward()
+        expected.append((loss.item(), torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()))
+        opt.step()
+        seen.append(len(step.monitor.history))  # a flush in the middle of the step
+        return loss
+
+    for i in range(13):
+        step(model, torch.randn(16, 8, generator=torch.Generator().manual_seed(i)))
+    history = step.monitor.history
+    assert seen == list(range(13))  # every earlier step, not this one
+    assert [r["step"] for r in history] == list(range(1, 14))
+    for rec, (loss, norm) in zip(history, expected):
+        assert rec["loss"] == pytest.approx(loss, rel=1e-6)
+        assert rec["grad_norm"] == pytest.approx(norm, rel=1e-5)
