@@ -1,8 +1,8 @@
 """The monitor's device side: one row of statistics per training step in a small device buffer,
 written with device ops only (no host sync), and the host mirrors the rows are copied into.
 
-A row holds the loss and each parameter's gradient norm (an ordinary step writes only these, in
-one ``torch.stack`` of the ``_foreach_norm`` results), the GradScaler's scale, then on precision
+A row holds the loss and each parameter's gradient norm (an ordinary step writes only these: the
+norms in one ``torch.stack`` of the ``_foreach_norm`` results, then the loss), the GradScaler's scale, then on precision
 steps per layer the update-to-weight ratio, per leaf module the fp16/bf16 overflow and underflow
 fractions of its output, and for the same two fractions over fp16/bf16 gradients their four
 counts (:func:`low_precision_counts`), divided on the host. The host derives the per-layer and
@@ -257,7 +257,8 @@ class StatsBuffer:
 
     def write_grads(self, r: int, precision: bool) -> tuple[int, ...] | None:
         """The parameters' gradient norms (one fused ``_foreach_norm``) into row ``r``, stacked there
-        at once (the norm has just warmed the caches for it); on a precision step also the fp16/bf16
+        at once (about half the cost of the same stack after the optimizer step, when the caches
+        are colder still); on a precision step also the fp16/bf16
         counts of low-precision gradients. Returns the layers without any gradient, None when no
         parameter has a gradient."""
         grads = [g for p in self.params if (g := p.grad) is not None]

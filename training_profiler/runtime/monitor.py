@@ -497,7 +497,7 @@ class TrainingMonitor:
 
     def _record_row(self, step: int, out: Any) -> None:
         """The step's row: the gradient norms are usually in it already (the optimizer hook stacked
-        them there); the loss joins them (on CPU a host store, no torch op)."""
+        them there); the loss joins them (on CPU a scalar read stored into the host buffer)."""
         if self._cadence_hooks:
             self._remove_cadence_hooks()
         stats = self._stats
