@@ -86,8 +86,8 @@ def decorator_run(lr_raise=False, nan_step=None, steps=STEPS, fp16=False):
 def count_host_syncs(obj, names):
     """Wrap ``obj``'s methods ``names`` so that every scalar read of a tensor inside them (a host
     sync on a GPU: ``.item()``, ``bool()``, ``float()``...) is counted; returns the counter:
-    "syncs" for tensors on a device, "cpu_reads" for CPU tensors (memory reads; the monitor reads
-    the loss of a CPU step into its host buffer that way, once per step)."""
+    "syncs" for tensors on a device, "cpu_reads" for CPU tensors (memory reads; on CPU the monitor
+    reads each step's loss and gradient norms that way, unless ``StatsBuffer.host_scalars`` is off)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
     counter = {"syncs": 0, "cpu_reads": 0, "calls": 0}

@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from training_profiler import watch_training
 from training_profiler.runtime import Alert, TrainingMonitor
+from training_profiler.runtime.device_stats import StatsBuffer
 
 MUSEUM = Path(__file__).resolve().parent.parent / "examples" / "failure_museum" / "runtime"
 
@@ -116,7 +117,9 @@ class _CountSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_no_synchronizing_call_in_the_per_step_path(monkeypatch):
+@pytest.mark.parametrize("host_scalars", [False, True])  # False: the path of a GPU buffer, run on CPU
+def test_no_synchronizing_call_in_the_per_step_path(monkeypatch, host_scalars):
+    monkeypatch.setattr(StatsBuffer, "host_scalars", host_scalars)
     model = _tiny()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler("cpu")
@@ -146,9 +149,9 @@ def test_no_synchronizing_call_in_the_per_step_path(monkeypatch):
         for _ in range(30):  # crosses three periodic reads (steps 10, 20, 30)
             step(model, x, y)
     monkeypatch.undo()
-    # the one scalar read per step: on CPU the loss goes into the buffer (host memory) as a store, a
-    # memory read there; a buffer on a GPU takes the loss with a device copy
-    assert calls == mode.syncs == ["item of a cpu tensor"] * 30
+    # a buffer on a GPU takes the norms and the loss with device ops: nothing is read; on CPU they
+    # are read as Python floats (memory reads): the loss and the 4 parameters' norms per step
+    assert calls == mode.syncs == (["item of a cpu tensor"] * 5 * 30 if host_scalars else [])
     history = step.monitor.history
     assert [r["step"] for r in history][-3:] == [33, 34, 35]
     assert history[-1]["loss_scale"] == 65536.0
@@ -169,11 +172,13 @@ class _TorchCalls(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_an_ordinary_step_runs_one_norm_and_one_stack():
+@pytest.mark.parametrize("host_scalars", [False, True])  # False: the path of a GPU buffer, run on CPU
+def test_an_ordinary_step_runs_one_norm_and_one_stack(monkeypatch, host_scalars):
     # the monitor's whole per-step device work: _foreach_norm over the gradients, the norms stacked
-    # into a preallocated row (a view of it) at once, and on CPU the loss read into the buffer (host
-    # memory; a GPU buffer takes it with a device copy); per-layer and global norms, NaN/Inf flags
+    # into a preallocated row (a view of it) at once and the loss copied into it; on CPU the norms
+    # and the loss are read as Python floats instead; per-layer and global norms, NaN/Inf flags
     # and the detectors run on the host, for a batch of rows, every transfer_every steps
+    monkeypatch.setattr(StatsBuffer, "host_scalars", host_scalars)
     model = _tiny()
     grads = [torch.randn_like(p) for p in model.parameters()]
 
@@ -198,8 +203,9 @@ def test_an_ordinary_step_runs_one_norm_and_one_stack():
     for n in range(2, 10):  # ordinary steps (10 ships the batch to the host)
         with _TorchCalls() as mode:
             step(model, opt)
-        device_ops = [c for c in mode.calls if not c.startswith(("_record_function", "numel", "is_floating_point"))]
-        assert device_ops == ["_foreach_norm", "stack", "item"], n
+        device_ops = [c for c in mode.calls if not c.startswith(("_record_function", "numel", "dim", "is_floating_point"))]
+        expected = ["_foreach_norm", *["item"] * 5] if host_scalars else ["_foreach_norm", "stack", "detach", "copy_"]
+        assert device_ops == expected, n
     history = step.monitor.history
     assert [r["step"] for r in history] == list(range(1, 10))
     expected = torch.nn.utils.get_total_norm(grads).item()
@@ -607,6 +613,7 @@ def test_async_host_copies_report_nan_with_its_own_step_once_the_device_catches_
     stats = monitor._stats
     stats.fast = _LaggingTransfer(stats.fast.host, clock, lag)
     stats.transfer = _LaggingTransfer(stats.buf, clock, lag)
+    stats.host_rows = None  # as on a GPU: the rows are written with device ops
     losses = []
     with monitor:
         for step in range(1, 41):

@@ -143,11 +143,21 @@ class StatsBuffer:
     value: the step's metadata (what it measured) decides what :meth:`record` reads, and a
     precision step clears its cadenced columns first (a value it could not measure stays NaN).
 
+    On a buffer in host memory (CPU) a step's loss and norms are read at once as Python floats
+    into ``host_rows`` instead (:attr:`host_scalars`), and written into the buffer when the batch
+    is shipped (:meth:`store_host_rows`).
+
     ``transfer`` mirrors the whole buffer (sent every ``rows`` steps), ``fast`` each row as soon as
     it is written (sent every step, so NaN/Inf is seen at its own step). Row
     ``control`` (after the step rows) holds one 0/1 flag per name of ``flags``: what this rank has
     switched off.
     """
+
+    # CPU: read each step's loss and norms as Python floats (a scalar read there is a memory read:
+    # 28 of them cost about half of one 28-tensor ``stack`` and the numpy stores after it, with the
+    # caches cold after the backward; bench/monitor_overhead.py --duty-steps); False runs the
+    # device path (no scalar read) on CPU too, as the tests of that path do
+    host_scalars = True
 
     def __init__(self, model: nn.Module, rows: int, flags: tuple[str, ...] = ()) -> None:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -191,6 +201,7 @@ class StatsBuffer:
         width = max(self._c_grad_precision + 4, len(flags))
         self.buf = torch.full((rows + 1, width), math.nan, dtype=torch.float32, device=device)
         self.rows = list(self.buf[:rows].unbind(0))  # views made once: indexing costs a dispatch per step
+        self._loss_cells = [row[0] for row in self.rows]
         self._norm_columns = [row[1 : self._c_scale] for row in self.rows]
         self.control = rows
         self.flags = list(flags)
@@ -198,11 +209,14 @@ class StatsBuffer:
         self.sharded = dtensor is not None and any(isinstance(p, dtensor) for p in self.params)
         if self.sharded:  # FSDP2: rows hold weighted local sums of squares (see the module docstring)
             world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-            self._weights = torch.tensor([_shard_weight(p, world) for p in self.params], device=device)
+            self._weight_list = [_shard_weight(p, world) for p in self.params]
+            self._weights = torch.tensor(self._weight_list, device=device)
         self.buf[self.control].zero_()
         self.transfer = HostMirror(self.buf)
-        # a buffer in host memory (CPU): the numpy views of its rows take plain stores
-        self.host_rows = None if self.transfer.cuda else list(self.transfer.view[:rows])
+        # a buffer in host memory (CPU): each step's loss and norms as Python floats, per row
+        # [loss, norm per parameter]; they join the buffer when the batch is shipped (store_host_rows)
+        self.host_rows = None if self.transfer.cuda or not self.host_scalars else [
+            [math.nan] * self._c_scale for _ in range(rows)]
         self.fast = HostMirror(torch.empty((rows, width), device=device))
         # the host's derived norms of a batch of rows: [global, per layer]
         self._norms = np.empty((rows, 1 + n_layers), dtype=np.float32)
@@ -213,9 +227,8 @@ class StatsBuffer:
     def write_loss(self, r: int, out: Any) -> bool:
         """The loss of a step's return value ``out`` (a tensor, a number, a dict's "loss", or the
         first tensor/float of a tuple) into row ``r``; False when there is none. A device copy, no
-        sync; a buffer in host memory (CPU) takes a CPU loss's value as a plain store instead: a
-        scalar read there is a memory read, and at the end of a step (the caches cold after the
-        optimizer) it costs a fraction of a copy op."""
+        sync; on CPU a Python float in ``host_rows`` (a memory read: at the end of a step, the
+        caches cold after the optimizer, a fraction of a copy op)."""
         loss = out
         if isinstance(out, dict):
             loss = out.get("loss")
@@ -227,12 +240,13 @@ class StatsBuffer:
             if self.host_rows is not None and loss.is_cpu:
                 self.host_rows[r][0] = loss.item()
             else:
-                self.rows[r][0].copy_(loss.detach().reshape(()))
+                loss = loss.detach()
+                self._loss_cells[r].copy_(loss.reshape(()) if loss.dim() else loss)
         elif isinstance(loss, (float, int)) and not isinstance(loss, bool):
             if self.host_rows is not None:
                 self.host_rows[r][0] = loss
             else:
-                self.rows[r][0].fill_(float(loss))
+                self._loss_cells[r].fill_(float(loss))
         else:
             return False
         return True
@@ -244,23 +258,24 @@ class StatsBuffer:
         """A precision step: its cadenced columns read NaN unless it measures them."""
         row[self._c_update :].fill_(math.nan)
 
-    def _subset(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[int, ...]]:
-        """Positions of the parameters that have a gradient, and the layers without any."""
+    def _subset(self, params: list[torch.Tensor]) -> tuple[torch.Tensor, list[int], tuple[int, ...]]:
+        """Positions of the parameters that have a gradient (as a device index and a list), and the
+        layers without any."""
         key = tuple(id(p) for p in params)
         if self._idx_cache is None or self._idx_cache[0] != key:
             position = {id(p): i for i, p in enumerate(self.params)}  # by identity: tensors' == is elementwise
             pos = [position[id(p)] for p in params]
             covered = {self._param_layer_list[i] for i in pos}
             missing = tuple(i for i in range(len(self.layers)) if i not in covered)
-            self._idx_cache = (key, (torch.tensor(pos, device=self.device), missing))
+            self._idx_cache = (key, (torch.tensor(pos, device=self.device), pos, missing))
         return self._idx_cache[1]
 
     def write_grads(self, r: int, precision: bool) -> tuple[int, ...] | None:
-        """The parameters' gradient norms (one fused ``_foreach_norm``) into row ``r``, stacked there
-        at once (about half the cost of the same stack after the optimizer step, when the caches
-        are colder still); on a precision step also the fp16/bf16
-        counts of low-precision gradients. Returns the layers without any gradient, None when no
-        parameter has a gradient."""
+        """The parameters' gradient norms (one fused ``_foreach_norm``) into row ``r``: on CPU read
+        as Python floats into ``host_rows``, on a device stacked into the row at once (about half
+        the cost of the same stack after the optimizer step, when the caches are colder still); on
+        a precision step also the fp16/bf16 counts of low-precision gradients. Returns the layers
+        without any gradient, None when no parameter has a gradient."""
         grads = [g for p in self.params if (g := p.grad) is not None]
         params = None
         if len(grads) < len(self.params):  # some parameters without a gradient in this step
@@ -274,6 +289,8 @@ class StatsBuffer:
         norms = _norms(grads)
         if precision:
             self._write_grad_precision(self.rows[r], grads)
+        if self.host_rows is not None:
+            return self._store_norms(self.host_rows[r], [n.item() for n in norms], params)
         if params is None and not self.sharded:  # the common case: stacked straight into the row
             torch.stack(norms, out=self._norm_columns[r])
             return ()
@@ -283,9 +300,25 @@ class StatsBuffer:
         if params is None:
             self._norm_columns[r].copy_(values)
             return ()
-        pos, missing = self._subset(params)
+        index, _, missing = self._subset(params)
         # a parameter without a gradient adds nothing; a layer without any is "not measured"
-        self._norm_columns[r].zero_().index_copy_(0, pos, values)
+        self._norm_columns[r].zero_().index_copy_(0, index, values)
+        return missing
+
+    def _store_norms(self, row: list[float], values: list[float], params: list[torch.Tensor] | None,
+                     ) -> tuple[int, ...]:
+        """``write_grads`` on CPU: the norms (of ``params``, or of every parameter) into a host row."""
+        positions, missing = range(len(self.params)), ()
+        if params is not None:
+            _, positions, missing = self._subset(params)
+        if self.sharded:  # weighted sums of squares, as on a device
+            values = [v * v * self._weight_list[i] for v, i in zip(values, positions)]
+        if params is None:
+            row[1:] = values
+            return ()
+        row[1:] = [0.0] * len(self.params)  # a parameter without a gradient adds nothing
+        for i, v in zip(positions, values):
+            row[1 + i] = v
         return missing
 
     def _write_grad_precision(self, row: torch.Tensor, grads: list[torch.Tensor]) -> None:
@@ -331,6 +364,18 @@ class StatsBuffer:
         self.buf[self.control, self.flags.index(name)].fill_(1.0)
 
     # -- host side ---------------------------------------------------------------------------------
+    def store_host_rows(self, n: int) -> None:
+        """CPU: the first ``n`` rows' loss and norms from ``host_rows`` into the buffer (before a
+        batch is shipped)."""
+        if self.host_rows is not None:
+            self.transfer.view[:n, : self._c_scale] = self.host_rows[:n]
+
+    def move_row(self, n: int) -> None:
+        """A step in progress moves from row ``n`` to row 0 (a batch was shipped inside the step)."""
+        self.buf[0].copy_(self.buf[n])
+        if self.host_rows is not None:
+            self.host_rows[0], self.host_rows[n] = self.host_rows[n], self.host_rows[0]
+
     def raised_flags(self, control: np.ndarray) -> set[str]:
         """The names flagged in a control row that has reached the host (after the all-reduce:
         flagged on at least one rank)."""
@@ -352,14 +397,15 @@ class StatsBuffer:
             np.sum(out[:, 1:], axis=1, out=out[:, 0])
         return np.sqrt(out, out=out)
 
-    def nonfinite_norm(self, values: np.ndarray) -> float | None:
-        """The global gradient norm of a row when it is NaN/Inf (in float32, as :meth:`grad_norms`:
-        a norm whose square overflows counts), else None. The common case is one sum: the sum of
-        squares is at most the square of the sum of the norms."""
-        total = sum(values[1 : self._c_scale].tolist())  # Python floats: no numpy reduction to set up, no overflow
+    def nonfinite_norm(self, values: list[float]) -> float | None:
+        """The global gradient norm of a row (as Python floats) when it is NaN/Inf (in float32, as
+        :meth:`grad_norms`: a norm whose square overflows counts), else None. The common case is
+        one sum: the sum of squares is at most the square of the sum of the norms."""
+        total = sum(values[1 : self._c_scale])  # Python floats: no numpy reduction to set up, no overflow
         if (total if self.sharded else total * total) <= _FLOAT32_MAX:  # False for NaN
             return None
-        norm = float(self.grad_norms(values[None, : self._c_scale])[0, 0])
+        row = np.array(values[: self._c_scale], dtype=np.float32)[None]
+        norm = float(self.grad_norms(row)[0, 0])
         return None if math.isfinite(norm) else norm
 
     def layer_rows(self, norms: np.ndarray, meta: list[tuple]) -> np.ndarray:

@@ -518,7 +518,8 @@ class TrainingMonitor:
         if stats.fast.cuda:
             self._pending_fast.append((self._row, step, has_loss, missing is not None))
         else:  # a buffer in host memory: check this step now
-            self._check_finite(stats.host_rows[self._row], step, has_loss, missing is not None)
+            values = stats.transfer.view[self._row].tolist() if stats.host_rows is None else stats.host_rows[self._row]
+            self._check_finite(values, step, has_loss, missing is not None)
         self._row_meta.append((step, has_loss, missing, has_scale, self._precision))
 
     def _after_row(self) -> None:
@@ -592,6 +593,7 @@ class TrainingMonitor:
         n, meta = self._row, self._row_meta
         self._row, self._row_meta = 0, []  # first: whatever fails below, the next step has a row
         stats = self._stats
+        stats.store_host_rows(n)
         if self._batch is not None and not self._draining:  # the previous copy: long done unless the GPU is far behind
             try:
                 stats.transfer.wait(0)
@@ -618,7 +620,7 @@ class TrainingMonitor:
         if stats.transfer.ready(0):
             self._process_batch()
         if self._in_step and 0 < n < self.transfer_every:  # a flush inside a step: its row moves to row 0,
-            stats.buf[0].copy_(stats.buf[n])  # after the copy above (on CPU the buffer is the host side)
+            stats.move_row(n)  # after the copy above (on CPU the buffer is the host side)
 
     def _judge_all(self) -> None:
         """Judge every step recorded so far (single process: ships a partial batch; one sync)."""
@@ -640,11 +642,12 @@ class TrainingMonitor:
                     break
                 fast.wait(row)
             self._pending_fast.popleft()
-            self._check_finite(fast.view[row], step, has_loss, has_grad)
+            self._check_finite(fast.view[row].tolist(), step, has_loss, has_grad)
 
-    def _check_finite(self, values: np.ndarray, step: int, has_loss: bool, has_grad: bool) -> None:
-        """NaN/Inf in the loss or the global gradient norm of a row that has reached the host."""
-        loss = float(values[0])
+    def _check_finite(self, values: list[float], step: int, has_loss: bool, has_grad: bool) -> None:
+        """NaN/Inf in the loss or the global gradient norm of a row that has reached the host (as
+        Python floats)."""
+        loss = values[0]
         if has_loss and not math.isfinite(loss):  # the common case: a float check and a sum
             self._guarded("detectors", self._detectors.check_finite, step, "loss", loss, self.scaler)
         norm = self._stats.nonfinite_norm(values) if has_grad else None
