@@ -115,7 +115,7 @@ def _inject(fault, rank, state):
     """Break one thing on one rank from step FAULT_FROM on (``fault``: what, on which rank);
     returns the function that undoes it."""
     from training_profiler.runtime.detectors import HostDetectors
-    from training_profiler.runtime.device_stats import HostMirror
+    from training_profiler.runtime.device_stats import StatsBuffer
 
     if fault == "grad_norm_on_rank1" and rank == 1:  # one metric's device op fails
         original = torch._foreach_norm
@@ -135,16 +135,16 @@ def _inject(fault, rank, state):
 
         HostDetectors.status = status
         return lambda: setattr(HostDetectors, "status", original_status)
-    if fault == "monitor_on_rank1" and rank == 1:  # the step cycle itself fails
-        original_copy = HostMirror.copy
+    if fault == "monitor_on_rank1" and rank == 1:  # the step cycle itself fails (its NaN/Inf check of each row)
+        original_check = StatsBuffer.nonfinite_norm
 
-        def copy(self, *args):
+        def check(self, *args):
             if state["step"] >= FAULT_FROM:
-                raise RuntimeError("injected: host copy failed")
-            return original_copy(self, *args)
+                raise RuntimeError("injected: row check failed")
+            return original_check(self, *args)
 
-        HostMirror.copy = copy
-        return lambda: setattr(HostMirror, "copy", original_copy)
+        StatsBuffer.nonfinite_norm = check
+        return lambda: setattr(StatsBuffer, "nonfinite_norm", original_check)
     return lambda: None
 
 
@@ -233,6 +233,6 @@ def test_ddp_the_monitor_stopping_on_one_rank_stops_it_on_all_without_a_hang(fau
     assert r0["done"] == r1["done"] == FAULT_STEPS  # training itself went on to the end
     assert [r["step"] for r in r0["history"]] == [r["step"] for r in r1["history"]] == list(range(1, 11))
     assert [m for m in r1["logged"] if "internal error" in m] == [
-        "[Monitor] internal error (RuntimeError: injected: host copy failed); monitoring stops, training continues"]
+        "[Monitor] internal error (RuntimeError: injected: row check failed); monitoring stops, training continues"]
     assert [m for m in r0["logged"] if "another rank" in m] == [
         "[Monitor] monitoring was stopped on another rank after an internal error; it stops here too"]

@@ -490,6 +490,8 @@ class TrainingMonitor:
                 if self._stopped:
                     return
         self._row += 1  # on every rank, whatever failed: the collectives depend on it
+        if self._row < self.transfer_every and self._batch is None and not self._catch_up:
+            return  # the common case: no periodic work in this step
         try:
             self._after_row()
         except Exception as exc:  # noqa: BLE001
@@ -500,25 +502,24 @@ class TrainingMonitor:
         them there); the loss joins them (on CPU a scalar read stored into the host buffer)."""
         if self._cadence_hooks:
             self._remove_cadence_hooks()
-        stats = self._stats
-        row = stats.rows[self._row]
+        stats, r = self._stats, self._row
         if self._missing_layers is None:  # no optimizer step was seen with gradients: read them now
             self._write_grads()
-        has_loss = bool(self._guarded("loss", stats.write_loss, self._row, out))
+        has_loss = bool(self._guarded("loss", stats.write_loss, r, out))
         missing = self._missing_layers
-        has_scale = self.scaler is not None and getattr(self.scaler, "_scale", None) is not None
+        scaler = self.scaler
+        has_scale = scaler is not None and getattr(scaler, "_scale", None) is not None
         if has_scale:
-            self._guarded("loss_scale", stats.write_scale, row, self.scaler._scale)
+            self._guarded("loss_scale", stats.write_scale, stats.rows[r], scaler._scale)
             has_scale = "loss_scale" not in self._disabled
         if self._precision and self._act_stats:
-            self._guarded("activation_precision", stats.write_act_stats, row, self._act_stats)
+            self._guarded("activation_precision", stats.write_act_stats, stats.rows[r], self._act_stats)
         if stats.fast.cuda:  # on CPU the queue is empty: each step is checked at its end
             self._drain_fast(wait=False)  # before the copy below reuses the host slot of step - transfer_every
-        stats.fast.copy(self._row, row, self._row)
-        if stats.fast.cuda:
-            self._pending_fast.append((self._row, step, has_loss, missing is not None))
+            stats.fast.copy(r, stats.rows[r], r)
+            self._pending_fast.append((r, step, has_loss, missing is not None))
         else:  # a buffer in host memory: check this step now
-            values = stats.transfer.view[self._row].tolist() if stats.host_rows is None else stats.host_rows[self._row]
+            values = stats.transfer.view[r].tolist() if stats.host_rows is None else stats.host_rows[r]
             self._check_finite(values, step, has_loss, missing is not None)
         self._row_meta.append((step, has_loss, missing, has_scale, self._precision))
 
@@ -549,10 +550,10 @@ class TrainingMonitor:
         if not self._in_step or self._draining or self._stopped:
             return
         try:
-            if not self._is_ours(optimizer):
+            if optimizer is not self.optimizer and not self._is_ours(optimizer):
                 return
             if not self._grads_by_caller:
-                self._write_grads()
+                self._missing_layers = self._guarded("grad_norm", self._stats.write_grads, self._row, self._precision)
             if self._precision:  # the update ratio: the post-step hook is there on precision steps only
                 self._snapshot = self._guarded("update_ratio", self._stats.snapshot)
                 if self._snapshot is not None:
