@@ -290,6 +290,9 @@ class StatsBuffer:
         if precision:
             self._write_grad_precision(self.rows[r], grads)
         if self.host_rows is not None:
+            if params is None and not self.sharded:  # the common case: every norm, in parameter order
+                self.host_rows[r][1:] = [n.item() for n in norms]
+                return ()
             return self._store_norms(self.host_rows[r], [n.item() for n in norms], params)
         if params is None and not self.sharded:  # the common case: stacked straight into the row
             torch.stack(norms, out=self._norm_columns[r])
@@ -307,7 +310,8 @@ class StatsBuffer:
 
     def _store_norms(self, row: list[float], values: list[float], params: list[torch.Tensor] | None,
                      ) -> tuple[int, ...]:
-        """``write_grads`` on CPU: the norms (of ``params``, or of every parameter) into a host row."""
+        """``write_grads`` on CPU, some parameters without a gradient (``params``: those with one)
+        or sharded: their norms into a host row."""
         positions, missing = range(len(self.params)), ()
         if params is not None:
             _, positions, missing = self._subset(params)
