@@ -27,7 +27,7 @@ monitor's own CPU time above overstates that, as it also holds work the step the
 optimizer reuses the gradients' Python objects the monitor created: 79 -> 57 us in AdamW's
 ``_init_group``). ``--duty-steps N`` adds what a
 monitor reduced to its per-step duty costs in that step, piece by piece (collect the gradients,
-norm, stack into a row, read the loss, check the row): the part of the ratio that no amortising
+norm, read the norms into a row, read the loss, check the row): the part of the ratio that no amortising
 removes.
 
 Framework rows (``--framework-steps 0`` skips them): the same transformer in a Lightning Trainer
@@ -250,11 +250,12 @@ def cost_rows(rounds: int, steps: int) -> list[float]:
 
 
 def duty_rows(steps: int) -> None:
-    """What a monitor reduced to its per-step duty costs, piece by piece, in the cost target's step:
-    the norm alone (the floor), then with the gradients collected from the parameters, with the
-    norms stacked into a preallocated row, with the loss read into it, with the row's NaN/Inf check
-    (a sum of its norms). The five variants are drawn at random per step, so load on the machine
-    falls on all alike; printed: the median thread time of each per step."""
+    """What a monitor reduced to its per-step duty costs, piece by piece, in the cost target's step,
+    as the monitor does it on CPU: the norm alone (the floor), then with the gradients collected
+    from the parameters, with the norms read as Python floats into a row (one ``.item()`` each), with
+    the loss read into it, with the row's NaN/Inf check (a sum of its norms). The five variants are
+    drawn at random per step, so load on the machine falls on all alike; printed: the median thread
+    time of each per step."""
     import random
 
     import torch.optim.optimizer as optimizer_hooks
@@ -264,11 +265,9 @@ def duty_rows(steps: int) -> None:
     tokens = torch.randint(0, 1000, (16, 64))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     params = list(model.parameters())
-    buf = torch.zeros(10, 1 + len(params))
-    norm_columns = [row[1:] for row in buf.unbind(0)]
-    host_rows = list(buf.numpy())
-    names = ("the norm alone (floor)", "+ collect the gradients", "+ stack into the row", "+ read the loss into it",
-             "+ NaN/Inf check of the row")
+    host_rows = [[math.nan] * (1 + len(params)) for _ in range(10)]
+    names = ("the norm alone (floor)", "+ collect the gradients", "+ read the norms into the row",
+             "+ read the loss into it", "+ NaN/Inf check of the row")
     times: dict[int, list[float]] = {v: [] for v in range(len(names))}
     state = {"variant": 0, "row": 0, "t": 0.0}
 
@@ -280,7 +279,7 @@ def duty_rows(steps: int) -> None:
             grads = [g for p in params if (g := p.grad) is not None]
         norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
         if variant >= 2:
-            torch.stack(norms, out=norm_columns[state["row"]])
+            host_rows[state["row"]][1:] = [n.item() for n in norms]
         state["t"] = time.thread_time() - t
 
     handle = optimizer_hooks.register_optimizer_step_pre_hook(pre_hook)
@@ -293,11 +292,11 @@ def duty_rows(steps: int) -> None:
             opt.step()
             t = time.thread_time()
             if variant >= 3:
-                row = state["row"]
-                host_rows[row][0] = loss.item()
+                row = host_rows[state["row"]]
+                row[0] = loss.item()
                 if variant == 4:
-                    math.isfinite(sum(host_rows[row][1:].tolist()))
-                state["row"] = (row + 1) % len(host_rows)
+                    math.isfinite(row[0]) and math.isfinite(sum(row[1:]))
+                state["row"] = (state["row"] + 1) % len(host_rows)
             if i >= 30:
                 times[variant].append((state["t"] + (time.thread_time() - t if variant >= 3 else 0.0)) * 1e6)
     finally:
