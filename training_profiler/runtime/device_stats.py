@@ -1,8 +1,9 @@
 """The monitor's device side: one row of statistics per training step in a small device buffer,
 written with device ops only (no host sync), and the host mirrors the rows are copied into.
 
-A row holds the loss and each parameter's gradient norm (an ordinary step writes only these: the
-norms in one ``torch.stack`` of the ``_foreach_norm`` results, then the loss), the GradScaler's scale, then on precision
+A row holds the loss and each parameter's gradient norm (an ordinary step writes only these: on a
+device the norms in one ``torch.stack`` of the ``_foreach_norm`` results, then the loss; on CPU both
+read as Python floats, see :attr:`StatsBuffer.host_scalars`), the GradScaler's scale, then on precision
 steps per layer the update-to-weight ratio, per leaf module the fp16/bf16 overflow and underflow
 fractions of its output, and for the same two fractions over fp16/bf16 gradients their four
 counts (:func:`low_precision_counts`), divided on the host. The host derives the per-layer and
@@ -137,8 +138,8 @@ class StatsBuffer:
     Columns: the loss, then one per parameter (its gradient norm; sharded, its weighted local sum
     of squares), the GradScaler's scale, then the cadenced statistics: per layer the update ratio,
     per leaf module the activations' overflow and underflow fractions, the gradients' four
-    low-precision counts. An ordinary step writes only the loss and the parameters' norms (one
-    ``torch.stack`` of the ``_foreach_norm`` results); the per-layer and global norms are derived on
+    low-precision counts. An ordinary step writes only the loss and the parameters' norms (on a
+    device one ``torch.stack`` of the ``_foreach_norm`` results); the per-layer and global norms are derived on
     the host, for a whole batch of rows at once. A column that a step does not write keeps an older
     value: the step's metadata (what it measured) decides what :meth:`record` reads, and a
     precision step clears its cadenced columns first (a value it could not measure stays NaN).

@@ -8,6 +8,8 @@ module's output (strided sample). Each step's values are one row of a small devi
 (:mod:`.device_stats`); the loss and the global norm of each row are copied to pinned host memory
 at once (non-blocking) so a NaN/Inf is reported with the exact step it happened, and the whole
 buffer every ``transfer_every`` steps, when the host runs the detectors of :mod:`.detectors`.
+On CPU, where a scalar read is a memory read, the loss and the norms are read as Python floats
+instead and checked at once.
 This module ties them together: it finds the model, owns the hooks and the step cycle, and emits
 the alerts (:mod:`.alerts`), in step order. Nothing here ever raises into the training loop: an
 internal error is logged once and switches that statistic off (or, outside any one statistic,
@@ -498,8 +500,9 @@ class TrainingMonitor:
             self._fail(exc)
 
     def _record_row(self, step: int, out: Any) -> None:
-        """The step's row: the gradient norms are usually in it already (the optimizer hook stacked
-        them there); the loss joins them (on CPU a scalar read stored into the host buffer)."""
+        """The step's row: the gradient norms are usually in it already (the optimizer hook wrote
+        them there); the loss joins them (on CPU a scalar read into the host row), and on CPU the
+        row is checked for NaN/Inf at once."""
         if self._cadence_hooks:
             self._remove_cadence_hooks()
         stats, r = self._stats, self._row
