@@ -291,10 +291,11 @@ class StatsBuffer:
         if precision:
             self._write_grad_precision(self.rows[r], grads)
         if self.host_rows is not None:
-            if params is None and not self.sharded:  # the common case: every norm, in parameter order
-                self.host_rows[r][1:] = [n.item() for n in norms]
-                return ()
-            return self._store_norms(self.host_rows[r], [n.item() for n in norms], params)
+            values, missing = [n.item() for n in norms], ()
+            if params is not None or self.sharded:
+                values, missing = self._placed(values, params)
+            self.host_rows[r][1:] = values
+            return missing
         if params is None and not self.sharded:  # the common case: stacked straight into the row
             torch.stack(norms, out=self._norm_columns[r])
             return ()
@@ -309,22 +310,21 @@ class StatsBuffer:
         self._norm_columns[r].zero_().index_copy_(0, index, values)
         return missing
 
-    def _store_norms(self, row: list[float], values: list[float], params: list[torch.Tensor] | None,
-                     ) -> tuple[int, ...]:
-        """``write_grads`` on CPU, some parameters without a gradient (``params``: those with one)
-        or sharded: their norms into a host row."""
+    def _placed(self, values: list[float], params: list[torch.Tensor] | None) -> tuple[list[float], tuple[int, ...]]:
+        """``write_grads`` on CPU when some parameters have no gradient (``params``: those with one)
+        or the norms are sharded: the row's values in parameter order (0.0 for a parameter without
+        a gradient; sharded, weighted sums of squares), and the layers without any gradient."""
         positions, missing = range(len(self.params)), ()
         if params is not None:
             _, positions, missing = self._subset(params)
         if self.sharded:  # weighted sums of squares, as on a device
             values = [v * v * self._weight_list[i] for v, i in zip(values, positions)]
         if params is None:
-            row[1:] = values
-            return ()
-        row[1:] = [0.0] * len(self.params)  # a parameter without a gradient adds nothing
+            return values, ()
+        row = [0.0] * len(self.params)  # a parameter without a gradient adds nothing
         for i, v in zip(positions, values):
-            row[1 + i] = v
-        return missing
+            row[i] = v
+        return row, missing
 
     def _write_grad_precision(self, row: torch.Tensor, grads: list[torch.Tensor]) -> None:
         """Pure fp16/bf16 training: the four low_precision_counts summed over the low-precision

@@ -492,8 +492,6 @@ class TrainingMonitor:
                 if self._stopped:
                     return
         self._row += 1  # on every rank, whatever failed: the collectives depend on it
-        if self._row < self.transfer_every and self._batch is None and not self._catch_up:
-            return  # the common case: no periodic work in this step
         try:
             self._after_row()
         except Exception as exc:  # noqa: BLE001
@@ -556,7 +554,7 @@ class TrainingMonitor:
             if optimizer is not self.optimizer and not self._is_ours(optimizer):
                 return
             if not self._grads_by_caller:
-                self._missing_layers = self._guarded("grad_norm", self._stats.write_grads, self._row, self._precision)
+                self._write_grads()
             if self._precision:  # the update ratio: the post-step hook is there on precision steps only
                 self._snapshot = self._guarded("update_ratio", self._stats.snapshot)
                 if self._snapshot is not None:
