@@ -67,17 +67,15 @@ class HostDetectors:
                     f"{metric}: {value} ({baseline_text(center, spread)}) | non-finite")
 
     @staticmethod
-    def layer_flags(layers: np.ndarray, global_norms: np.ndarray) -> list[tuple[bool, bool]]:
-        """For :meth:`judge`, the per-layer checks of a batch of records at once: per row (any
-        layer norm Inf, any layer negligible next to the global norm)."""
-        has_inf = np.isinf(layers).any(axis=1)
-        small = (layers < _VANISHING_SHARE * global_norms.astype(np.float64)[:, None]).any(axis=1)
-        return list(zip(has_inf.tolist(), small.tolist()))
+    def any_small(layers: np.ndarray, global_norms: np.ndarray) -> list[bool]:
+        """For :meth:`judge`, per record of a batch: is any layer negligible next to the global
+        norm (a layer without gradients, NaN, is not)."""
+        return (np.fmin.reduce(layers, axis=1) < _VANISHING_SHARE * global_norms).tolist()
 
-    def judge(self, rec: dict[str, Any], layers: np.ndarray | None = None,
-              flags: tuple[bool, bool] | None = None) -> None:
+    def judge(self, rec: dict[str, Any], layers: np.ndarray | None = None, any_small: bool | None = None) -> None:
         """Judge one step record (see ``TrainingMonitor.history``); ``layers``: its per-layer
-        gradient norms as an array, ``flags``: their :meth:`layer_flags` (both optional)."""
+        gradient norms as an array, ``any_small``: their :meth:`any_small` (both optional; given,
+        they come from the same batch of norms as the record's global norm)."""
         step = rec["step"]
         if "loss" in self.series and rec.get("loss", 1.0) <= 0.0:
             # the detectors work in log space; a loss that can be <= 0 keeps only its NaN/Inf check
@@ -107,8 +105,8 @@ class HostDetectors:
                 self._last_grad_alert = step
         if "layer_grad_norms" in rec:
             norms = np.asarray(rec["layer_grad_norms"]) if layers is None else layers
-            has_inf, any_small = (bool(np.isinf(norms).any()), None) if flags is None else flags
-            if not has_inf and math.isfinite(rec["grad_norm"]):
+            # from one batch of norms, a layer norm is Inf only when the global norm is not finite
+            if math.isfinite(rec["grad_norm"]) and (any_small is not None or not np.isinf(norms).any()):
                 self._check_vanishing(step, norms, rec["grad_norm"], any_small)
                 self._layer_hist.append(norms)
         if "loss_scale" in rec:

@@ -34,7 +34,6 @@ __all__ = ["FIXED", "LOW_PRECISION", "HostMirror", "StatsBuffer", "low_precision
 FIXED = ("loss", "grad_norm", "loss_scale")  # first columns of a row; then per-layer columns
 LOW_PRECISION = {torch.float16: 65504.0, torch.bfloat16: 3.3895e38}
 _SMALLEST_NORMAL = {torch.float16: 6.1035e-05, torch.bfloat16: 1.1755e-38}
-_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 _SAMPLE = 65536  # activation elements inspected per module on a precision step
 
 
@@ -220,7 +219,7 @@ class StatsBuffer:
             [math.nan] * self._c_scale for _ in range(rows)]
         self.fast = HostMirror(torch.empty((rows, width), device=device))
         # the host's derived norms of a batch of rows: [global, per layer]
-        self._norms = np.empty((rows, 1 + n_layers), dtype=np.float32)
+        self._norms = np.empty((rows, 1 + n_layers))
         self._idx_cache: tuple[tuple[int, ...], Any] | None = None
         self._act_idx: tuple[tuple[int, ...], torch.Tensor] | None = None
 
@@ -388,35 +387,32 @@ class StatsBuffer:
 
     def grad_norms(self, block: np.ndarray) -> np.ndarray:
         """[global norm, per-layer norms] of each row of ``block`` (rows that reached the host),
-        from the parameters' columns, for all rows at once, in float32 and in numpy (a few torch
-        ops cost several times more, run with the caches cold at the end of a step): each layer
-        adds its parameters' squares in parameter order. The result is reused by the next call."""
-        sq = block[:, 1 : self._c_scale]
+        from the parameters' columns, for all rows at once, in numpy (a few torch ops cost several
+        times more, run with the caches cold at the end of a step), in float64: the squares of
+        float32 values cannot overflow there, so a norm is NaN/Inf only when a gradient's is. Each
+        layer adds its parameters' squares in parameter order. The result is reused by the next call."""
+        sq = block[:, 1 : self._c_scale].astype(np.float64)
         out = self._norms[: len(block)]
-        with np.errstate(over="ignore"):  # a square beyond float32: Inf, as on the device
-            if not self.sharded:  # sharded rows hold the (all-reduced) sums of squares already
-                sq = sq * sq
-            if self._by_layer is not None:
-                sq = sq[:, self._by_layer]
-            np.add.reduceat(sq, self._layer_starts, axis=1, out=out[:, 1:])
-            np.sum(out[:, 1:], axis=1, out=out[:, 0])
+        if not self.sharded:  # sharded rows hold the (all-reduced) sums of squares already
+            sq *= sq
+        if self._by_layer is not None:
+            sq = sq[:, self._by_layer]
+        np.add.reduceat(sq, self._layer_starts, axis=1, out=out[:, 1:])
+        np.sum(out[:, 1:], axis=1, out=out[:, 0])
         return np.sqrt(out, out=out)
 
     def nonfinite_norm(self, values: list[float]) -> float | None:
-        """The global gradient norm of a row (as Python floats) when it is NaN/Inf (in float32, as
-        :meth:`grad_norms`: a norm whose square overflows counts), else None. The common case is
-        one sum: the sum of squares is at most the square of the sum of the norms."""
-        total = sum(values[1 : self._c_scale])  # Python floats: no numpy reduction to set up, no overflow
-        if (total if self.sharded else total * total) <= _FLOAT32_MAX:  # False for NaN
+        """The global gradient norm of a row (as Python floats) when it is NaN/Inf, else None: one
+        sum in the common case (float32 norms add up to a finite float64 unless one is NaN/Inf)."""
+        if math.isfinite(sum(values[1 : self._c_scale])):
             return None
         row = np.array(values[: self._c_scale], dtype=np.float32)[None]
-        norm = float(self.grad_norms(row)[0, 0])
-        return None if math.isfinite(norm) else norm
+        return float(self.grad_norms(row)[0, 0])
 
     def layer_rows(self, norms: np.ndarray, meta: list[tuple]) -> np.ndarray:
         """The per-layer gradient norms of a batch's :meth:`grad_norms`, as float64 rows (the
         records' values), NaN for a layer without gradients in its step (``meta[i][2]``)."""
-        layers = norms[:, 1:].astype(np.float64)
+        layers = norms[:, 1:].copy()
         for i, (_, _, missing, *_) in enumerate(meta):
             if missing:  # a layer without gradients is "not measured", not "vanished"
                 layers[i, list(missing)] = math.nan

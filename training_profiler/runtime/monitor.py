@@ -664,10 +664,10 @@ class TrainingMonitor:
         view = self._stats.transfer.view
         block = view[: len(meta)].copy()
         norms = self._guarded("history", self._stats.grad_norms, block)
-        layers = flags = None
-        if norms is not None:  # per-layer norms as float64 rows (as in the records), checked for the batch at once
+        layers = small = None
+        if norms is not None:  # per-layer norms as rows (as in the records), checked for the batch at once
             layers = self._guarded("history", self._stats.layer_rows, norms, meta)
-            flags = self._guarded("detectors", self._detectors.layer_flags, layers, norms[:, 0])
+            small = self._guarded("detectors", self._detectors.any_small, layers, norms[:, 0])
         agreed: set[str] = set()
         if self._world > 1:
             agreed = self._stats.raised_flags(view[self._stats.control])
@@ -686,7 +686,7 @@ class TrainingMonitor:
                 "history", self._record, step, has_loss, missing, has_scale, precision, block[i], norms[i, 0],
                 layers[i], agreed)
             if rec is not None:
-                self._guarded("detectors", self._detectors.judge, rec, layers[i], None if flags is None else flags[i])
+                self._guarded("detectors", self._detectors.judge, rec, layers[i], None if small is None else small[i])
             self._judged = step
             self._emit()
             if rec is not None and step % self.log_every == 0 and self._rank == 0:
