@@ -67,14 +67,15 @@ class HostDetectors:
                     f"{metric}: {value} ({baseline_text(center, spread)}) | non-finite")
 
     @staticmethod
-    def any_small(layers: np.ndarray, global_norms: np.ndarray) -> list[bool]:
+    def any_small(layers: list[list[float]], global_norms: list[float]) -> list[bool]:
         """For :meth:`judge`, per record of a batch: is any layer negligible next to the global
         norm (a layer without gradients, NaN, is not)."""
-        return (np.fmin.reduce(layers, axis=1) < _VANISHING_SHARE * global_norms).tolist()
+        return [any(v < limit for v in row)
+                for row, limit in zip(layers, [_VANISHING_SHARE * g for g in global_norms])]
 
-    def judge(self, rec: dict[str, Any], layers: np.ndarray | None = None, any_small: bool | None = None) -> None:
+    def judge(self, rec: dict[str, Any], layers: list[float] | None = None, any_small: bool | None = None) -> None:
         """Judge one step record (see ``TrainingMonitor.history``); ``layers``: its per-layer
-        gradient norms as an array, ``any_small``: their :meth:`any_small` (both optional; given,
+        gradient norms (kept), ``any_small``: their :meth:`any_small` (both optional; given,
         they come from the same batch of norms as the record's global norm)."""
         step = rec["step"]
         if "loss" in self.series and rec.get("loss", 1.0) <= 0.0:
@@ -170,6 +171,7 @@ class HostDetectors:
         if any_small is False:  # the common case, checked for the whole batch: no layer is negligible
             self._episode_quiet("vanishing", step)
             return
+        norms = np.asarray(norms)
         small = norms < _VANISHING_SHARE * global_norm  # NaN (layer without gradients) compares False
         if not small.any():
             self._episode_quiet("vanishing", step)

@@ -185,11 +185,13 @@ class StatsBuffer:
         self.device = device
         self._param_layer_list = index
         self._param_layer = torch.tensor(index, device=device)
-        # the host derives the per-layer norms: the parameters' columns grouped by layer
-        # (np.add.reduceat), in parameter order within each layer
-        order = np.argsort(index, kind="stable")
-        self._by_layer = None if (order == np.arange(len(index))).all() else order
-        self._layer_starts = np.searchsorted(np.asarray(index)[order], np.arange(len(self.layers)))
+        # the host derives the per-layer norms: the parameters' columns grouped by layer, in
+        # parameter order within each layer; each layer a span of that order
+        order = sorted(range(len(index)), key=index.__getitem__)
+        self._by_layer = None if order == list(range(len(index))) else order
+        grouped = [index[i] for i in order]
+        self._layer_spans = [(grouped.index(k), len(grouped) - grouped[::-1].index(k))
+                             for k in range(len(self.layers))]
         n_params, n_layers, n_act = len(self.params), len(self.layers), len(self.act_layers)
         self._c_scale = 1 + n_params  # after the loss and the parameters' norms
         self._c_update = self._c_scale + 1  # from here on: the cadenced columns
@@ -218,8 +220,6 @@ class StatsBuffer:
         self.host_rows = None if self.transfer.cuda or not self.host_scalars else [
             [math.nan] * self._c_scale for _ in range(rows)]
         self.fast = HostMirror(torch.empty((rows, width), device=device))
-        # the host's derived norms of a batch of rows: [global, per layer]
-        self._norms = np.empty((rows, 1 + n_layers))
         self._idx_cache: tuple[tuple[int, ...], Any] | None = None
         self._act_idx: tuple[tuple[int, ...], torch.Tensor] | None = None
 
@@ -385,41 +385,40 @@ class StatsBuffer:
         flagged on at least one rank)."""
         return {name for name, v in zip(self.flags, control) if v > 0}
 
-    def grad_norms(self, block: np.ndarray) -> np.ndarray:
-        """[global norm, per-layer norms] of each row of ``block`` (rows that reached the host),
-        from the parameters' columns, for all rows at once, in numpy (a few torch ops cost several
-        times more, run with the caches cold at the end of a step), in float64: the squares of
-        float32 values cannot overflow there, so a norm is NaN/Inf only when a gradient's is. Each
-        layer adds its parameters' squares in parameter order. The result is reused by the next call."""
-        sq = block[:, 1 : self._c_scale].astype(np.float64)
-        out = self._norms[: len(block)]
-        if not self.sharded:  # sharded rows hold the (all-reduced) sums of squares already
-            sq *= sq
-        if self._by_layer is not None:
-            sq = sq[:, self._by_layer]
-        np.add.reduceat(sq, self._layer_starts, axis=1, out=out[:, 1:])
-        np.sum(out[:, 1:], axis=1, out=out[:, 0])
-        return np.sqrt(out, out=out)
+    def grad_norms(self, block: np.ndarray) -> list[list[float]]:
+        """[global norm, per-layer norms] of each row of ``block`` (rows that reached the host), from
+        the parameters' columns, in float64: the squares of float32 norms cannot overflow there, so
+        a norm is NaN/Inf only when a gradient's is. In plain Python: for a batch of ten rows that
+        costs less than numpy's calls, which run with the caches cold at the end of a step. Each
+        layer adds its parameters' squares in parameter order."""
+        c, order, out = self._c_scale, self._by_layer, []
+        for row in block[:, :c].tolist():
+            # sharded rows hold the (all-reduced) sums of squares already
+            squares = row[1:c] if self.sharded else [v * v for v in row[1:c]]
+            if order is not None:
+                squares = [squares[i] for i in order]
+            layers = [sum(squares[a:b]) for a, b in self._layer_spans]
+            out.append([math.sqrt(sum(layers)), *map(math.sqrt, layers)])
+        return out
 
     def nonfinite_norm(self, values: list[float]) -> float | None:
         """The global gradient norm of a row (as Python floats) when it is NaN/Inf, else None: one
         sum in the common case (float32 norms add up to a finite float64 unless one is NaN/Inf)."""
         if math.isfinite(sum(values[1 : self._c_scale])):
             return None
-        row = np.array(values[: self._c_scale], dtype=np.float32)[None]
-        return float(self.grad_norms(row)[0, 0])
+        return self.grad_norms(np.array([values[: self._c_scale]], dtype=np.float32))[0][0]
 
-    def layer_rows(self, norms: np.ndarray, meta: list[tuple]) -> np.ndarray:
-        """The per-layer gradient norms of a batch's :meth:`grad_norms`, as float64 rows (the
-        records' values), NaN for a layer without gradients in its step (``meta[i][2]``)."""
-        layers = norms[:, 1:].copy()
-        for i, (_, _, missing, *_) in enumerate(meta):
-            if missing:  # a layer without gradients is "not measured", not "vanished"
-                layers[i, list(missing)] = math.nan
+    def layer_rows(self, norms: list[list[float]], meta: list[tuple]) -> list[list[float]]:
+        """The per-layer gradient norms of a batch's :meth:`grad_norms` (the records' values), NaN
+        for a layer without gradients in its step (``meta[i][2]``)."""
+        layers = [row[1:] for row in norms]
+        for row, (_, _, missing, *_) in zip(layers, meta):
+            for i in missing or ():  # a layer without gradients is "not measured", not "vanished"
+                row[i] = math.nan
         return layers
 
     def record(self, step: int, has_loss: bool, missing: tuple[int, ...] | None, has_scale: bool,
-               precision: bool, values: np.ndarray, global_norm: float, layers: np.ndarray) -> dict[str, Any]:
+               precision: bool, values: np.ndarray, global_norm: float, layers: list[float]) -> dict[str, Any]:
         """One row that has reached the host, as a history record (only what was measured):
         ``missing``, the layers without gradients (None: no gradient at all); ``global_norm`` and
         ``layers``, the row's norms (:meth:`grad_norms`, :meth:`layer_rows`)."""
@@ -427,8 +426,8 @@ class StatsBuffer:
         if has_loss:
             rec["loss"] = float(values[0])
         if missing is not None:
-            rec["grad_norm"] = float(global_norm)
-            rec["layer_grad_norms"] = layers.tolist()
+            rec["grad_norm"] = global_norm
+            rec["layer_grad_norms"] = list(layers)  # the detectors keep ``layers``
         if has_scale:
             rec["loss_scale"] = float(values[self._c_scale])
         if not precision:

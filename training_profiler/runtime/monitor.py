@@ -667,7 +667,7 @@ class TrainingMonitor:
         layers = small = None
         if norms is not None:  # per-layer norms as rows (as in the records), checked for the batch at once
             layers = self._guarded("history", self._stats.layer_rows, norms, meta)
-            small = self._guarded("detectors", self._detectors.any_small, layers, norms[:, 0])
+            small = self._guarded("detectors", self._detectors.any_small, layers, [row[0] for row in norms])
         agreed: set[str] = set()
         if self._world > 1:
             agreed = self._stats.raised_flags(view[self._stats.control])
@@ -683,7 +683,7 @@ class TrainingMonitor:
                 self._stats.raise_flag(name)  # every rank keeps flagging it from now on
         for i, (step, has_loss, missing, has_scale, precision) in enumerate(meta):
             rec = None if layers is None else self._guarded(
-                "history", self._record, step, has_loss, missing, has_scale, precision, block[i], norms[i, 0],
+                "history", self._record, step, has_loss, missing, has_scale, precision, block[i], norms[i][0],
                 layers[i], agreed)
             if rec is not None:
                 self._guarded("detectors", self._detectors.judge, rec, layers[i], None if small is None else small[i])
@@ -695,7 +695,7 @@ class TrainingMonitor:
                     logger.info(line)
 
     def _record(self, step: int, has_loss: bool, missing: tuple[int, ...] | None, has_scale: bool, precision: bool,
-                values: np.ndarray, global_norm: float, layers: np.ndarray, switched_off: set[str]) -> dict[str, Any]:
+                values: np.ndarray, global_norm: float, layers: list[float], switched_off: set[str]) -> dict[str, Any]:
         rec = self._stats.record(step, has_loss, missing, has_scale, precision, values, global_norm, layers)
         for name in switched_off:  # the reduced value mixes measured and unmeasured ranks: not measured
             for key in _RECORD_KEYS.get(name, ()):
