@@ -736,3 +736,23 @@ def test_reading_the_history_inside_a_step_keeps_that_steps_norms():
     for rec, (loss, norm) in zip(history, expected):
         assert rec["loss"] == pytest.approx(loss, rel=1e-6)
         assert rec["grad_norm"] == pytest.approx(norm, rel=1e-5)
+
+
+def test_host_norms_are_float64_so_only_a_nonfinite_gradient_norm_makes_them_nonfinite():
+    # a layer norm of 2e19 squares beyond float32's range: in float64 it stays 2e19; an Inf or NaN
+    # gradient norm makes its layer and the global norm Inf/NaN, and nonfinite_norm reports it
+    from training_profiler.runtime.device_stats import StatsBuffer
+
+    stats = StatsBuffer(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)), rows=3)
+    assert stats.layers == ["0", "1"]
+    block = np.array([[0.5, 2e19, 0.0, 3.0, 4.0],
+                      [0.5, 1.0, math.inf, 3.0, 4.0],
+                      [0.5, 1.0, 2.0, math.nan, 4.0]], dtype=np.float32)
+    big, inf, nan = stats.grad_norms(block)
+    layer0 = float(np.float32(2e19))
+    assert big[1:] == [layer0, 5.0] and big[0] == layer0  # 25 is below half an ulp of layer0 squared
+    assert inf[0] == math.inf and inf[1] == math.inf and inf[2] == 5.0
+    assert math.isnan(nan[0]) and nan[1] == 5**0.5 and math.isnan(nan[2])
+    assert stats.nonfinite_norm(block[0].tolist()) is None
+    assert stats.nonfinite_norm(block[1].tolist()) == math.inf
+    assert math.isnan(stats.nonfinite_norm(block[2].tolist()))
