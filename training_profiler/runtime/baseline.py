@@ -217,17 +217,11 @@ class AdaptiveDetector:
                 self._fix_floor()
             return None
 
-        # baseline() and _floored() written out: this runs for every value, the rest rarely
-        s = self._sorted
-        n = len(s)
-        mid = n // 2
-        med = s[mid] if n % 2 else 0.5 * (s[mid - 1] + s[mid])
-        sig = max((s[(3 * n) // 4] - s[n // 4]) / 1.349, self.sigma_floor)
+        med, sig = self.baseline()
         # the rise is measured above the floor, the spread is the series' own: the floor can only
         # discount a rise (never make noise near it look larger)
-        c = self._offset
-        fy = y if c == 0.0 else math.log(math.exp(y) + c)
-        rise = fy - (med if c == 0.0 else math.log(math.exp(med) + c))
+        fy = self._floored(y)
+        rise = fy - self._floored(med)
         z = rise / sig
         high = z >= self.z_accept
         self._run = self._run + 1 if z >= self.z_run else 0
